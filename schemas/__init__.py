@@ -1,0 +1,16 @@
+"""Message contracts of the moderation pipeline: pure pydantic models, no I/O."""
+
+from schemas.comment import Comment
+from schemas.dead_letter import DeadLetterHeaders, ErrorKind
+from schemas.registry import SCHEMA_FILES, json_schemas
+from schemas.scores import ModelRef, ScoredComment
+
+__all__ = [
+    "SCHEMA_FILES",
+    "Comment",
+    "DeadLetterHeaders",
+    "ErrorKind",
+    "ModelRef",
+    "ScoredComment",
+    "json_schemas",
+]

@@ -1,0 +1,46 @@
+"""Dead letters: the original record untouched, the reason and origin in headers.
+
+Modelled on Kafka Connect's dead letter queue: the key and value bytes are copied as they were
+consumed, and the headers below say why and where from.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorKind(StrEnum):
+    """Stable codes for why a record was dead-lettered (header `error.kind`)."""
+
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    INVALID_FIELD = "invalid_field"
+    TEXT_TOO_LARGE = "text_too_large"
+    INFERENCE_FAILED = "inference_failed"
+
+
+class DeadLetterHeaders(BaseModel):
+    """The Kafka headers of a dead letter (all values are UTF-8 strings on the wire)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    error_kind: Annotated[ErrorKind, Field(alias="error.kind")]
+    error_detail: Annotated[str, Field(alias="error.detail", description="A human sentence.")]
+    source_topic: Annotated[str, Field(alias="source.topic")]
+    source_partition: Annotated[int, Field(alias="source.partition", ge=0)]
+    source_offset: Annotated[int, Field(alias="source.offset", ge=0)]
+
+    def to_kafka(self) -> list[tuple[str, bytes]]:
+        """Headers as aiokafka expects them: (name, bytes) pairs."""
+        return [
+            (name, str(value).encode())
+            for name, value in self.model_dump(by_alias=True, mode="json").items()
+        ]
+
+    @classmethod
+    def from_kafka(cls, headers: list[tuple[str, bytes]] | tuple) -> DeadLetterHeaders:
+        return cls.model_validate({name: value.decode() for name, value in headers})

@@ -1,0 +1,28 @@
+"""The JSON Schema documents generated from the models, and the files they are committed as."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.comment import Comment
+from schemas.dead_letter import DeadLetterHeaders
+from schemas.scores import ScoredComment
+
+SCHEMA_FILES: dict[str, type[BaseModel]] = {
+    "comment.schema.json": Comment,
+    "scored-comment.schema.json": ScoredComment,
+    "dead-letter-headers.schema.json": DeadLetterHeaders,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """File name -> JSON Schema (draft 2020-12) of each message."""
+    out: dict[str, dict[str, Any]] = {}
+    for filename, model in SCHEMA_FILES.items():
+        schema = model.model_json_schema(by_alias=True)
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = filename
+        out[filename] = schema
+    return out

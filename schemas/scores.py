@@ -1,0 +1,36 @@
+"""The output message: per-label scores of one comment."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelRef(BaseModel):
+    """Which model produced the scores."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ScoredComment(BaseModel):
+    """Scores of one comment, published with the same Kafka key as its input."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    scores: Annotated[
+        dict[str, Probability], Field(description="Sigmoid probability of every model label.")
+    ]
+    flagged: Annotated[
+        list[str], Field(description="Labels whose score is at or above their threshold.")
+    ]
+    model: ModelRef
+    scored_at: Annotated[int, Field(description="Epoch milliseconds when the score was made.")]
+    metadata: dict[str, Any] | None = None
