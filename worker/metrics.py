@@ -1,0 +1,76 @@
+"""Prometheus metrics of the worker, one per pipeline stage (names in docs/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+STAGE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class Metrics:
+    """All metrics on one registry (a fresh registry per worker keeps tests independent)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.consumed = Counter(
+            "moderation_messages_consumed", "Records taken from the input topic.", ["topic"],
+            registry=r,
+        )  # fmt: skip
+        self.scored = Counter(
+            "moderation_messages_scored", "Outputs acknowledged by the broker.", ["topic"],
+            registry=r,
+        )  # fmt: skip
+        self.dead_lettered = Counter(
+            "moderation_messages_dead_lettered", "Dead letters acknowledged, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.end_to_end = Histogram(
+            "moderation_end_to_end_latency_seconds",
+            "Kafka record timestamp to output acknowledged.", buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "moderation_queue_wait_seconds", "Consumed to its batch starting.",
+            buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokenization = Histogram(
+            "moderation_tokenization_seconds", "Tokenization time per batch.",
+            buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference = Histogram(
+            "moderation_inference_seconds", "Forward pass and sigmoid time per batch.",
+            buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "moderation_batch_size", "Messages per inference batch.",
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.lag = Gauge(
+            "moderation_consumer_lag", "High watermark minus the next offset to process.",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "moderation_in_flight_messages", "Consumed but not yet acknowledged.", registry=r
+        )
+        self.paused = Gauge(
+            "moderation_consumer_paused", "1 while partitions are paused for backpressure.",
+            registry=r,
+        )  # fmt: skip
+        self.commits = Counter("moderation_commits", "Successful offset commits.", registry=r)
+        self.errors = Counter(
+            "moderation_errors", "Internal errors by kind (produce, commit, inference).", ["kind"],
+            registry=r,
+        )  # fmt: skip
+        self.ready = Gauge("moderation_ready", "1 when the worker is ready (as /readyz).", registry=r)
+        self.model_info = Info("moderation_model", "The model being served.", registry=r)
+
+    def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:
+        self.model_info.info(
+            {"name": name, "version": version, "device": device, "labels": ",".join(labels)}
+        )
