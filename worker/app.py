@@ -117,11 +117,11 @@ class Worker:
                 listener=RebalanceListener(self._release_partitions, self._partitions_assigned),
             )
             tasks = {
-                asyncio.create_task(self.consume_loop.run(), name="consume"),
-                asyncio.create_task(batch_scorer.run(), name="score"),
-                asyncio.create_task(self._commit_periodically(), name="commit"),
+                "consume": asyncio.create_task(self.consume_loop.run(), name="consume"),
+                "score": asyncio.create_task(batch_scorer.run(), name="score"),
+                "commit": asyncio.create_task(self._commit_periodically(), name="commit"),
             }
-            for task in tasks:
+            for task in tasks.values():
                 task.add_done_callback(self._task_done)
             await self._stop_requested.wait()
             drained = await self._drain(tasks, publisher)
@@ -143,7 +143,7 @@ class Worker:
         elif task.get_name() == "score" and not self._stop_requested.is_set():
             self.fail(RuntimeError("the scoring loop ended unexpectedly"))
 
-    async def _drain(self, tasks: set[asyncio.Task[None]], publisher: Publisher) -> bool:
+    async def _drain(self, tasks: dict[str, asyncio.Task[None]], publisher: Publisher) -> bool:
         """Stop fetching; finish, publish and commit what is in flight within the grace period."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace_s
@@ -152,26 +152,22 @@ class Worker:
         self.metrics.ready.set(0)
         drained = False
         if self.fatal is None:
+            with contextlib.suppress(Exception):  # records of its last fetch are still dispatched
+                await asyncio.wait_for(tasks["consume"], deadline - loop.time())
             self.batcher.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    asyncio.gather(*tasks - self._commit_task(tasks)), deadline - loop.time()
-                )
+                await asyncio.wait_for(tasks["score"], max(0.0, deadline - loop.time()))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(publisher.flush(), max(0.0, deadline - loop.time()))
             drained = await self.tracker.wait_drained(None, max(0.0, deadline - loop.time()))
             if not drained:
                 log.error("grace period over with %d messages in flight", self.tracker.in_flight())
-        for task in tasks:
+        for task in tasks.values():
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
         await self.commit()  # only acknowledged offsets: safe even after a fatal error
         log.info("stopped (drained=%s, in flight=%d)", drained, self.tracker.in_flight())
         return drained
-
-    @staticmethod
-    def _commit_task(tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
-        return {t for t in tasks if t.get_name() == "commit"}
 
     # --- offsets and rebalancing -----------------------------------------------------------
 
