@@ -53,7 +53,8 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
 
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, problem_type="multi_label_classification",
+        intermediate_size=64, max_position_embeddings=512,
+        problem_type="multi_label_classification",
         id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
     )  # fmt: skip
     config.label_thresholds = {label: 0.5 for label in LABELS}

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import platform
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -30,19 +30,30 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Argument errors as one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="moderation-worker",
         description="Score Kafka comments with a multi-label toxicity model.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     run = commands.add_parser(
         "run",
         help="consume, score and publish until SIGTERM",
         description="Flags override the environment (KAFKA_BOOTSTRAP_SERVERS, MODERATION_*).",
     )
     for flag, (field, kind) in RUN_FLAGS.items():
-        env = "KAFKA_BOOTSTRAP_SERVERS" if field == "bootstrap_servers" else f"MODERATION_{field.upper()}"
+        env = (
+            "KAFKA_BOOTSTRAP_SERVERS"
+            if field == "bootstrap_servers"
+            else f"MODERATION_{field.upper()}"
+        )
         run.add_argument(flag, dest=field, type=kind, default=None, help=f"env {env}")
     info = commands.add_parser("info", help="versions, default model, labels and device")
     info.add_argument("--json", action="store_true", help="print JSON")

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         str,
         Field(
             min_length=1,
-            validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "MODERATION_BOOTSTRAP_SERVERS"),
+            validation_alias=AliasChoices(
+                "KAFKA_BOOTSTRAP_SERVERS", "MODERATION_BOOTSTRAP_SERVERS"
+            ),
             description="Comma-separated host:port list (env KAFKA_BOOTSTRAP_SERVERS).",
         ),
     ] = "localhost:9092"
@@ -60,7 +62,9 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = None
 
     # Model and batching
-    model: str | None = Field(default=None, description="Hub id or local directory; None = bundled.")
+    model: str | None = Field(
+        default=None, description="Hub id or local directory; None = bundled."
+    )
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from worker.batching import MicroBatcher
 from worker.config import Settings
@@ -104,7 +105,7 @@ class ConsumeLoop:
                 for record in records:
                     self._dispatch(tp, record)
 
-    def _dispatch(self, tp: TopicPartition, record) -> None:  # noqa: ANN001 (ConsumerRecord)
+    def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         """Synchronous on purpose: a record is tracked before any rebalance can interleave."""
         self.metrics.consumed.labels(tp.topic).inc()
         item = InFlight(record=record, offsets=self.tracker.track(tp, record.offset))

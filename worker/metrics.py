@@ -67,7 +67,9 @@ class Metrics:
             "moderation_errors", "Internal errors by kind (produce, commit, inference).", ["kind"],
             registry=r,
         )  # fmt: skip
-        self.ready = Gauge("moderation_ready", "1 when the worker is ready (as /readyz).", registry=r)
+        self.ready = Gauge(
+            "moderation_ready", "1 when the worker is ready (as /readyz).", registry=r
+        )
         self.model_info = Info("moderation_model", "The model being served.", registry=r)
 
     def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:

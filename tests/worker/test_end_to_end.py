@@ -83,8 +83,8 @@ def test_scores_dead_letters_offsets_and_metrics(
         assert message.metadata == original["metadata"]
         assert list(message.scores) == LABELS
         alone = scorer.score([original["text"]])[0]
-        np.testing.assert_allclose([message.scores[l] for l in LABELS], alone, atol=1e-5)
-        assert message.flagged == [l for l in LABELS if message.scores[l] >= 0.5]
+        np.testing.assert_allclose([message.scores[label] for label in LABELS], alone, atol=1e-5)
+        assert message.flagged == [x for x in LABELS if message.scores[x] >= 0.5]
         assert message.model.name == "tiny-test-bert" and message.model.version == "seed-0"
         assert abs(message.scored_at - time.time() * 1000) < 120_000
     assert {r.key for r in outputs} == set(sent)

@@ -18,7 +18,7 @@ def batch(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
     return [comment(f"{prefix}{i}", f"comment number {i} from {prefix}") for i in range(count)]
 
 
-def ids(records) -> list[str]:  # noqa: ANN001
+def ids(records) -> list[str]:
     return [orjson.loads(r.value)["id"] for r in records]
 
 
