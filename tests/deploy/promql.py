@@ -102,7 +102,7 @@ _GRAFANA_BUILTINS = ("__rate_interval", "__interval", "__range")
 def resolve_grafana(expr: str, rate_interval: str = "1m") -> str:
     """Grafana template variables -> PromQL that Prometheus accepts as is."""
     for name in _GRAFANA_BUILTINS:
-        expr = expr.replace("${%s}" % name, rate_interval).replace("$" + name, rate_interval)
+        expr = expr.replace("${" + name + "}", rate_interval).replace("$" + name, rate_interval)
     # ${var}, ${var:format}, [[var]], $var: dashboard variables, used in =~ matchers only.
     expr = re.sub(r"\$\{[a-zA-Z_][a-zA-Z0-9_]*(:[a-z]+)?\}", ".*", expr)
     expr = re.sub(r"\[\[[a-zA-Z_][a-zA-Z0-9_]*\]\]", ".*", expr)
@@ -387,7 +387,8 @@ class Prometheus:
             if raw:
                 return None
             payload = json.loads(body)
-            raise PrometheusError(f"{path}: {payload.get('errorType')}: {payload.get('error')}")
+            error = f"{path}: {payload.get('errorType')}: {payload.get('error')}"
+            raise PrometheusError(error) from None
         except OSError:
             if raw:
                 return None
