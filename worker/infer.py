@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Scorer:
     ) -> Scorer:
         """Load a hub id or `save_pretrained` directory; None means the bundled default model."""
         torch_device = resolve_device(device)
+        hf_logging.disable_progress_bar()
         source = str(model) if model is not None else str(DEFAULT_MODEL_DIR)
         is_default = model is None
         try:

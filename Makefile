@@ -1,0 +1,54 @@
+# Set-up and everyday commands. Everything installs into .venv, idempotently.
+#   make demo   embedded broker + worker + default model, printing real scores
+#   make test   the test suite (unit + integration against a real broker) and lint
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch first and pinned: an unpinned torch would resolve to a multi-GB CUDA build on CPU hosts.
+# On a CUDA host, point TORCH_INDEX_URL at the wheel index of your CUDA version.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install demo test lint format schemas tools default-model clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
+
+# Debian's prometheus (prometheus + promtool) for the observability tests, where apt works.
+tools:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+		|| echo "tools: could not install Debian's prometheus; its tests will say they skipped"; \
+	else echo "tools: prometheus not installed and apt-get unavailable; its tests will say they skipped"; fi
+
+test: install tools
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -ra
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+# Regenerate the committed JSON Schemas from the pydantic models.
+schemas: install
+	$(PY) -c 'import orjson, schemas, pathlib; [pathlib.Path("schemas", n).write_bytes(orjson.dumps(s, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n") for n, s in schemas.json_schemas().items()]'
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
