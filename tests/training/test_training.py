@@ -1,0 +1,463 @@
+"""Training CLI: fit, distill, evaluate and export on tiny data with a tiny random model."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import BertConfig, pipeline
+
+from training import JIGSAW_LABELS
+from training.cli import main
+from training.data import DataError, load_dataset, split_dataset
+from training.distill import soft_target_loss
+from training.evaluate import choose_thresholds, compute_metrics
+from training.modeling import length_grouped_batches
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[2]
+TOKENIZER_DIR = REPO / "worker" / "default_model"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+TEXTS_TOXIC = ["you are a stupid idiot", "i will kill you", "shut up you fat moron", "go die loser"]
+TEXTS_CLEAN = ["thanks for the edit", "see the talk page", "i added a citation", "nice article"]
+COMMON = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--no-progress", "--seed", "3"]
+
+
+def _rows(n: int) -> list[dict[str, str]]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        toxic = i % 2 == 0
+        pool = TEXTS_TOXIC if toxic else TEXTS_CLEAN
+        text = " ".join(pool[int(j)] for j in rng.integers(0, 4, size=2)) + f" {i}"
+        row = {"id": f"{i:016x}", "comment_text": text}
+        for j, label in enumerate(JIGSAW_LABELS):
+            row[label] = "1" if toxic and (j == 0 or i % (j + 3) == 0) else "0"
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "comment_text", *JIGSAW_LABELS])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(work: Path) -> Path:
+    """A tiny random BERT config + the real BERT-Tiny tokenizer (no weights: built from config)."""
+    path = work / "tiny-bert"
+    path.mkdir()
+    BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    ).save_pretrained(path)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(TOKENIZER_DIR / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(work: Path) -> Path:
+    return _write_csv(work / "train.csv.gz", _rows(80))
+
+
+@pytest.fixture(scope="module")
+def fitted(work: Path, tiny_model: Path, data_file: Path) -> Path:
+    out = work / "fit-run"
+    code = main(
+        [
+            "fit",
+            "--base-model",
+            str(tiny_model),
+            "--train",
+            str(data_file),
+            "--output-dir",
+            str(out),
+            "--max-length",
+            "32",
+            *COMMON,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+# -- data --------------------------------------------------------------------------------------
+def test_jigsaw_csv_and_split(data_file: Path) -> None:
+    ds = load_dataset(data_file)
+    assert len(ds) == 80 and ds.label_names == JIGSAW_LABELS
+    assert ds.labels is not None and ds.labels.shape == (80, 6) and ds.labels.dtype == np.float32
+    train, val = split_dataset(ds)
+    assert (len(train), len(val)) == (64, 16)
+    assert set(train.ids).isdisjoint(val.ids)
+    # same split as sklearn's train_test_split(test_size=0.2, random_state=42)
+    from sklearn.model_selection import train_test_split
+
+    _, expected_val = train_test_split(ds.ids, test_size=0.2, random_state=42)
+    assert val.ids == list(expected_val)
+
+
+def test_generic_jsonl_with_columns(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"body": "hello", "a": 1, "b": 0}\n\n{"body": "bye", "a": 0.5, "b": true}\n')
+    ds = load_dataset(path, text_column="body", label_columns=["a", "b"])
+    assert ds.texts == ["hello", "bye"]
+    assert ds.labels is not None and ds.labels.tolist() == [[1.0, 0.0], [0.5, 1.0]]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("id,comment_text,toxic\n1,hi,0\n", r"missing column\(s\) severe_toxic"),
+        (
+            "id,comment_text,"
+            + ",".join(JIGSAW_LABELS)
+            + "\n1,ok,0,0,0,0,0,0\n2,bad,0,2,0,0,0,0\n",
+            r"row 2: label 'severe_toxic' is '2'",
+        ),
+        (
+            "id,comment_text," + ",".join(JIGSAW_LABELS) + "\n1,ok,0,0,0,0,0,0\n2,short,0\n"
+            "3,ok,0,0,0,0,0,0\n",
+            r"row 2: has 3 fields, the header has 8",
+        ),
+        (
+            "id,comment_text," + ",".join(JIGSAW_LABELS) + "\n1,  ,0,0,0,0,0,0\n",
+            r"row 1: empty text",
+        ),
+        (
+            "id,comment_text," + ",".join(JIGSAW_LABELS) + "\n1,x,0,0,yes,0,0,0\n",
+            r"row 1: label 'obscene' is 'yes'",
+        ),
+    ],
+)
+def test_bad_csv_rows_are_named(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_dataset(path)
+
+
+def test_bad_jsonl_row_and_skip(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"comment_text": "fine", **dict.fromkeys(JIGSAW_LABELS, 0)})
+    path.write_text(f"{good}\n{{not json\n[1, 2]\n{good}\n")
+    with pytest.raises(DataError, match=r"bad.jsonl: row 2: invalid JSON"):
+        load_dataset(path)
+    ds = load_dataset(path, skip_bad_rows=True)
+    assert len(ds) == 2 and ds.skipped_rows == 2
+
+
+def test_cli_bad_data_is_one_line_error(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "id,comment_text," + ",".join(JIGSAW_LABELS) + "\n1,ok,0,0,0,0,0,0\n2,x,0,0,0,0,0\n"
+    )
+    code = main(
+        [
+            "fit",
+            "--base-model",
+            str(tiny_model),
+            "--train",
+            str(path),
+            "--output-dir",
+            str(tmp_path / "out"),
+            *COMMON,
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "bad.csv: row 2: has 7 fields" in err
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_cli_bad_arguments_exit_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--train", "x.csv", "--output-dir", "o", "--batch-size", "0"])
+    assert exc.value.code == 2
+    assert "must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "--train", "x.csv", "--output-dir", "o", "--student", "s"])
+    assert exc.value.code != 0
+
+
+@pytest.mark.parametrize("command", ["fit", "distill", "evaluate", "export", "baseline"])
+def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: moderation-train " + command in capsys.readouterr().out
+
+
+# -- pieces ------------------------------------------------------------------------------------
+def test_length_grouped_batches_cover_everything_once() -> None:
+    lengths = list(np.random.default_rng(1).integers(1, 100, size=103))
+    batches = length_grouped_batches(lengths, batch_size=8, seed=5, mega=4)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(103))
+    assert batches == length_grouped_batches(lengths, batch_size=8, seed=5, mega=4)
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
+    assert spread < 40  # grouped: far less than random batches (~75)
+
+
+def test_thresholds_and_metrics() -> None:
+    y = np.array([[1, 0], [1, 0], [0, 1], [0, 0]], dtype=np.float32)
+    p = np.array([[0.9, 0.1], [0.6, 0.2], [0.3, 0.8], [0.1, 0.3]], dtype=np.float32)
+    thresholds = choose_thresholds(y, p, ["a", "b"])
+    assert thresholds == {"a": pytest.approx(0.6), "b": pytest.approx(0.8)}
+    metrics = compute_metrics(y, p, ["a", "b"], thresholds)
+    assert metrics["mean_roc_auc"] == pytest.approx(1.0)
+    assert metrics["labels"]["a"]["f1"] == pytest.approx(1.0)  # type: ignore[index]
+    assert metrics["bce"] == pytest.approx(
+        float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))), rel=1e-5
+    )
+
+
+def test_soft_target_loss_is_minimised_at_the_teacher() -> None:
+    teacher = torch.tensor([[0.9, 0.2, 0.01]])
+    at_teacher = torch.logit(teacher).requires_grad_(True)
+    loss = soft_target_loss(at_teacher, teacher, t=2.0)
+    loss.backward()
+    assert at_teacher.grad is not None and at_teacher.grad.abs().max() < 1e-5
+    assert soft_target_loss(torch.zeros(1, 3), teacher, 2.0) > loss
+
+
+def test_no_pickle_loading_in_training_code() -> None:
+    for path in (REPO / "training").glob("*.py"):
+        source = path.read_text()
+        assert not re.search(
+            r"torch\.(load|save)\(|import pickle|pickle\.|joblib|allow_pickle=True", source
+        ), path
+        assert "trust_remote_code=True" not in source
+
+
+# -- fit / evaluate / export -------------------------------------------------------------------
+def test_fit_writes_a_complete_artifact(fitted: Path) -> None:
+    model_dir = fitted / "model"
+    for name in ("model.safetensors", "config.json", "README.md", *TOKENIZER_FILES):
+        assert (model_dir / name).is_file(), name
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert [config["id2label"][str(i)] for i in range(6)] == JIGSAW_LABELS
+    assert set(config["label_thresholds"]) == set(JIGSAW_LABELS)
+    assert all(0.0 < t <= 1.0 for t in config["label_thresholds"].values())
+    assert re.fullmatch(r"[0-9a-f]{12}", config["model_version"])
+    ckpt = fitted / "checkpoint"
+    assert {p.name for p in ckpt.iterdir()} == {
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    }
+    opt = load_file(ckpt / "optimizer.safetensors")
+    assert any(k.endswith("exp_avg_sq") for k in opt) and "rng.torch" in opt
+    history = json.loads((fitted / "history.json").read_text())
+    assert history[-1]["step"] == 8
+    assert "mean ROC-AUC" in (model_dir / "README.md").read_text()
+
+
+def test_resume_reproduces_an_uninterrupted_run(
+    work: Path, tiny_model: Path, data_file: Path
+) -> None:
+    args = [
+        "fit",
+        "--base-model",
+        str(tiny_model),
+        "--train",
+        str(data_file),
+        "--max-length",
+        "32",
+        "--checkpoint-every",
+        "0",
+        *COMMON,
+    ]
+    straight, resumed = work / "straight", work / "resumed"
+    assert main([*args, "--output-dir", str(straight)]) == 0
+    assert main([*args, "--output-dir", str(resumed), "--stop-after-steps", "3"]) == 0
+    state = json.loads((resumed / "checkpoint" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and not (resumed / "model").exists()
+    assert main([*args, "--output-dir", str(resumed)]) == 0
+    a = load_file(straight / "model" / "model.safetensors")
+    b = load_file(resumed / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_evaluate_writes_metrics_report_and_plots(
+    work: Path, fitted: Path, data_file: Path
+) -> None:
+    out = work / "eval"
+    assert (
+        main(
+            ["evaluate", "--model", str(fitted), "--data", str(data_file), "--output-dir", str(out)]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 80
+    assert 0.0 <= metrics["mean_roc_auc"] <= 1.0 and metrics["bce"] > 0
+    assert set(metrics["labels"]) == set(JIGSAW_LABELS)
+    for label in metrics["labels"].values():
+        assert {"roc_auc", "pr_auc", "f1", "threshold"} <= set(label)
+    for png in ("pr_curves.png", "training_loss.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| toxic |" in (out / "report.md").read_text()
+
+
+def test_export_round_trips_through_pipeline_and_worker(work: Path, fitted: Path) -> None:
+    out = work / "exported"
+    assert main(["export", str(fitted), str(out), "--fp16", "--model-name", "tiny-test"]) == 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())  # noqa: SIM118
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_name"] == "tiny-test"
+    original = json.loads((fitted / "model" / "config.json").read_text())
+    assert config["label_thresholds"] == original["label_thresholds"]
+
+    texts = ["you are a stupid idiot", "thanks for the citation", "i will kill you " * 40, "ok"]
+    clf = pipeline(
+        "text-classification",
+        model=str(out),
+        top_k=None,
+        function_to_apply="sigmoid",
+        truncation=True,
+        max_length=128,
+    )
+    results = clf(texts)
+    assert {r["label"] for r in results[0]} == set(JIGSAW_LABELS)
+    pipe = np.array(
+        [
+            [next(r["score"] for r in res if r["label"] == label) for label in JIGSAW_LABELS]
+            for res in results
+        ]
+    )
+
+    from worker.infer import Scorer
+
+    scorer = Scorer.load(out, device="cpu")
+    assert scorer.labels == JIGSAW_LABELS and scorer.name == "tiny-test"
+    assert scorer.thresholds == pytest.approx(config["label_thresholds"])
+    assert scorer.version == config["model_version"]
+    np.testing.assert_allclose(scorer.score(texts), pipe, rtol=1e-4, atol=1e-5)
+
+    # fp16 storage changes scores by at most fp16 rounding of the weights
+    fp32 = Scorer.load(fitted / "model", device="cpu").score(texts)
+    np.testing.assert_allclose(fp32, pipe, atol=2e-3)
+
+
+# -- distill -----------------------------------------------------------------------------------
+def test_distill_with_ensemble_teacher_augmentation_and_hidden_loss(
+    work: Path, tiny_model: Path, data_file: Path, fitted: Path
+) -> None:
+    unlabeled = work / "extra.txt"
+    unlabeled.write_text("what a lovely day\nyou absolute idiot\n")
+    cache = work / "teacher-cache"
+    out = work / "distill-run"
+    args = [
+        "distill",
+        "--teacher",
+        str(fitted),
+        "--tfidf-teacher",
+        "--teacher-weights",
+        "2,1",
+        "--teacher-cache",
+        str(cache),
+        "--student-config",
+        str(tiny_model),
+        "--init-embeddings",
+        str(fitted / "model"),
+        "--alpha",
+        "0.3",
+        "--temperature",
+        "2",
+        "--hidden-distill",
+        "0.5",
+        "--augment",
+        "1",
+        "--unlabeled",
+        str(unlabeled),
+        "--train",
+        str(data_file),
+        "--output-dir",
+        str(out),
+        "--max-length",
+        "32",
+        *COMMON,
+    ]
+    assert main(args) == 0
+    cached = sorted(p.name for p in cache.iterdir())
+    assert any(n.startswith("teacher-model-") for n in cached)
+    assert any(n.startswith("tfidf-oof-") for n in cached)
+    info = json.loads((out / "model" / "training_info.json").read_text())
+    # 64 labeled + 64 augmented + 2 unlabeled texts
+    assert info["details"]["transfer_set"].startswith("130 texts (64 labeled")
+    assert info["details"]["teacher_weights"] == [2.0, 1.0]
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["step"] == 17  # ceil(130 / 8) steps for one epoch
+    ckpt = {p.name for p in (out / "checkpoint").iterdir()}
+    assert "projection.safetensors" in ckpt  # the learned student->teacher projection
+    exported = load_file(out / "model" / "model.safetensors")
+    assert not any("projection" in k for k in exported)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["hidden_size"] == 32 and set(config["label_thresholds"]) == set(JIGSAW_LABELS)
+
+    from worker.infer import Scorer
+
+    probs = Scorer.load(out / "model", device="cpu").score(["hello there"])
+    assert probs.shape == (1, 6) and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_distill_rejects_mismatched_teacher_labels(
+    work: Path, tiny_model: Path, fitted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = work / "generic.csv"
+    path.write_text("text,spam\n" + "".join(f"message {i},{i % 2}\n" for i in range(20)))
+    code = main(
+        [
+            "distill",
+            "--teacher",
+            str(fitted),
+            "--student-config",
+            str(tiny_model),
+            "--train",
+            str(path),
+            "--text-column",
+            "text",
+            "--label-columns",
+            "spam",
+            "--output-dir",
+            str(work / "bad-distill"),
+            *COMMON,
+        ]
+    )
+    assert code == 1
+    assert "lacks label(s) spam" in capsys.readouterr().err

@@ -1,0 +1,403 @@
+"""`moderation-train` command line: fit, distill, evaluate, export, baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from training import DEFAULT_BASE_MODEL
+
+log = logging.getLogger("training")
+
+
+def _label_list(value: str) -> list[str]:
+    labels = [v.strip() for v in value.split(",") if v.strip()]
+    if not labels:
+        raise argparse.ArgumentTypeError("expected comma-separated label column names")
+    return labels
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return number
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--train",
+        type=Path,
+        required=True,
+        help="labeled training file: Jigsaw CSV or generic CSV/JSONL (.gz ok)",
+    )
+    g.add_argument(
+        "--val",
+        type=Path,
+        default=None,
+        help="validation file (default: 20%% split of --train, random_state 42)",
+    )
+    g.add_argument(
+        "--text-column", default="comment_text", help="text column (default %(default)s)"
+    )
+    g.add_argument(
+        "--label-columns",
+        type=_label_list,
+        default=None,
+        help="comma-separated label columns (default: the six Jigsaw labels)",
+    )
+    g.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="skip and count malformed rows instead of failing",
+    )
+    g.add_argument("--test-size", type=_fraction, default=0.2, help="validation split fraction")
+    g.add_argument("--split-seed", type=int, default=42, help="train_test_split random_state")
+
+
+def _add_loop_args(p: argparse.ArgumentParser, *, lr: float, epochs: float, batch: int) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        help="run directory: checkpoint/, model/ (the artifact), eval/, history.json",
+    )
+    g.add_argument("--epochs", type=float, default=epochs, help="epochs (default %(default)s)")
+    g.add_argument("--batch-size", type=_positive_int, default=batch)
+    g.add_argument("--learning-rate", "--lr", type=float, default=lr)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-ratio", type=_fraction, default=0.06)
+    g.add_argument("--max-length", type=_positive_int, default=128, help="max tokens per text")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on recent CPUs)")
+    g.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    g.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    g.add_argument(
+        "--stop-after-steps",
+        type=_positive_int,
+        default=None,
+        help="stop (with a checkpoint) after this many steps; rerun to resume",
+    )
+    g.add_argument(
+        "--thresholds",
+        default="f1",
+        help="per-label thresholds: 'f1' (max F1 on validation) or a fixed value",
+    )
+    g.add_argument(
+        "--pos-weight",
+        default=None,
+        help="BCE positive weights for rare labels: 'auto' or comma-separated values",
+    )
+    g.add_argument("--model-name", default=None, help="model_name stored in config.json")
+    g.add_argument("--fp16", action="store_true", help="store fp16 weights in the artifact")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="moderation-train",
+        description="Fine-tune, distill, evaluate and export multi-label toxicity models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "fit",
+        help="fine-tune a model with BCE on labeled data",
+        description="Fine-tune AutoModelForSequenceClassification (multi-label).",
+    )
+    p.add_argument(
+        "--base-model",
+        default=DEFAULT_BASE_MODEL,
+        help="hub id or local path (default %(default)s)",
+    )
+    p.add_argument("--tokenizer", default=None, help="tokenizer hub id or path (default: base)")
+    p.add_argument(
+        "--from-config",
+        action="store_true",
+        help="random weights from the base model's config (no pretrained weights)",
+    )
+    _add_data_args(p)
+    _add_loop_args(p, lr=5e-5, epochs=3, batch=32)
+
+    p = sub.add_parser(
+        "distill",
+        help="train a student on labels + a teacher's soft targets",
+        description="Knowledge distillation: alpha*BCE(labels) + (1-alpha)*"
+        "T^2*BCE(sigmoid(student/T), sigmoid(teacher/T)).",
+    )
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        action="append",
+        default=[],
+        help="exported teacher artifact (repeat for an ensemble)",
+    )
+    p.add_argument(
+        "--teacher-weights",
+        default=None,
+        help="comma-separated ensemble weights for --teacher ... then --tfidf-teacher",
+    )
+    p.add_argument(
+        "--tfidf-teacher",
+        action="store_true",
+        help="add a TF-IDF+logistic-regression teacher (out-of-fold on training text)",
+    )
+    p.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=None,
+        help="directory caching teacher outputs (computed once per text set)",
+    )
+    p.add_argument("--teacher-batch-size", type=_positive_int, default=64)
+    p.add_argument("--teacher-bf16", action="store_true", help="bf16 autocast for the teacher")
+    s = p.add_mutually_exclusive_group()
+    s.add_argument("--student", default=None, help="pretrained student: hub id or local path")
+    s.add_argument(
+        "--student-config",
+        default=None,
+        help="build a random student from this config (hub id or path)",
+    )
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: student / config path)")
+    p.add_argument(
+        "--init-embeddings",
+        default=None,
+        help="initialise word+position embeddings from a PCA projection of this "
+        "model's (same vocabulary)",
+    )
+    p.add_argument("--alpha", type=_fraction, default=0.5, help="weight of the hard-label BCE")
+    p.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature T")
+    p.add_argument(
+        "--hidden-distill",
+        type=float,
+        default=0.0,
+        help="weight of pooled hidden-state distillation through a learned "
+        "student->teacher projection (0 = off; first --teacher only)",
+    )
+    p.add_argument(
+        "--unlabeled",
+        type=Path,
+        action="append",
+        default=[],
+        help="unlabeled text file (teacher targets only; .txt/.csv/.jsonl)",
+    )
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        help="teacher-labeled augmented copies per training text (transfer set)",
+    )
+    _add_data_args(p)
+    _add_loop_args(p, lr=1e-4, epochs=10, batch=32)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics, report.md and plots for a model on labeled data",
+        description="Mean BCE, ROC-AUC, PR-AUC and F1 at the stored thresholds.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="artifact or run directory")
+    p.add_argument("--data", type=Path, required=True, help="labeled CSV/JSONL file")
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--text-column", default="comment_text")
+    p.add_argument(
+        "--label-columns",
+        type=_label_list,
+        default=None,
+        help="label columns (default: the model's labels)",
+    )
+    p.add_argument("--skip-bad-rows", action="store_true")
+    p.add_argument("--max-length", type=_positive_int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--history", type=Path, default=None, help="history.json for the loss plot")
+
+    p = sub.add_parser(
+        "export",
+        help="write the artifact the worker serves",
+        description="save_pretrained directory: safetensors, tokenizer, config "
+        "with id2label/problem_type/label_thresholds, model card.",
+    )
+    p.add_argument("source", type=Path, help="run directory or artifact directory")
+    p.add_argument("output", type=Path, help="artifact directory to write")
+    p.add_argument("--fp16", action="store_true", help="store fp16 weights")
+    p.add_argument("--metrics", type=Path, default=None, help="metrics.json for the model card")
+    p.add_argument("--model-name", default=None)
+    p.add_argument("--model-version", default=None, help="default: sha256 of the weights")
+
+    p = sub.add_parser(
+        "baseline",
+        help="TF-IDF word+char n-grams + logistic regression",
+        description="Train and evaluate the TF-IDF+LR baseline on the split.",
+    )
+    _add_data_args(p)
+    p.add_argument("--output-dir", type=Path, required=True)
+    return parser
+
+
+def _loop_config(args: argparse.Namespace):
+    from training.loop import LoopConfig
+
+    return LoopConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        seed=args.seed,
+        bf16=args.bf16,
+        checkpoint_every=args.checkpoint_every,
+        stop_after_steps=args.stop_after_steps,
+        progress=not args.no_progress,
+    )
+
+
+def _data_options(args: argparse.Namespace):
+    from training.fit import DataOptions
+
+    return DataOptions(
+        train=args.train,
+        val=args.val,
+        text_column=args.text_column,
+        label_columns=args.label_columns,
+        skip_bad_rows=args.skip_bad_rows,
+        test_size=args.test_size,
+        split_seed=args.split_seed,
+    )
+
+
+def _run_options(args: argparse.Namespace):
+    from training.fit import RunOptions
+
+    if args.thresholds != "f1":
+        try:
+            float(args.thresholds)
+        except ValueError:
+            raise SystemExit(
+                f"moderation-train: error: --thresholds must be 'f1' or a number, "
+                f"got {args.thresholds!r}"
+            ) from None
+    return RunOptions(
+        output_dir=args.output_dir,
+        max_length=args.max_length,
+        threshold_method=args.thresholds,
+        model_name=args.model_name,
+        fp16_export=args.fp16,
+        resume=not args.no_resume,
+        threads=args.threads,
+    )
+
+
+def run_command(args: argparse.Namespace) -> dict[str, object] | None:
+    """Dispatch a parsed command; returns its metrics where it has some."""
+    if args.command == "fit":
+        from training.fit import fit
+
+        return fit(
+            _data_options(args),
+            _run_options(args),
+            _loop_config(args),
+            base_model=args.base_model,
+            tokenizer_ref=args.tokenizer,
+            from_config=True if args.from_config else None,
+            pos_weight=args.pos_weight,
+        )
+    if args.command == "distill":
+        from training.distill import DistillOptions, distill
+
+        if not args.teacher and not args.tfidf_teacher:
+            raise SystemExit(
+                "moderation-train: error: distill needs --teacher and/or --tfidf-teacher"
+            )
+        if not args.student and not args.student_config:
+            raise SystemExit("moderation-train: error: distill needs --student or --student-config")
+        options = DistillOptions(
+            teachers=list(args.teacher),
+            teacher_weights=args.teacher_weights,
+            tfidf_teacher=args.tfidf_teacher,
+            teacher_cache=args.teacher_cache,
+            teacher_batch_size=args.teacher_batch_size,
+            teacher_bf16=args.teacher_bf16,
+            student=args.student,
+            student_config=args.student_config,
+            tokenizer=args.tokenizer,
+            init_embeddings=args.init_embeddings,
+            alpha=args.alpha,
+            temperature=args.temperature,
+            hidden_distill=args.hidden_distill,
+            unlabeled=list(args.unlabeled),
+            augment=args.augment,
+            pos_weight=args.pos_weight,
+        )
+        return distill(_data_options(args), _run_options(args), _loop_config(args), options)
+    if args.command == "evaluate":
+        from training.evaluate import evaluate_model
+        from training.export import resolve_model_dir
+
+        return evaluate_model(
+            resolve_model_dir(args.model),
+            args.data,
+            args.output_dir,
+            text_column=args.text_column,
+            label_columns=args.label_columns,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            skip_bad_rows=args.skip_bad_rows,
+            history_path=args.history,
+        )
+    if args.command == "export":
+        from training.export import export_model
+
+        export_model(
+            args.source,
+            args.output,
+            fp16=args.fp16,
+            metrics_path=args.metrics,
+            model_name=args.model_name,
+            model_version=args.model_version,
+        )
+        return None
+    if args.command == "baseline":
+        from training.baseline import run_baseline
+
+        return run_baseline(_data_options(args), args.output_dir)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `moderation-train` and `python -m training`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from training.data import DataError
+
+    try:
+        metrics = run_command(args)
+    except DataError as exc:
+        print(f"moderation-train: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        print(f"moderation-train: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if metrics is not None:
+        summary = {k: metrics.get(k) for k in ("mean_roc_auc", "bce", "mean_f1") if k in metrics}
+        print(json.dumps(summary or metrics))
+    return 0

@@ -1,0 +1,251 @@
+"""Read labeled and unlabeled text files (Jigsaw CSV, generic CSV or JSONL) and split them."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training import JIGSAW_LABELS
+
+DEFAULT_TEXT_COLUMN = "comment_text"
+
+
+class DataError(ValueError):
+    """A data file or one of its rows cannot be used; the message names the file and row."""
+
+
+@dataclass
+class TextDataset:
+    """Texts with optional multi-label targets (float32, shape (n, len(label_names)))."""
+
+    texts: list[str]
+    labels: np.ndarray | None
+    label_names: list[str]
+    ids: list[str] = field(default_factory=list)
+    skipped_rows: int = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> TextDataset:
+        """Rows at `index`, in that order."""
+        idx = np.asarray(index, dtype=np.int64)
+        return TextDataset(
+            texts=[self.texts[i] for i in idx],
+            labels=None if self.labels is None else self.labels[idx],
+            label_names=list(self.label_names),
+            ids=[self.ids[i] for i in idx] if self.ids else [],
+        )
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _file_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    if last == ".csv":
+        return "csv"
+    if last in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if last in (".txt", ".text"):
+        return "txt"
+    raise DataError(f"{path}: unsupported file type (use .csv, .jsonl or .txt, optionally .gz)")
+
+
+def _parse_label(value: object, column: str) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"label {column!r} is {value!r}, not a number in [0, 1]") from None
+    else:
+        raise ValueError(f"label {column!r} is {value!r}, not a number in [0, 1]")
+    if math.isnan(number) or not 0.0 <= number <= 1.0:
+        raise ValueError(f"label {column!r} is {value!r}, not a number in [0, 1]")
+    return number
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """(row number, record or error message); row 1 is the first data row after the header."""
+    csv.field_size_limit(sys.maxsize)
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: empty file, expected a CSV header") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: unreadable CSV header: {exc}") from None
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        row_number = 0
+        while True:
+            row_number += 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as exc:
+                yield row_number, f"malformed CSV ({exc})"
+                continue
+            if not row:
+                row_number -= 1  # blank line, not a record
+                continue
+            if len(row) != len(header):
+                yield row_number, f"has {len(row)} fields, the header has {len(header)}"
+                continue
+            yield row_number, dict(zip(header, row, strict=True))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, object] | str]]:
+    with _open_text(path) as handle:
+        row_number = 0
+        while True:
+            try:
+                line = handle.readline()
+            except UnicodeDecodeError as exc:
+                row_number += 1
+                yield row_number, f"not UTF-8 ({exc})"
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            row_number += 1
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield row_number, f"invalid JSON ({exc.msg})"
+                continue
+            if not isinstance(record, dict):
+                yield row_number, "is not a JSON object"
+                continue
+            yield row_number, record
+
+
+def _txt_records(path: Path) -> Iterator[tuple[int, dict[str, object] | str]]:
+    with _open_text(path) as handle:
+        for row_number, line in enumerate(handle, start=1):
+            yield row_number, {DEFAULT_TEXT_COLUMN: line.rstrip("\r\n")}
+
+
+def load_dataset(
+    path: str | Path,
+    text_column: str = DEFAULT_TEXT_COLUMN,
+    label_columns: Sequence[str] | None = None,
+    *,
+    require_labels: bool = True,
+    skip_bad_rows: bool = False,
+) -> TextDataset:
+    """Read a Jigsaw-format or generic CSV/JSONL file (optionally gzipped).
+
+    `label_columns` defaults to the six Jigsaw labels. With `require_labels=False` only the text
+    column is read (unlabeled text; `.txt` files hold one text per line). A bad row raises
+    `DataError` naming the file and row, unless `skip_bad_rows` is set: then it is counted in
+    `skipped_rows`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = _file_format(path)
+    labels = list(label_columns) if label_columns else list(JIGSAW_LABELS)
+    if fmt == "txt" and require_labels:
+        raise DataError(f"{path}: a .txt file holds unlabeled text only")
+    records = {"csv": _csv_records, "jsonl": _jsonl_records, "txt": _txt_records}[fmt](path)
+
+    texts: list[str] = []
+    targets: list[list[float]] = []
+    ids: list[str] = []
+    skipped = 0
+    columns_checked = False
+    for row_number, record in records:
+        if fmt == "csv" and not columns_checked and isinstance(record, dict):
+            wanted = [text_column, *(labels if require_labels else [])]
+            missing = [c for c in wanted if c not in record]
+            if missing:
+                raise DataError(
+                    f"{path}: missing column(s) {', '.join(missing)}; "
+                    f"header has {', '.join(record)}"
+                )
+            columns_checked = True
+        try:
+            if isinstance(record, str):
+                raise ValueError(record)
+            text = record.get(text_column)
+            if not isinstance(text, str):
+                raise ValueError(f"no text in column {text_column!r}")
+            if not text.strip():
+                raise ValueError(f"empty text in column {text_column!r}")
+            row_labels: list[float] = []
+            if require_labels:
+                for column in labels:
+                    if column not in record:
+                        raise ValueError(f"no label column {column!r}")
+                    row_labels.append(_parse_label(record[column], column))
+        except ValueError as exc:
+            if skip_bad_rows:
+                skipped += 1
+                continue
+            raise DataError(f"{path}: row {row_number}: {exc}") from None
+        texts.append(text)
+        if require_labels:
+            targets.append(row_labels)
+        row_id = record.get("id")
+        ids.append(str(row_id) if row_id is not None else str(row_number))
+    if not texts:
+        raise DataError(f"{path}: no usable rows" + (f" ({skipped} skipped)" if skipped else ""))
+    return TextDataset(
+        texts=texts,
+        labels=np.asarray(targets, dtype=np.float32) if require_labels else None,
+        label_names=labels,
+        ids=ids,
+        skipped_rows=skipped,
+    )
+
+
+def split_dataset(
+    dataset: TextDataset, test_size: float = 0.2, random_state: int = 42
+) -> tuple[TextDataset, TextDataset]:
+    """Train/validation split as in the original write-up (sklearn `train_test_split`)."""
+    from sklearn.model_selection import train_test_split
+
+    train_idx, val_idx = train_test_split(
+        np.arange(len(dataset)), test_size=test_size, random_state=random_state
+    )
+    return dataset.subset(train_idx), dataset.subset(val_idx)
+
+
+def load_train_val(
+    train_path: str | Path,
+    val_path: str | Path | None,
+    text_column: str,
+    label_columns: Sequence[str] | None,
+    *,
+    skip_bad_rows: bool = False,
+    test_size: float = 0.2,
+    seed: int = 42,
+) -> tuple[TextDataset, TextDataset]:
+    """Training and validation sets: the validation file, or a split of the training file."""
+    train = load_dataset(train_path, text_column, label_columns, skip_bad_rows=skip_bad_rows)
+    if val_path is not None:
+        val = load_dataset(val_path, text_column, label_columns, skip_bad_rows=skip_bad_rows)
+        return train, val
+    return split_dataset(train, test_size=test_size, random_state=seed)

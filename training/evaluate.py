@@ -1,0 +1,232 @@
+"""Metrics (BCE, ROC-AUC, PR-AUC, F1), threshold choice, and the evaluation report with plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_EPS = 1e-7
+
+
+def bce(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean binary cross-entropy over all labels and rows."""
+    p = np.clip(p.astype(np.float64), _EPS, 1 - _EPS)
+    y = y.astype(np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def _best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import precision_recall_curve
+
+    if y.min() == y.max():
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))
+    return float(thresholds[best])
+
+
+def choose_thresholds(
+    y: np.ndarray, p: np.ndarray, labels: Sequence[str], method: str = "f1"
+) -> dict[str, float]:
+    """Per-label thresholds on validation data: max F1 (`f1`) or a fixed value (e.g. `0.5`)."""
+    if method != "f1":
+        value = float(method)
+        return {label: value for label in labels}
+    return {
+        label: round(_best_f1_threshold((y[:, j] >= 0.5).astype(int), p[:, j]), 6)
+        for j, label in enumerate(labels)
+    }
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def compute_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    labels: Sequence[str],
+    thresholds: dict[str, float] | None = None,
+) -> dict[str, object]:
+    """Mean BCE, per-label and mean ROC-AUC, PR-AUC (average precision) and F1 at thresholds."""
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    thresholds = thresholds or {}
+    per_label: dict[str, dict[str, float | int | None]] = {}
+    for j, label in enumerate(labels):
+        yj = (y[:, j] >= 0.5).astype(int)
+        pj = p[:, j]
+        threshold = float(thresholds.get(label, 0.5))
+        both = 0 < yj.sum() < len(yj)
+        per_label[label] = {
+            "positives": int(yj.sum()),
+            "roc_auc": _nan_to_none(roc_auc_score(yj, pj)) if both else None,
+            "pr_auc": _nan_to_none(average_precision_score(yj, pj)) if yj.any() else None,
+            "threshold": threshold,
+            "f1": float(f1_score(yj, pj >= threshold, zero_division=0)),
+            "bce": bce(y[:, j], pj),
+        }
+
+    def mean(key: str) -> float | None:
+        values = [v[key] for v in per_label.values() if v[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {
+        "n": len(y),
+        "bce": bce(y, p),
+        "mean_roc_auc": mean("roc_auc"),
+        "mean_pr_auc": mean("pr_auc"),
+        "mean_f1": mean("f1"),
+        "labels": per_label,
+    }
+
+
+def _plot_pr_curves(y: np.ndarray, p: np.ndarray, labels: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    cols = 3
+    rows = math.ceil(len(labels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    for j, label in enumerate(labels):
+        ax = axes[j // cols][j % cols]
+        yj = (y[:, j] >= 0.5).astype(int)
+        if yj.any():
+            precision, recall, _ = precision_recall_curve(yj, p[:, j])
+            ax.plot(recall, precision)
+        ax.set_title(label)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for k in range(len(labels), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (mean over 50 steps)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def write_report(
+    metrics: dict[str, object],
+    y: np.ndarray,
+    p: np.ndarray,
+    labels: Sequence[str],
+    out_dir: Path,
+    *,
+    title: str = "Evaluation",
+    history: list[dict[str, float]] | None = None,
+) -> list[Path]:
+    """Write metrics.json, report.md, pr_curves.png and (with a history) training_loss.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "metrics.json", out_dir / "report.md", out_dir / "pr_curves.png"]
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _plot_pr_curves(y, p, labels, out_dir / "pr_curves.png")
+    lines = [
+        f"# {title}",
+        "",
+        f"- rows: {metrics['n']}",
+        f"- mean BCE: {_fmt(metrics['bce'])}",  # type: ignore[arg-type]
+        f"- mean ROC-AUC: {_fmt(metrics['mean_roc_auc'])}",  # type: ignore[arg-type]
+        f"- mean PR-AUC: {_fmt(metrics['mean_pr_auc'])}",  # type: ignore[arg-type]
+        f"- mean F1 at thresholds: {_fmt(metrics['mean_f1'])}",  # type: ignore[arg-type]
+        "",
+        "| label | positives | ROC-AUC | PR-AUC | threshold | F1 | BCE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, m in metrics["labels"].items():  # type: ignore[union-attr]
+        lines.append(
+            f"| {label} | {m['positives']} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} "
+            f"| {m['threshold']:.3f} | {_fmt(m['f1'])} | {_fmt(m['bce'])} |"
+        )
+    lines += ["", "![precision-recall curves](pr_curves.png)", ""]
+    if history:
+        _plot_loss(history, out_dir / "training_loss.png")
+        written.append(out_dir / "training_loss.png")
+        lines += ["![training loss](training_loss.png)", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    return written
+
+
+def find_history(model_dir: Path) -> list[dict[str, float]] | None:
+    """The training loss history stored next to (or inside) an artifact, if any."""
+    for candidate in (model_dir / "history.json", model_dir.parent / "history.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
+
+
+def evaluate_model(
+    model_dir: Path,
+    data_path: Path,
+    out_dir: Path,
+    *,
+    text_column: str,
+    label_columns: Sequence[str] | None,
+    max_length: int = 128,
+    batch_size: int = 64,
+    skip_bad_rows: bool = False,
+    history_path: Path | None = None,
+) -> dict[str, object]:
+    """Score a labeled file with an exported artifact and write the report."""
+    from training.data import load_dataset
+    from training.modeling import load_classifier, load_tokenizer, predict
+
+    model = load_classifier(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    dataset = load_dataset(
+        data_path, text_column, label_columns or labels, skip_bad_rows=skip_bad_rows
+    )
+    probs, _ = predict(
+        model, tokenizer, dataset.texts, max_length=max_length, batch_size=batch_size
+    )
+    thresholds = getattr(model.config, "label_thresholds", None) or {}
+    assert dataset.labels is not None
+    metrics = compute_metrics(dataset.labels, probs, labels, thresholds)
+    metrics["model"] = str(model_dir)
+    metrics["data"] = str(data_path)
+    metrics["skipped_rows"] = dataset.skipped_rows
+    history = json.loads(history_path.read_text()) if history_path else find_history(model_dir)
+    write_report(
+        metrics,
+        dataset.labels,
+        probs,
+        labels,
+        out_dir,
+        title=f"Evaluation of {model_dir.name} on {data_path.name}",
+        history=history,
+    )
+    log.info("mean ROC-AUC %s, BCE %.4f", _fmt(metrics["mean_roc_auc"]), metrics["bce"])  # type: ignore[arg-type]
+    return metrics

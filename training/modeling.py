@@ -1,0 +1,207 @@
+"""Model, tokenizer and batching helpers shared by fit, distill, evaluate and export."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "multi_label_classification"
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def setup_torch(threads: int = 0, seed: int | None = None) -> None:
+    """CPU settings that matter here: flush denormals (a ~9x trap on this CPU), threads, seed."""
+    torch.set_flush_denormal(True)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if seed is not None:
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2**32))
+
+
+def autocast(enabled: bool) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CPU when enabled, else a no-op context."""
+    if enabled:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def has_weights(model_ref: str | Path) -> bool:
+    """False only for a local directory that holds a config but no weights."""
+    path = Path(model_ref)
+    if not path.is_dir():
+        return True
+    return any((path / name).exists() for name in _WEIGHT_FILES)
+
+
+def load_tokenizer(ref: str | Path) -> PreTrainedTokenizerBase:
+    """Fast tokenizer from a hub id or a local directory."""
+    return AutoTokenizer.from_pretrained(str(ref), use_fast=True)
+
+
+def label_config_kwargs(labels: Sequence[str]) -> dict[str, object]:
+    """`from_pretrained`/config keyword arguments for a multi-label head over `labels`."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "problem_type": PROBLEM_TYPE,
+    }
+
+
+def build_classifier(
+    base: str | Path,
+    labels: Sequence[str],
+    *,
+    from_config: bool | None = None,
+    config_overrides: dict[str, object] | None = None,
+) -> PreTrainedModel:
+    """`AutoModelForSequenceClassification` over `labels` from a hub id or local path.
+
+    `from_config=None` builds random weights only when `base` is a local directory without
+    weights (e.g. a config + tokenizer folder); True forces random weights from the config.
+    """
+    kwargs = label_config_kwargs(labels)
+    if config_overrides:
+        kwargs.update(config_overrides)
+    if from_config is None:
+        from_config = not has_weights(base)
+        if from_config:
+            log.warning("%s has no weights: building a randomly initialised model", base)
+    if from_config:
+        config = AutoConfig.from_pretrained(str(base), **kwargs)
+        return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_pretrained(str(base), **kwargs)
+
+
+def load_classifier(model_dir: str | Path) -> PreTrainedModel:
+    """An exported multi-label artifact (safetensors only), in float32 and eval mode."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), use_safetensors=True, dtype=torch.float32
+    )
+    model.float().eval()
+    return model
+
+
+def load_backbone(ref: str | Path) -> PreTrainedModel:
+    """The base encoder (e.g. BertModel) of a checkpoint, for embedding transfer."""
+    return AutoModel.from_pretrained(str(ref))
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> list[list[int]]:
+    """Token ids per text, truncated, unpadded (padding happens per batch)."""
+    out: list[list[int]] = []
+    step = 2048
+    for start in range(0, len(texts), step):
+        enc = tokenizer(
+            list(texts[start : start + step]),
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        out.extend(enc["input_ids"])
+    return out
+
+
+def collate(
+    ids: Sequence[Sequence[int]], pad_id: int, multiple: int = 8
+) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest member, rounded up to `multiple` (fewer kernel shapes)."""
+    width = max(len(x) for x in ids)
+    width = -(-width // multiple) * multiple
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, mega: int = 50
+) -> list[list[int]]:
+    """Shuffled batches of similar-length examples (less padding), deterministic in `seed`."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    lens = np.asarray(lengths)
+    batches: list[list[int]] = []
+    chunk = batch_size * mega
+    for start in range(0, len(order), chunk):
+        group = order[start : start + chunk]
+        group = group[np.argsort(-lens[group], kind="stable")]
+        batches.extend(group[i : i + batch_size].tolist() for i in range(0, len(group), batch_size))
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Inference batches in decreasing length order."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size].tolist()
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over non-padding tokens."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+@torch.inference_mode()
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    max_length: int = 128,
+    batch_size: int = 64,
+    bf16: bool = False,
+    pooled_layers: Sequence[int] = (),
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Sigmoid probabilities (n, n_labels) and, for `pooled_layers`, mean-pooled hidden states."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    ids = encode(tokenizer, texts, max_length)
+    pad_id = tokenizer.pad_token_id or 0
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    pooled: dict[int, np.ndarray] = {
+        layer: np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+        for layer in pooled_layers
+    }
+    batches = list(sorted_batches([len(x) for x in ids], batch_size))
+    for batch in tqdm(batches, desc="predict", disable=not progress, mininterval=_interval()):
+        inputs = collate([ids[i] for i in batch], pad_id)
+        with autocast(bf16):
+            out = model(**inputs, output_hidden_states=bool(pooled_layers))
+        probs[batch] = torch.sigmoid(out.logits.float()).numpy()
+        for layer in pooled_layers:
+            hidden = out.hidden_states[layer].float()
+            pooled[layer][batch] = mean_pool(hidden, inputs["attention_mask"]).numpy()
+    return probs, pooled
+
+
+def _interval() -> float:
+    """tqdm refresh interval: lively on a terminal, sparse in logs."""
+    return 0.5 if os.isatty(2) else 30.0
