@@ -109,9 +109,13 @@ class Worker:
             self.consumer, settings, self.tracker, self.batcher, publisher, self.metrics
         )
         batch_scorer = BatchScorer(self.batcher, scorer, self.executor, publisher, self.metrics)
-        await self.producer.start()
         try:
-            await self.consumer.start()
+            try:
+                await self.producer.start()
+                await self.consumer.start()
+            except KafkaError as exc:
+                log.error("cannot reach Kafka at %s: %r", settings.bootstrap_servers, exc)
+                return 1
             self.consumer.subscribe(
                 [settings.input_topic],
                 listener=RebalanceListener(self._release_partitions, self._partitions_assigned),
@@ -175,7 +179,8 @@ class Worker:
         """Commit the acknowledged prefix of each partition (all partitions when `tps` is None)."""
         assert self.consumer is not None
         async with self._commit_lock:
-            offsets = self.tracker.committable(tps)
+            assigned = self.consumer.assignment()
+            offsets = {tp: o for tp, o in self.tracker.committable(tps).items() if tp in assigned}
             if not offsets:
                 return
             try:
