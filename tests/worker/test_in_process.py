@@ -14,7 +14,7 @@ from tests.conftest import Topics
 from tests.http import http_get
 from tests.kafka_helpers import comment, produce, read_all
 from worker.app import Worker
-from worker.config import load_settings
+from worker.config import Settings, load_settings
 from worker.infer import Scorer
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ class FailsOnPoison(Scorer):
         return super().tokenize(texts)
 
 
-def settings_for(bootstrap: str, topics: Topics, **extra: object):  # noqa: ANN201
+def settings_for(bootstrap: str, topics: Topics, **extra: object) -> Settings:
     return load_settings(
         bootstrap_servers=bootstrap, input_topic=topics.input, output_topic=topics.output,
         dlq_topic=topics.dlq, group_id=topics.group, device="cpu", metrics_host="127.0.0.1",
