@@ -50,5 +50,9 @@ format: install
 schemas: install
 	$(PY) -c 'import orjson, schemas, pathlib; [pathlib.Path("schemas", n).write_bytes(orjson.dumps(s, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n") for n, s in schemas.json_schemas().items()]'
 
+# Rebuild the bundled model in worker/default_model/ (seeded, resumable; ~1-1.5 h on 2 CPU cores).
+default-model: install
+	HF_HUB_OFFLINE=1 nice -n 19 $(PY) -m training.default_model
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
