@@ -42,14 +42,17 @@ ENV PYTHONUNBUFFERED=1 \
 # ---------------------------------------------------------------- builder: venv with torch + app
 FROM base AS builder
 ARG VARIANT
-ARG TORCH_VERSION=2.6.0
-# Empty: pick the PyTorch wheel index from VARIANT (cpu -> whl/cpu, cuda -> whl/cu126).
+# Same torch as the tests run with (TORCH_SPEC in the Makefile; tests/deploy checks it).
+ARG TORCH_VERSION=2.13.0
+# Empty: cpu -> the PyTorch CPU wheel index (no CUDA libraries, a much smaller image);
+# cuda -> PyPI, whose Linux torch wheels are CUDA builds bundling their CUDA libraries.
+# Set it to e.g. https://download.pytorch.org/whl/cu128 for another CUDA version.
 ARG TORCH_INDEX_URL=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv "$VIRTUAL_ENV"
-RUN if [ -n "$TORCH_INDEX_URL" ]; then index="$TORCH_INDEX_URL"; \
-    elif [ "$VARIANT" = "cpu" ]; then index="https://download.pytorch.org/whl/cpu"; \
-    else index="https://download.pytorch.org/whl/cu126"; fi \
+RUN index="$TORCH_INDEX_URL"; \
+    if [ -z "$index" ] && [ "$VARIANT" = "cpu" ]; then index="https://download.pytorch.org/whl/cpu"; \
+    elif [ -z "$index" ]; then index="https://pypi.org/simple"; fi \
  && pip install --upgrade "pip>=24" \
  && pip install "torch==${TORCH_VERSION}" --index-url "$index"
 

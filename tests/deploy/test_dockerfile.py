@@ -190,6 +190,18 @@ def test_variants_and_build_arg() -> None:
     assert "download.pytorch.org/whl/cpu" in builder and "torch==${TORCH_VERSION}" in builder
 
 
+def test_image_pins_the_torch_the_tests_use() -> None:
+    """Never an unpinned torch; the image's is the Makefile's TORCH_SPEC."""
+    builder_args = [a for k, a in stages()["builder"] if k == "ARG"]
+    pinned = next(a.partition("=")[2] for a in builder_args if a.startswith("TORCH_VERSION="))
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), pinned
+    makefile = REPO / "Makefile"
+    if makefile.exists():
+        spec = re.search(r"^TORCH_SPEC \?= torch==(\S+)", makefile.read_text(), re.M)
+        assert spec, "TORCH_SPEC not found in the Makefile"
+        assert pinned == spec.group(1).split("+")[0], "Dockerfile TORCH_VERSION != Makefile"
+
+
 def test_runtime_is_non_root_and_read_only_friendly() -> None:
     runtime = stages()["runtime"]
     users = [a for k, a in runtime if k == "USER"]

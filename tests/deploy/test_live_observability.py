@@ -20,7 +20,7 @@ after a few seconds; the alert rules' own windows ([5m], [10m]) need only two sa
 test takes well under a minute once the broker runs.
 
 Skipped (the only skip) when there is no `prometheus` binary: install the Debian package
-`prometheus` (`make setup` does it where apt works).
+`prometheus` (`make tools` does it where apt works).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ pytestmark = [
     pytest.mark.skipif(
         prometheus_binary() is None,
         reason="no `prometheus` binary on PATH: install the Debian package `prometheus` "
-        "(apt-get install -y prometheus; `make setup` does it where apt works) to evaluate the "
+        "(apt-get install -y prometheus; `make tools` does it where apt works) to evaluate the "
         "dashboard and alert queries against a live worker",
     ),
 ]
