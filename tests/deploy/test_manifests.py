@@ -9,6 +9,7 @@ are validated against the JSON schemas in crd_schemas/ (see crd_schemas/README.m
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -195,7 +196,7 @@ def test_configmap_holds_only_real_settings(builds: dict[str, Any], overlay: str
     data = configmap(builds[overlay])
     known = {"KAFKA_BOOTSTRAP_SERVERS"} | {f"MODERATION_{f.upper()}" for f in Settings.model_fields}
     assert set(data) <= known, f"unknown settings (silently ignored): {set(data) - known}"
-    for key in [k for k in __import__("os").environ if k.startswith("MODERATION_")]:
+    for key in [k for k in os.environ if k.startswith("MODERATION_")]:
         monkeypatch.delenv(key)
     for key, value in data.items():
         monkeypatch.setenv(key, value)
