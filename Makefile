@@ -27,13 +27,16 @@ $(STAMP): pyproject.toml
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
 
-# Debian's prometheus (prometheus + promtool) for the observability tests, where apt works.
+# Debian's prometheus (prometheus + promtool) and kubernetes-client (kubectl) for the deploy and
+# observability tests, where apt works.
 tools:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		&& command -v kubectl >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
-		|| echo "tools: could not install Debian's prometheus; its tests will say they skipped"; \
-	else echo "tools: prometheus not installed and apt-get unavailable; its tests will say they skipped"; fi
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			prometheus kubernetes-client >/dev/null) \
+		|| echo "tools: apt-get could not install prometheus/kubectl; their tests say they skipped"; \
+	else echo "tools: prometheus/kubectl missing and apt-get unavailable"; fi
 
 test: install tools
 	$(VENV)/bin/ruff check .

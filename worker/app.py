@@ -40,6 +40,7 @@ class Worker:
     def __init__(self, settings: Settings, scorer: Scorer | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.metrics.init_labels(settings.input_topic)
         self.tracker = OffsetTracker()
         self.scorer = scorer
         self.http = HealthServer(self.metrics, self.is_ready)

@@ -72,6 +72,17 @@ class Metrics:
         )
         self.model_info = Info("moderation_model", "The model being served.", registry=r)
 
+    def init_labels(self, input_topic: str) -> None:
+        """Export every known label value at 0 from the start, so rates see the first event."""
+        from schemas import ErrorKind
+
+        self.consumed.labels(input_topic)
+        self.scored.labels(input_topic)
+        for kind in ErrorKind:
+            self.dead_lettered.labels(kind.value)
+        for error in ("produce", "commit", "inference"):
+            self.errors.labels(error)
+
     def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:
         self.model_info.info(
             {"name": name, "version": version, "device": device, "labels": ",".join(labels)}
