@@ -21,6 +21,7 @@ class ErrorKind(StrEnum):
     INVALID_FIELD = "invalid_field"
     TEXT_TOO_LARGE = "text_too_large"
     INFERENCE_FAILED = "inference_failed"
+    OUTPUT_TOO_LARGE = "output_too_large"  # valid, but its output is over the producer's limit
 
 
 class DeadLetterHeaders(BaseModel):

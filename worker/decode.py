@@ -51,4 +51,11 @@ def decode_comment(value: bytes | None, max_text_bytes: int) -> Comment:
         raise InvalidMessage(
             ErrorKind.TEXT_TOO_LARGE, f"text is {size} bytes, over the limit of {max_text_bytes}"
         )
+    if comment.metadata is not None:  # it is copied into the output: it must serialize again
+        try:
+            orjson.dumps(comment.metadata)
+        except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (254 levels)
+            raise InvalidMessage(
+                ErrorKind.INVALID_FIELD, f"field 'metadata': cannot be passed through: {exc}"
+            ) from None
     return comment

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from schemas import DeadLetterHeaders, ErrorKind
 from worker.config import Settings
@@ -82,13 +83,37 @@ class Publisher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def send_output(self, item: InFlight, value: bytes) -> None:
-        future = await self.producer.send(
-            self.settings.output_topic, value=value, key=item.record.key
-        )
-        future.add_done_callback(lambda f: self._acked(f, item, None))
+        try:
+            future = await self.producer.send(
+                self.settings.output_topic, value=value, key=item.record.key
+            )
+        except MessageSizeTooLargeError:  # e.g. a huge key, copied from the input: not retryable
+            await self.send_dead_letter(item, *self._output_too_large(item, value))
+            return
+        future.add_done_callback(lambda f: self._acked(f, item, None, value))
 
-    async def send_dead_letter(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
+    @staticmethod
+    def _output_too_large(item: InFlight, value: bytes) -> tuple[ErrorKind, str]:
+        key = len(item.record.key or b"")
+        return ErrorKind.OUTPUT_TOO_LARGE, (
+            f"its output ({len(value)} bytes value, {key} bytes key) is over the maximum "
+            "message size of the producer or the output topic"
+        )
+
+    async def send_dead_letter(
+        self, item: InFlight, kind: ErrorKind, detail: str, copy_record: bool = True
+    ) -> None:
+        """Dead-letter the original key, value and headers, with the reason in headers.
+
+        A record too large to be published again (over the producer's `max_request_size` or the
+        dead-letter topic's limit) is dead-lettered without its key and headers and with an empty
+        value; the `source.*` headers still say where the original is. So is a key-less
+        tombstone (Kafka needs a key or a value).
+        """
         record = item.record
+        if not copy_record:
+            size = len(record.key or b"") + len(record.value or b"")
+            detail += f"; the original record ({size} bytes) is too large to copy here"
         headers = DeadLetterHeaders(
             error_kind=kind,
             error_detail=detail,
@@ -100,17 +125,30 @@ class Publisher:
             "dead-lettering %s[%d]@%d: %s",
             record.topic, record.partition, record.offset, kind.value,
         )  # fmt: skip
-        future = await self.producer.send(
-            self.settings.dlq_topic,
-            value=record.value,
-            key=record.key,
-            headers=list(record.headers or ()) + headers,
-        )
-        future.add_done_callback(lambda f: self._acked(f, item, kind))
+        key, value = (record.key, record.value) if copy_record else (None, None)
+        if key is None and value is None:  # a key-less tombstone: Kafka needs one of the two
+            value = b""
+        try:
+            future = await self.producer.send(
+                self.settings.dlq_topic,
+                value=value,
+                key=key,
+                headers=(list(record.headers or ()) if copy_record else []) + headers,
+            )
+        except MessageSizeTooLargeError:
+            if not copy_record:
+                raise
+            await self.send_dead_letter(item, kind, detail, copy_record=False)
+            return
+        retry = (kind, detail) if copy_record else None
+        future.add_done_callback(lambda f: self._acked(f, item, kind, retry=retry))
 
     def dead_letter_soon(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
         """Schedule a dead letter without waiting (used from the synchronous consume step)."""
-        task = asyncio.create_task(self._guard(self.send_dead_letter(item, kind, detail)))
+        self._schedule(self.send_dead_letter(item, kind, detail))
+
+    def _schedule(self, send: Any) -> None:
+        task = asyncio.create_task(self._guard(send))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -121,9 +159,24 @@ class Publisher:
             self.metrics.errors.labels("produce").inc()
             self.on_fatal(exc)
 
-    def _acked(self, future: asyncio.Future[Any], item: InFlight, kind: ErrorKind | None) -> None:
+    def _acked(
+        self,
+        future: asyncio.Future[Any],
+        item: InFlight,
+        kind: ErrorKind | None,
+        output: bytes | None = None,
+        retry: tuple[ErrorKind, str] | None = None,
+    ) -> None:
         if future.cancelled() or future.exception() is not None:
             exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            if isinstance(exc, MessageSizeTooLargeError):  # the broker refused it for its size
+                if output is not None:
+                    reason = self._output_too_large(item, output)
+                    self._schedule(self.send_dead_letter(item, *reason))
+                    return
+                if retry is not None:
+                    self._schedule(self.send_dead_letter(item, *retry, copy_record=False))
+                    return
             self.metrics.errors.labels("produce").inc()
             log.error("publishing offset %d failed: %r", item.record.offset, exc)
             self.on_fatal(exc)
