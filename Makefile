@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test lint format schemas tools default-model clean audit reliability
+.PHONY: install demo bench test lint format schemas tools default-model clean audit reliability
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ $(STAMP): pyproject.toml
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
+
+# Benchmark: model-only ceiling, worker end to end through a real broker (tansu unless
+# KAFKA_BOOTSTRAP_SERVERS is set), naive consumer; writes bench-results/bench.json + REPORT.md.
+# The worker runs with the environment's MODERATION_* settings; these defaults are the tuned
+# CPU ones (override on the command line, e.g. `make bench MODERATION_PRECISION=fp32`).
+BENCH_FLAGS ?=
+bench: install
+	HF_HUB_OFFLINE=1 MODERATION_TORCH_THREADS=$${MODERATION_TORCH_THREADS:-1} \
+		$(VENV)/bin/moderation-worker bench --output-dir bench-results $(BENCH_FLAGS)
 
 # Debian's prometheus (prometheus + promtool) and kubernetes-client (kubectl) for the deploy and
 # observability tests, where apt works.

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -22,7 +22,7 @@ from worker.batching import BatchPolicy, MicroBatcher
 from worker.config import Settings
 from worker.consume import ConsumeLoop, RebalanceListener, build_consumer
 from worker.health import HealthServer
-from worker.infer import Scorer
+from worker.infer import Scorer, configure_torch
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.publish import Publisher, build_producer
@@ -76,9 +76,7 @@ class Worker:
 
     async def run(self) -> int:
         settings = self.settings
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        torch.set_flush_denormal(True)
+        configure_torch(settings.torch_threads, settings.torch_interop_threads)
         await self.http.start(settings.metrics_host, settings.metrics_port)
         log.info("HTTP endpoints on port %s", self.http.port)
         try:
@@ -93,7 +91,15 @@ class Worker:
         loop = asyncio.get_running_loop()
         if self.scorer is None:
             self.scorer = await loop.run_in_executor(
-                self.executor, Scorer.load, settings.model, settings.device, settings.max_length
+                self.executor,
+                functools.partial(
+                    Scorer.load,
+                    settings.model,
+                    settings.device,
+                    settings.max_length,
+                    precision=settings.precision,
+                    token_budget=settings.token_budget,
+                ),
             )
         scorer = self.scorer
         await loop.run_in_executor(self.executor, scorer.score, ["warm-up"])

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_text_bytes: Annotated[int, Field(ge=1)] = 65_536
     max_in_flight: Annotated[int, Field(ge=1)] = 2048
     torch_threads: Annotated[int, Field(ge=0)] = 0
+    torch_interop_threads: Annotated[int, Field(ge=0)] = 0
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
+    token_budget: Annotated[int, Field(ge=0)] = 0
 
     # Service
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 25

@@ -9,6 +9,7 @@ and run them off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 MULTI_LABEL = "multi_label_classification"
 DEFAULT_THRESHOLD = 0.5
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 class ModelLoadError(RuntimeError):
@@ -46,6 +48,61 @@ def resolve_device(device: str) -> torch.device:
     if device != "cpu" and not device.startswith("cuda"):
         raise ModelLoadError(f"unknown device {device!r}: use auto, cpu or cuda[:N]")
     return torch.device(device)
+
+
+def apply_precision(
+    model: PreTrainedModel, precision: str, device: torch.device
+) -> PreTrainedModel:
+    """fp32 as loaded; bf16/fp16 weights (fp16 on CUDA only); int8 dynamic quantization of the
+    linear layers (CPU only). Scores stay float32 sigmoids whatever the precision."""
+    if precision == "fp32":
+        return model
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ModelLoadError("precision fp16 needs a CUDA device; use bf16 on CPU")
+        return model.half()
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ModelLoadError("precision int8 (dynamic quantization) runs on CPU only")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+    raise ModelLoadError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+
+
+def length_buckets(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped into sub-batches of similar length: sorted by length, cut so that each
+    sub-batch padded to its longest member holds at most `token_budget` tokens (at least one
+    item each). `token_budget <= 0` keeps one batch in the original order; no items, no batch."""
+    if not lengths:
+        return []
+    if token_budget <= 0 or len(lengths) == 1:
+        return [list(range(len(lengths)))]
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) + 1) * lengths[index] > token_budget:
+            buckets.append(current)
+            current = []
+        current.append(index)
+    buckets.append(current)
+    return buckets
+
+
+def configure_torch(threads: int = 0, interop_threads: int = 0) -> None:
+    """Process-wide torch settings of the worker (0 keeps torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if interop_threads:
+        with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
+            torch.set_num_interop_threads(interop_threads)
+    torch.set_flush_denormal(True)
 
 
 def default_model_has_weights() -> bool:
@@ -81,6 +138,8 @@ class Scorer:
     name: str
     version: str
     max_length: int = 128
+    precision: str = "fp32"
+    token_budget: int = 0
     labels: list[str] = field(init=False)
     thresholds: dict[str, float] = field(init=False)
 
@@ -97,10 +156,16 @@ class Scorer:
             label: float(configured.get(label, DEFAULT_THRESHOLD)) for label in self.labels
         }
         self.model.eval().to(self.device)
+        self.model = apply_precision(self.model, self.precision, self.device)
 
     @classmethod
     def load(
-        cls, model: str | Path | None = None, device: str = "auto", max_length: int = 128
+        cls,
+        model: str | Path | None = None,
+        device: str = "auto",
+        max_length: int = 128,
+        precision: str = "fp32",
+        token_budget: int = 0,
     ) -> Scorer:
         """Load a hub id or `save_pretrained` directory; None means the bundled default model."""
         torch_device = resolve_device(device)
@@ -137,6 +202,8 @@ class Scorer:
             name=str(name),
             version=str(version),
             max_length=max_length,
+            precision=precision,
+            token_budget=token_budget,
         )
 
     def tokenize(self, texts: list[str]) -> BatchEncoding:
@@ -149,6 +216,16 @@ class Scorer:
             return_tensors="pt",
         )
 
+    def tokenize_buckets(self, texts: list[str]) -> list[tuple[list[int], BatchEncoding]]:
+        """Length bucketing: (indices, encoding) sub-batches of similar-length texts, each padded
+        to its own longest, so little compute goes to padding. Character length orders the
+        texts (cheap, and close to token order); the budget counts estimated tokens."""
+        estimates = [min(self.max_length, len(text) // 4 + 2) for text in texts]
+        return [
+            (indices, self.tokenize([texts[i] for i in indices]))
+            for indices in length_buckets(estimates, self.token_budget)
+        ]
+
     def infer(self, encoding: BatchEncoding) -> np.ndarray:
         """Forward pass + per-label sigmoid; returns (batch, labels) float32 probabilities."""
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in encoding.items()}
@@ -159,7 +236,15 @@ class Scorer:
     def score(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.infer(self.tokenize(texts))
+        buckets = self.tokenize_buckets(texts)
+        return self.infer_buckets(buckets, len(texts))
+
+    def infer_buckets(self, buckets: list[tuple[list[int], BatchEncoding]], n: int) -> np.ndarray:
+        """Infer each bucket; rows come back in the original order of the texts."""
+        probabilities = np.empty((n, len(self.labels)), dtype=np.float32)
+        for indices, encoding in buckets:
+            probabilities[indices] = self.infer(encoding)
+        return probabilities
 
     def flagged(self, probabilities: np.ndarray) -> list[str]:
         """Labels at or above their threshold, for one row of probabilities."""

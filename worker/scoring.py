@@ -44,9 +44,9 @@ class BatchScorer:
     def score_texts(self, texts: list[str]) -> np.ndarray:
         """Tokenize and infer one batch, timing each stage (runs in the executor thread)."""
         started = time.perf_counter()
-        encoding = self.scorer.tokenize(texts)
+        buckets = self.scorer.tokenize_buckets(texts)
         tokenized = time.perf_counter()
-        probabilities = self.scorer.infer(encoding)
+        probabilities = self.scorer.infer_buckets(buckets, len(texts))
         self.metrics.tokenization.observe(tokenized - started)
         self.metrics.inference.observe(time.perf_counter() - tokenized)
         self.metrics.batch_size.observe(len(texts))

@@ -1,0 +1,36 @@
+"""(a) The model-only ceiling: tokenize + infer the corpus with the worker's own batching
+(`BatchScorer.score_texts` on batches of `max_batch_size`), no Kafka, same torch settings."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from worker.infer import Scorer
+from worker.metrics import Metrics
+from worker.scoring import BatchScorer
+
+
+def batch_scorer_for(scorer: Scorer) -> BatchScorer:
+    """The worker's batch scoring step without the Kafka side (only `score_texts` is used)."""
+    return BatchScorer(cast(Any, None), scorer, cast(Any, None), cast(Any, None), Metrics())
+
+
+def run_ceiling(scorer: Scorer, texts: list[str], max_batch_size: int) -> dict[str, Any]:
+    batch_scorer = batch_scorer_for(scorer)
+    batch_scorer.score_texts(texts[:max_batch_size])  # warm-up, not timed
+    batch_scorer = batch_scorer_for(scorer)  # fresh metrics
+    started = time.perf_counter()
+    for i in range(0, len(texts), max_batch_size):
+        batch_scorer.score_texts(texts[i : i + max_batch_size])
+    elapsed = time.perf_counter() - started
+    registry = batch_scorer.metrics.registry
+    tokenize_s = registry.get_sample_value("moderation_tokenization_seconds_sum") or 0.0
+    infer_s = registry.get_sample_value("moderation_inference_seconds_sum") or 0.0
+    return {
+        "comments_per_s": len(texts) / elapsed,
+        "messages": len(texts),
+        "seconds": elapsed,
+        "tokenize_share": tokenize_s / elapsed,
+        "infer_share": infer_s / elapsed,
+    }

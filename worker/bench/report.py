@@ -1,0 +1,120 @@
+"""The benchmark's outputs: `bench.json` (everything) and `REPORT.md` (the short version)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def _f(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+def markdown(r: dict[str, Any]) -> str:
+    a, b, c = r["ceiling"], r["end_to_end"], r["naive"]
+    lat, ratios, machine = r["latency"], r["ratios"], r["machine"]
+    goals = r["goals"]
+    lines = [
+        "# Benchmark: moderation worker",
+        "",
+        f"{r['started_at']} · {machine['cpu']} · {machine['cores']} cores · device "
+        f"`{machine['device']}` · {r['corpus']['messages']:,} messages · broker {r['broker']}",
+        "",
+        "| figure | comments/s |",
+        "|---|---:|",
+        f"| (a) model-only ceiling (tokenize + infer, worker batching, no Kafka) "
+        f"| {_f(a['comments_per_s'])} |",
+        f"| (b) worker end to end (produced first, until every score acknowledged) "
+        f"| {_f(b['comments_per_s'])} |",
+        f"| (c) naive consumer (one message at a time, `transformers.pipeline`, commit each) "
+        f"| {_f(c['comments_per_s'], 1)} |",
+        "",
+        f"Ratios: **b/a = {ratios['b_over_a']:.2f}** (goal ≥ 0.9), "
+        f"**b/c = {ratios['b_over_c']:.1f}x** (goal ≥ 20).",
+        "",
+        f"Latency at {lat['offered_rate']:,.0f} comments/s offered "
+        f"({r['settings_bench']['latency_load']:.0%} of b) for {lat['seconds']:.0f} s, "
+        f"{lat['received']:,}/{lat['messages']:,} scored: "
+        f"**p50 {lat['p50_ms']:.1f} ms · p95 {lat['p95_ms']:.1f} ms · p99 {lat['p99_ms']:.1f} ms** "
+        f"(max {lat['max_ms']:.1f} ms; goal p99 ≤ 100 ms). Measured from the bench's send to the "
+        "worker's publish of the score (output record timestamp, ms resolution). The worker's own "
+        "histogram (record timestamp → broker ack, bucket-interpolated): "
+        + ", ".join(f"{k} {_f(v, 1)} ms" for k, v in lat["worker_histogram_ms"].items())
+        + ".",
+        "",
+        "Goals: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in goals.items()),
+        "",
+        "## Settings",
+        "",
+        "Worker: "
+        + ", ".join(f"`{k}={v}`" for k, v in r["settings_worker"].items())
+        + ". Bench: "
+        + ", ".join(f"`{k}={v}`" for k, v in r["settings_bench"].items())
+        + ".",
+        "",
+        f"Corpus: `{r['corpus']['path']}`, {r['corpus']['unique_texts']:,} real comments repeated "
+        f"to {r['corpus']['messages']:,}; tokens per comment (truncated at max_length) "
+        + ", ".join(f"{k} {v}" for k, v in r["corpus"]["tokens"].items())
+        + ".",
+        "",
+        "## Machine",
+        "",
+        ", ".join(f"{k}: {v}" for k, v in machine.items()),
+        "",
+        "## Where the time goes (end-to-end run)",
+        "",
+        f"Worker stages over the saturation run: {b['stages']['batches']:,} batches, mean "
+        f"{b['stages']['mean_batch_size']:.1f} comments; tokenization "
+        f"{b['stages']['tokenize_share_of_wall']:.0%} and inference "
+        f"{b['stages']['infer_share_of_wall']:.0%} of wall time; ceiling run: tokenization "
+        f"{a['tokenize_share']:.0%}, inference {a['infer_share']:.0%}.",
+        "",
+    ]
+    profile = r.get("profile") or {}
+    if profile.get("samples"):
+        lines += [
+            f"py-spy, {profile['samples']:,} samples of the worker process "
+            "(non-idle, all threads):",
+            "",
+            "| category | share |",
+            "|---|---:|",
+            *[f"| {row['name']} | {row['share']:.1%} |" for row in profile["categories"]],
+            "",
+            "Hottest functions (self time):",
+            "",
+            *[f"- {row['share']:.1%} `{row['name']}`" for row in profile["top_self"][:8]],
+            "",
+        ]
+    else:
+        lines += [f"No profile: {profile.get('note', 'disabled')}", ""]
+    precision = r.get("precision")
+    if precision:
+        lines += [
+            "## Precision and levers (model-only, same corpus sample)",
+            "",
+            "| variant | comments/s | max abs diff vs fp32 | mean ROC-AUC |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {name} | {_f(v.get('comments_per_s'))} | {_f(v.get('max_abs_diff'), 5)} "
+                f"| {_f(v.get('mean_roc_auc'), 4)} |"
+                for name, v in precision["variants"].items()
+            ],
+            "",
+            precision["note"],
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    path.write_text(markdown(results))

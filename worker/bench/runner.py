@@ -1,0 +1,166 @@
+"""`moderation-worker bench`: the whole benchmark in one run, side by side."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.bench import accuracy, ceiling, end_to_end, naive, profile, report
+from worker.bench.broker import broker_kind, kafka_broker
+from worker.bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to
+from worker.config import Settings
+from worker.infer import Scorer, configure_torch
+
+log = logging.getLogger(__name__)
+
+REPORTED_SETTINGS = (
+    "model", "device", "precision", "max_batch_size", "max_wait_ms", "max_length", "token_budget",
+    "torch_threads", "torch_interop_threads", "max_in_flight", "max_poll_records",
+    "producer_linger_ms", "producer_max_batch_bytes", "producer_compression",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    messages: int = 50_000
+    corpus: Path = DEFAULT_CORPUS
+    output_dir: Path = Path("bench-results")
+    partitions: int = 3
+    latency_load: float = 0.5
+    latency_seconds: float = 20.0
+    naive_messages: int = 3000
+    naive_seconds: float = 30.0
+    profile: bool = True
+    precision_check: bool = True
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchOptions:
+        """A smoke run: small corpus, short phases (figures are indicative only)."""
+        return cls(**({
+            "messages": 2000, "latency_seconds": 3.0, "naive_messages": 200,
+            "naive_seconds": 5.0,
+        } | overrides))  # fmt: skip
+
+
+def machine_info(scorer: Scorer) -> dict[str, Any]:
+    import aiokafka
+    import tokenizers
+    import torch
+    import transformers
+
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "aiokafka": aiokafka.__version__,
+        "device": str(scorer.device),
+        "torch_threads": torch.get_num_threads(),
+        "model": f"{scorer.name} ({scorer.version})",
+    }
+    if scorer.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(scorer.device)
+    return info
+
+
+def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
+    out = options.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    unique = load_texts(options.corpus)
+    texts = repeat_to(unique, options.messages)
+    configure_torch(settings.torch_threads, settings.torch_interop_threads)
+    scorer = Scorer.load(
+        settings.model, settings.device, settings.max_length,
+        precision=settings.precision, token_budget=settings.token_budget,
+    )  # fmt: skip
+    machine = machine_info(scorer)
+    sample = unique[: min(len(unique), 5000)]
+    token_lengths = [
+        len(ids)
+        for ids in scorer.tokenizer(sample, truncation=True, max_length=scorer.max_length)[
+            "input_ids"
+        ]
+    ]
+    log.info("(a) model-only ceiling on %d comments", len(texts))
+    a = ceiling.run_ceiling(scorer, texts, settings.max_batch_size)
+    log.info("(a) %.0f comments/s", a["comments_per_s"])
+    profile_raw = out / "profile.raw.txt" if options.profile else None
+    with kafka_broker(out / "broker.log") as bootstrap:
+        log.info("(b) worker end to end on %d comments via %s", len(texts), bootstrap)
+        b = end_to_end.run_saturation(
+            settings, bootstrap, texts, out, options.partitions, profile_raw
+        )
+        log.info("(b) %.0f comments/s", b["comments_per_s"])
+        rate = max(1.0, options.latency_load * b["comments_per_s"])
+        paced = repeat_to(unique, max(50, int(rate * options.latency_seconds)))
+        log.info("(b) latency at %.0f comments/s for %d comments", rate, len(paced))
+        latency = end_to_end.run_latency(settings, bootstrap, paced, rate, out, options.partitions)
+        log.info("(b) p50 %.1f ms, p99 %.1f ms", latency["p50_ms"], latency["p99_ms"])
+        log.info("(c) naive baseline")
+        c = naive.run_naive(
+            scorer, bootstrap, texts[: options.naive_messages], options.naive_seconds,
+            options.partitions,
+        )  # fmt: skip
+        log.info("(c) %.1f comments/s", c["comments_per_s"])
+    precision = None
+    if options.precision_check and scorer.device.type == "cpu":
+        log.info("precision levers (fp32, bf16, int8)")
+        precision = accuracy.compare_precisions(settings, unique[:2000], options.corpus)
+    elif options.precision_check:
+        precision = accuracy.compare_precisions(settings, unique[:2000], options.corpus, ("fp16",))
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    b_over_a = b["comments_per_s"] / a["comments_per_s"]
+    b_over_c = b["comments_per_s"] / c["comments_per_s"]
+    gpu = scorer.device.type == "cuda"
+    results = {
+        "started_at": started_at,
+        "broker": broker_kind(),
+        "ceiling": a,
+        "end_to_end": b,
+        "latency": latency,
+        "naive": c,
+        "ratios": {"b_over_a": b_over_a, "b_over_c": b_over_c},
+        "goals": {
+            "b >= 0.9a": b_over_a >= 0.9,
+            "b >= 20c": b_over_c >= 20,
+            f"{'b >= 100k/s' if gpu else 'a >= 5000/s'}": (
+                b["comments_per_s"] >= 100_000 if gpu else a["comments_per_s"] >= 5000
+            ),
+            f"p99 <= {25 if gpu else 100} ms": latency["p99_ms"] <= (25 if gpu else 100),
+        },
+        "settings_worker": {
+            k: v for k, v in settings.model_dump(mode="json").items() if k in REPORTED_SETTINGS
+        },
+        "settings_bench": {
+            k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()
+        },
+        "machine": machine,
+        "corpus": {
+            "path": str(options.corpus),
+            "unique_texts": len(unique),
+            "messages": len(texts),
+            "tokens": length_stats(token_lengths),
+            "chars": length_stats([len(t) for t in sample]),
+        },
+        "profile": profile.summarize(profile_raw) if profile_raw else None,
+        "precision": precision,
+    }
+    report.write_json(results, out / "bench.json")
+    report.write_markdown(results, out / "REPORT.md")
+    return results
