@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         default=str(SHARED_BERT_TINY) if SHARED_BERT_TINY.is_dir() else BERT_TINY_HUB,
     )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--teacher-epochs", type=float, default=3)
-    parser.add_argument("--student-epochs", type=float, default=6)
+    parser.add_argument("--teacher-epochs", type=float, default=2)
+    parser.add_argument("--student-epochs", type=float, default=5)
     parser.add_argument("--student-lr", type=float, default=3e-4)
     parser.add_argument("--augment", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=0.3)
