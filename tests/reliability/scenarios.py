@@ -175,6 +175,7 @@ def broker_freeze(
 ) -> dict[str, object]:
     """SIGSTOP the broker mid-stream for `freeze_s`, SIGCONT it; the worker recovers by itself
     or exits non-zero and is restarted (as its supervisor would); nothing is lost."""
+    workdir.mkdir(parents=True, exist_ok=True)
     broker = TansuBroker(workdir / "frozen-broker.log")
     try:
         bootstrap = broker.bootstrap
