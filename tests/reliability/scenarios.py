@@ -290,7 +290,14 @@ def overload(
         load_ended = time.monotonic()
         placed = calib.placed | load.placed
         collected = asyncio.run(
-            collect(bootstrap, names.output, names.dlq, set(placed), timeout=600, settle=0.5)
+            collect(
+                bootstrap,
+                names.output,
+                names.dlq,
+                set(placed),
+                timeout=120 + 3 * len(placed) / sustainable,
+                settle=0.5,
+            )
         )
         drained_s = time.monotonic() - load_ended
         time.sleep(0.5)
