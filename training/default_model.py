@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-epochs", type=float, default=2)
     parser.add_argument("--student-epochs", type=float, default=5)
     parser.add_argument("--student-lr", type=float, default=3e-4)
-    parser.add_argument("--augment", type=int, default=2)
+    parser.add_argument("--augment", type=int, default=1)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--hidden-distill", type=float, default=0.5)
