@@ -94,9 +94,10 @@ def recovery_figures(restarts: list[Restart]) -> dict[str, object]:
     }
 
 
-def check(ledger: Ledger) -> None:
-    assert not ledger.lost, f"{len(ledger.lost)} ids lost, e.g. {sorted(ledger.lost)[:5]}"
-    assert not ledger.unexpected, f"outputs for ids never produced: {sorted(ledger.unexpected)[:5]}"
+def check(ledger: Ledger, figures: dict[str, object]) -> None:
+    lost, unexpected = sorted(ledger.lost)[:5], sorted(ledger.unexpected)[:5]
+    assert not ledger.lost, f"{len(ledger.lost)} ids lost, e.g. {lost}: {figures}"
+    assert not ledger.unexpected, f"outputs for ids never produced: {unexpected}: {figures}"
 
 
 # --- kill -9 -----------------------------------------------------------------------------
@@ -155,7 +156,7 @@ def kill9(
         **recovery_figures(sup.restarts),
         "final_exit_code": code,
     }
-    check(ledger)
+    check(ledger, figures)
     assert ledger.duplicates <= sum(windows), figures
     assert code == 0, figures
     return figures
@@ -235,7 +236,7 @@ def broker_freeze(
         "peak_rss_mib": round(sup.peak_rss / MiB, 1),
         "final_exit_code": code,
     }
-    check(ledger)
+    check(ledger, figures)
     assert all(e != 0 for e in exits), figures
     assert code == 0, figures
     return figures
@@ -323,7 +324,7 @@ def overload(
         "rss_bound_mib": round(bound / MiB, 1),
         "final_exit_code": code,
     }
-    check(ledger)
+    check(ledger, figures)
     assert sup.peak_rss <= bound, figures
     assert peak_lag > 0 and final_lag == 0, figures
     assert code == 0, figures
@@ -413,7 +414,7 @@ def join_leave(
         "duplicates_bound": 2 * in_flight,
         "exit_codes": [code_second, code_first],
     }
-    check(ledger)
+    check(ledger, figures)
     assert ledger.duplicates <= 2 * in_flight, figures
     assert code_first == 0 and code_second == 0, figures
     return figures
