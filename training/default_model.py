@@ -147,7 +147,7 @@ def build(args: argparse.Namespace) -> dict[str, object]:
             "--lr",
             str(args.student_lr),
             "--checkpoint-every",
-            "1000",
+            "500",
             "--model-name",
             "bert-tiny-jigsaw-distilled",
             *seed,
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--teacher-epochs", type=float, default=2)
-    parser.add_argument("--student-epochs", type=float, default=5)
+    parser.add_argument("--student-epochs", type=float, default=4)
     parser.add_argument("--student-lr", type=float, default=3e-4)
     parser.add_argument("--augment", type=int, default=1)
     parser.add_argument("--alpha", type=float, default=0.3)
