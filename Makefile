@@ -34,6 +34,7 @@ demo: install
 BENCH_FLAGS ?=
 bench: install
 	HF_HUB_OFFLINE=1 MODERATION_TORCH_THREADS=$${MODERATION_TORCH_THREADS:-1} \
+		MODERATION_PRECISION=$${MODERATION_PRECISION:-bf16} \
 		$(VENV)/bin/moderation-worker bench --output-dir bench-results $(BENCH_FLAGS)
 
 # Debian's prometheus (prometheus + promtool) and kubernetes-client (kubectl) for the deploy and

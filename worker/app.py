@@ -45,6 +45,11 @@ class Worker:
         self.scorer = scorer
         self.http = HealthServer(self.metrics, self.is_ready)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.tokenize_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+            if settings.overlap_tokenization
+            else None
+        )
         self.batcher: MicroBatcher[InFlight] = MicroBatcher(
             BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
         )
@@ -85,6 +90,8 @@ class Worker:
             self.metrics.ready.set(0)
             await self.http.stop()
             self.executor.shutdown(wait=False, cancel_futures=True)
+            if self.tokenize_executor is not None:
+                self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run_pipeline(self) -> int:
         settings = self.settings
@@ -115,7 +122,9 @@ class Worker:
         self.consume_loop = ConsumeLoop(
             self.consumer, settings, self.tracker, self.batcher, publisher, self.metrics
         )
-        batch_scorer = BatchScorer(self.batcher, scorer, self.executor, publisher, self.metrics)
+        batch_scorer = BatchScorer(
+            self.batcher, scorer, self.executor, publisher, self.metrics, self.tokenize_executor
+        )
         try:
             try:
                 await self.producer.start()

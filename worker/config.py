@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     commit_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
     session_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
     max_poll_records: Annotated[int, Field(ge=1)] = 1000
+    fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 20
     producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
     producer_max_batch_bytes: Annotated[int, Field(ge=1024)] = 262_144
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
@@ -74,7 +75,8 @@ class Settings(BaseSettings):
     torch_threads: Annotated[int, Field(ge=0)] = 0
     torch_interop_threads: Annotated[int, Field(ge=0)] = 0
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
-    token_budget: Annotated[int, Field(ge=0)] = 0
+    token_budget: Annotated[int, Field(ge=0)] = 2048
+    overlap_tokenization: bool = True
 
     # Service
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 25

@@ -32,6 +32,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 10),
         max_poll_records=settings.max_poll_records,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         **settings.kafka_security_kwargs(),
     )
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from worker.infer import Scorer
@@ -16,13 +17,26 @@ def batch_scorer_for(scorer: Scorer) -> BatchScorer:
     return BatchScorer(cast(Any, None), scorer, cast(Any, None), cast(Any, None), Metrics())
 
 
-def run_ceiling(scorer: Scorer, texts: list[str], max_batch_size: int) -> dict[str, Any]:
-    batch_scorer = batch_scorer_for(scorer)
-    batch_scorer.score_texts(texts[:max_batch_size])  # warm-up, not timed
+def run_ceiling(
+    scorer: Scorer, texts: list[str], max_batch_size: int, overlap_tokenization: bool = True
+) -> dict[str, Any]:
+    """Batches of `max_batch_size` in corpus order; with `overlap_tokenization`, batch n+1 is
+    tokenized on a second thread while batch n is inferred, as the worker does."""
+    batch_scorer_for(scorer).score_texts(texts[:max_batch_size])  # warm-up, not timed
     batch_scorer = batch_scorer_for(scorer)  # fresh metrics
+    batches = [texts[i : i + max_batch_size] for i in range(0, len(texts), max_batch_size)]
     started = time.perf_counter()
-    for i in range(0, len(texts), max_batch_size):
-        batch_scorer.score_texts(texts[i : i + max_batch_size])
+    if overlap_tokenization:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+            upcoming = pool.submit(batch_scorer.tokenize_texts, batches[0])
+            for k, batch in enumerate(batches):
+                buckets = upcoming.result()
+                if k + 1 < len(batches):
+                    upcoming = pool.submit(batch_scorer.tokenize_texts, batches[k + 1])
+                batch_scorer.infer_buckets(buckets, len(batch))
+    else:
+        for batch in batches:
+            batch_scorer.score_texts(batch)
     elapsed = time.perf_counter() - started
     registry = batch_scorer.metrics.registry
     tokenize_s = registry.get_sample_value("moderation_tokenization_seconds_sum") or 0.0
@@ -31,6 +45,7 @@ def run_ceiling(scorer: Scorer, texts: list[str], max_batch_size: int) -> dict[s
         "comments_per_s": len(texts) / elapsed,
         "messages": len(texts),
         "seconds": elapsed,
+        "overlap_tokenization": overlap_tokenization,
         "tokenize_share": tokenize_s / elapsed,
         "infer_share": infer_s / elapsed,
     }

@@ -39,6 +39,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| (c) naive consumer (one message at a time, `transformers.pipeline`, commit each) "
         f"| {_f(c['comments_per_s'], 1)} |",
         "",
+        f"Best of {len(a.get('runs', [1]))} alternating runs each for (a) and (b): a runs "
+        f"{a.get('runs')}, b runs {b.get('runs')}. "
         f"Ratios: **b/a = {ratios['b_over_a']:.2f}** (goal ≥ 0.9), "
         f"**b/c = {ratios['b_over_c']:.1f}x** (goal ≥ 20).",
         "",
@@ -111,6 +113,13 @@ def markdown(r: dict[str, Any]) -> str:
             ],
             "",
             precision["note"],
+            "",
+            *[
+                f"**{name} is NOT within tolerance of fp32: serve fp32** "
+                f"(max abs diff {v.get('max_abs_diff')}, ROC-AUC drop {v.get('auc_drop')})."
+                for name, v in precision["variants"].items()
+                if v.get("within_tolerance") is False
+            ],
             "",
         ]
     return "\n".join(lines)

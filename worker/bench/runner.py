@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 REPORTED_SETTINGS = (
     "model", "device", "precision", "max_batch_size", "max_wait_ms", "max_length", "token_budget",
-    "torch_threads", "torch_interop_threads", "max_in_flight", "max_poll_records",
+    "overlap_tokenization", "torch_threads", "torch_interop_threads", "max_in_flight",
+    "max_poll_records", "fetch_max_wait_ms",
     "producer_linger_ms", "producer_max_batch_bytes", "producer_compression",
 )  # fmt: skip
 
@@ -37,13 +38,14 @@ class BenchOptions:
     naive_seconds: float = 30.0
     profile: bool = True
     precision_check: bool = True
+    repeats: int = 2
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
         """A smoke run: small corpus, short phases (figures are indicative only)."""
         return cls(**({
             "messages": 2000, "latency_seconds": 3.0, "naive_messages": 200,
-            "naive_seconds": 5.0,
+            "naive_seconds": 5.0, "repeats": 1,
         } | overrides))  # fmt: skip
 
 
@@ -78,6 +80,11 @@ def machine_info(scorer: Scorer) -> dict[str, Any]:
     return info
 
 
+def _best_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """On a shared machine interference only slows a run down: the fastest is the cleanest."""
+    return dict(max(runs, key=lambda r: r["comments_per_s"]))
+
+
 def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     out = options.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -97,16 +104,35 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             "input_ids"
         ]
     ]
-    log.info("(a) model-only ceiling on %d comments", len(texts))
-    a = ceiling.run_ceiling(scorer, texts, settings.max_batch_size)
-    log.info("(a) %.0f comments/s", a["comments_per_s"])
     profile_raw = out / "profile.raw.txt" if options.profile else None
+    ceilings: list[dict[str, Any]] = []
+    saturations: list[dict[str, Any]] = []
     with kafka_broker(out / "broker.log") as bootstrap:
-        log.info("(b) worker end to end on %d comments via %s", len(texts), bootstrap)
-        b = end_to_end.run_saturation(
-            settings, bootstrap, texts, out, options.partitions, profile_raw
-        )
-        log.info("(b) %.0f comments/s", b["comments_per_s"])
+        # (a) and (b) alternate, `repeats` times each, so that both see the same machine noise;
+        # the report gives the best run of each and lists every run.
+        for run in range(options.repeats):
+            log.info("(a) model-only ceiling on %d comments (run %d)", len(texts), run + 1)
+            ceilings.append(
+                ceiling.run_ceiling(
+                    scorer, texts, settings.max_batch_size, settings.overlap_tokenization
+                )
+            )
+            log.info("(a) %.0f comments/s", ceilings[-1]["comments_per_s"])
+            log.info("(b) worker end to end on %d comments (run %d)", len(texts), run + 1)
+            saturations.append(
+                end_to_end.run_saturation(
+                    settings,
+                    bootstrap,
+                    texts,
+                    out,
+                    options.partitions,
+                    profile_raw if run == options.repeats - 1 else None,
+                )
+            )
+            log.info("(b) %.0f comments/s", saturations[-1]["comments_per_s"])
+        a, b = _best_run(ceilings), _best_run(saturations)
+        a["runs"] = [round(r["comments_per_s"], 1) for r in ceilings]
+        b["runs"] = [round(r["comments_per_s"], 1) for r in saturations]
         rate = max(1.0, options.latency_load * b["comments_per_s"])
         paced = repeat_to(unique, max(50, int(rate * options.latency_seconds)))
         log.info("(b) latency at %.0f comments/s for %d comments", rate, len(paced))
