@@ -56,7 +56,6 @@ test: install tools audit
 # Dependency audit (pip-audit, pinned): fails on a known vulnerability; says UNVERIFIED (and
 # passes, unless AUDIT_STRICT=1) where the vulnerability service cannot be reached.
 audit: install
-	@$(PY) -m pip install --quiet "pip-audit==2.10.1" 2>/dev/null || echo "audit: could not install pip-audit"
 	@$(PY) scripts/audit.py
 
 # Full fault injection (100k messages, 10+ kill -9, 60 s broker freeze, 60 s of 10x overload,

@@ -81,6 +81,7 @@ class Publisher:
         self.metrics = metrics
         self.on_fatal = on_fatal
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failed = False
 
     async def send_output(self, item: InFlight, value: bytes) -> None:
         try:
@@ -178,7 +179,9 @@ class Publisher:
                     self._schedule(self.send_dead_letter(item, *retry, copy_record=False))
                     return
             self.metrics.errors.labels("produce").inc()
-            log.error("publishing offset %d failed: %r", item.record.offset, exc)
+            if not self._failed:  # one line, not one per record in flight
+                log.error("publishing offset %d failed: %r", item.record.offset, exc)
+            self._failed = True
             self.on_fatal(exc)
             return
         record = item.record
