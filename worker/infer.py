@@ -229,9 +229,16 @@ class Scorer:
             for text in texts
         ]
         return [
-            (indices, self.tokenize([texts[i] for i in indices]))
+            (indices, self._staged(self.tokenize([texts[i] for i in indices])))
             for indices in length_buckets(estimates, self.token_budget)
         ]
+
+    def _staged(self, encoding: BatchEncoding) -> BatchEncoding:
+        """On CUDA, page-locked host tensors (pinned here, on the tokenizer thread), so that the
+        copy to the GPU in `infer` is asynchronous (`non_blocking=True`)."""
+        if self.device.type != "cuda":
+            return encoding
+        return BatchEncoding({key: value.pin_memory() for key, value in encoding.items()})
 
     def infer(self, encoding: BatchEncoding) -> np.ndarray:
         """Forward pass + per-label sigmoid; returns (batch, labels) float32 probabilities."""

@@ -144,3 +144,23 @@ def test_bench_quick_writes_every_figure(
     markdown = (out / "REPORT.md").read_text()
     for needle in ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99"):
         assert needle in markdown
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (lent device only)")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_precisions_with_pinned_buckets_match_cpu(
+    tiny_model_dir: Path, fp32: Scorer, precision: str
+) -> None:
+    gpu = Scorer.load(
+        tiny_model_dir, device="cuda", max_length=64, precision=precision, token_budget=64
+    )
+    buckets = gpu.tokenize_buckets(TEXTS)
+    assert all(enc["input_ids"].is_pinned() for _, enc in buckets)
+    tolerance = 1e-4 if precision == "fp32" else 0.05
+    np.testing.assert_allclose(gpu.score(TEXTS), fp32.score(TEXTS), atol=tolerance)
+
+
+def test_cpu_buckets_stay_in_ordinary_memory(fp32: Scorer) -> None:
+    for _, encoding in fp32.tokenize_buckets(TEXTS):  # pinning is for copies to a GPU only
+        assert encoding["input_ids"].device.type == "cpu"
+        assert not encoding["input_ids"].is_pinned()

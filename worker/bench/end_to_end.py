@@ -278,7 +278,7 @@ async def _paced_produce(
     bootstrap: str, topic: str, texts: list[str], rate: float
 ) -> dict[bytes, float]:
     """Send texts at `rate` per second on a fixed schedule; returns key -> send time."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
     await producer.start()
     sent: dict[bytes, float] = {}
     futures = []
