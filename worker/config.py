@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     torch_interop_threads: Annotated[int, Field(ge=0)] = 0
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
     token_budget: Annotated[int, Field(ge=0)] = 2048
-    overlap_tokenization: bool = True
+    overlap_tokenization: bool | None = None  # None: on with CUDA, off on CPU
 
     # Service
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 25

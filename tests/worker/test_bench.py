@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Topics
+from tests.kafka_helpers import comment, produce, read_all
+from tests.worker.test_in_process import FailsOnPoison, settings_for
+from worker.app import Worker
 from worker.bench.profile import categorize, summarize
 from worker.infer import ModelLoadError, Scorer, length_buckets
 
@@ -164,3 +168,31 @@ def test_cpu_buckets_stay_in_ordinary_memory(fp32: Scorer) -> None:
     for _, encoding in fp32.tokenize_buckets(TEXTS):  # pinning is for copies to a GPU only
         assert encoding["input_ids"].device.type == "cpu"
         assert not encoding["input_ids"].is_pinned()
+
+
+@pytest.mark.integration
+async def test_overlapped_tokenization_scores_everything_in_order_and_recovers(
+    kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path
+) -> None:
+    """The two-stage pipeline (tokenize n+1 while n is inferred): every comment scored with the
+    scores of the plain path, a batch whose tokenization fails retried one by one."""
+    base = Scorer.load(tiny_model_dir, device="cpu")
+    scorer = FailsOnPoison(base.model, base.tokenizer, base.device, base.name, base.version)
+    texts = {f"m{i}": TEXTS[i % len(TEXTS)] + f" {i}" for i in range(40)}
+    messages = [comment(key, text) for key, text in texts.items()]
+    messages.insert(17, comment("poison", "this one is POISON"))
+    await produce(kafka_bootstrap, topics.input, messages)
+    settings = settings_for(kafka_bootstrap, topics, max_batch_size=8, overlap_tokenization=True)
+    worker = Worker(settings, scorer=scorer)
+    running = asyncio.create_task(worker.run())
+    outputs = await read_all(kafka_bootstrap, topics.output, len(texts), settle=0.5)
+    dead = await read_all(kafka_bootstrap, topics.dlq, 1, settle=0.5)
+    worker.request_stop()
+    assert await asyncio.wait_for(running, 30) == 0
+    assert worker.tokenize_executor is not None  # the pipelined path really ran
+    scored = {record.key.decode(): orjson.loads(record.value)["scores"] for record in outputs}
+    assert sorted(scored) == sorted(texts)
+    expected = base.score(list(texts.values()))
+    for row, key in zip(expected, texts, strict=True):
+        np.testing.assert_allclose([scored[key][label] for label in base.labels], row, atol=1e-5)
+    assert [record.key for record in dead] == [b"poison"]
