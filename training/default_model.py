@@ -150,6 +150,7 @@ def build(args: argparse.Namespace) -> dict[str, object]:
             "500",
             "--model-name",
             "bert-tiny-jigsaw-distilled",
+            *(["--pos-weight", args.pos_weight] if args.pos_weight else []),
             *seed,
             *common,
         ],
@@ -275,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", type=int, default=1)
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--pos-weight", default="auto", help="rare-label BCE weights ('' = off)")
     parser.add_argument("--hidden-distill", type=float, default=0.5)
-    parser.add_argument("--teacher-weights", default="2,1", help="MiniLM, TF-IDF")
+    parser.add_argument("--teacher-weights", default="1,2", help="MiniLM, TF-IDF")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
