@@ -32,6 +32,7 @@ SHARED_DATA = Path("/work/shared/data/jigsaw/train.csv.gz")
 SHARED_BERT_TINY = Path("/work/shared/models/bert-tiny")
 BERT_TINY_HUB = "google/bert_uncased_L-2_H-128_A-2"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
+ARTIFACT_FILES = ("model.safetensors", "config.json", "README.md", "training_info.json")
 
 
 def _minilm() -> str:
@@ -208,7 +209,8 @@ def build(args: argparse.Namespace) -> dict[str, object]:
         raise SystemExit("export failed")
     out.mkdir(parents=True, exist_ok=True)
     for item in staging.iterdir():
-        if item.name != "history.json":
+        # weights, config, card; tokenizer files only where missing (they are the same files)
+        if item.name in ARTIFACT_FILES or not (out / item.name).exists():
             shutil.copyfile(item, out / item.name)
     seconds["export"] = round(time.perf_counter() - started, 1)
 

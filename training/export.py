@@ -151,8 +151,11 @@ def save_artifact(
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
     """`save_pretrained` plus `vocab.txt` (WordPiece) and `special_tokens_map.json`."""
-    tokenizer.save_pretrained(out_dir)
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # don't persist the truncation/padding state of the last call
+        backend.no_truncation()
+        backend.no_padding()
+    tokenizer.save_pretrained(out_dir)
     if backend is not None and type(backend.model).__name__ == "WordPiece":
         vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
         if [i for _, i in vocab] == list(range(len(vocab))):
