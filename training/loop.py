@@ -1,8 +1,9 @@
 """A plain training loop (AdamW, linear warmup/decay) with safetensors + JSON checkpoints.
 
-Used by both `fit` and `distill`. A plain loop measured faster than the HF `Trainer` on this
-2-core CPU (no per-step callback/logging machinery) and lets the distillation loss and bf16
-autocast be expressed directly. Checkpoints hold the weights of every trained module, the
+Used by both `fit` and `distill`. A plain loop rather than the HF `Trainer`: it expresses the
+distillation loss (extra modules, teacher targets by row index), bf16 autocast and
+length-grouped batches directly, with no per-step callback machinery. (The two were not
+benchmarked against each other here.) Checkpoints hold the weights of every trained module, the
 optimizer state, the scheduler position and the torch RNG state, all as safetensors or JSON
 (no pickles), so an interrupted run resumes on the same batch order.
 """
