@@ -115,7 +115,7 @@ def markdown(r: dict[str, Any]) -> str:
             precision["note"],
             "",
             *[
-                f"**{name} is NOT within tolerance of fp32: serve fp32** "
+                f"**{name} is NOT within tolerance of fp32: do not serve it** "
                 f"(max abs diff {v.get('max_abs_diff')}, ROC-AUC drop {v.get('auc_drop')})."
                 for name, v in precision["variants"].items()
                 if v.get("within_tolerance") is False
