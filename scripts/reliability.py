@@ -144,7 +144,8 @@ def print_summary(report: dict) -> None:
         keys = ["messages", "crashes", "lost", "duplicates", "duplicates_bound", "unexpected",
                 "peak_rss_mib", "rss_bound_mib", "recovery_ready_max_s", "recovery_progress_max_s",
                 "behaviour", "recovered_after_thaw_s", "peak_lag", "drained_after_load_s",
-                "offered_factor", "exit_code", "stop_s", "catalog_cases", "pytest", "failed",
+                "sustainable_rate_per_s", "offered_rate_per_s", "offered_factor", "duration_s",
+                "exit_code", "stop_s", "catalog_cases", "pytest", "failed",
                 "error", "wall_s"]  # fmt: skip
         shown = ", ".join(f"{k}={r[k]}" for k in keys if k in r)
         print(f"- {name}: {shown}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -363,6 +364,81 @@ async def produce_paced(
         return count, time.monotonic() - started
     finally:
         await producer.stop()
+
+
+async def produce_batched(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    prefix: str,
+    rate: float | None,
+    tick_s: float = 0.01,
+) -> dict[str, object]:
+    """Offer `count` messages `message(i, prefix)` at `rate` messages/s (None = as fast as
+    possible) with aiokafka's batch API, acks=all, spread round-robin over the partitions.
+
+    Pacing is real: at each tick the messages due by the end of that tick are appended to one
+    batch per partition and sent; a tick that ran late catches up on the next one, and a broker
+    that does not take batches fast enough slows the producer down (`send_batch` waits), which
+    lowers the measured rate instead of hiding it. The rate is measured from the first send to
+    the last acknowledgement. Raises if any batch was refused. Returns the count, the seconds,
+    and where each batch landed: (partition, base offset, first index, records), so that
+    message i of a batch is at offset base + (i - first).
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=0,
+        max_batch_size=1_048_576, max_request_size=8 * 1_048_576,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        pending: list[tuple[asyncio.Future, int, int]] = []
+        placements: list[tuple[int, int, int, int]] = []
+
+        def settled(block_all: bool = False) -> None:
+            while pending and (block_all or pending[0][0].done()):
+                future, first, n = pending.pop(0)
+                meta = future.result()  # raises if the batch was refused
+                placements.append((meta.partition, meta.offset, first, n))
+
+        sent, turn = 0, 0
+        started = time.monotonic()
+        while sent < count:
+            elapsed = time.monotonic() - started
+            due = count if not rate else min(count, math.ceil(rate * (elapsed + tick_s)))
+            share = max(1, math.ceil((due - sent) / len(partitions)))
+            while sent < due:
+                partition = partitions[turn % len(partitions)]
+                turn += 1
+                batch, first = producer.create_batch(), sent
+                while sent < min(due, first + share):
+                    key, value = message(sent, prefix)
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        break  # full: the rest goes into the next batch
+                    sent += 1
+                future = await producer.send_batch(batch, topic, partition=partition)
+                pending.append((future, first, sent - first))
+            settled()
+            if rate and sent < count:
+                # until the messages already sent were due: then one more tick is due
+                await asyncio.sleep(max(0.0, sent / rate - (time.monotonic() - started)))
+        await asyncio.gather(*(f for f, _, _ in pending))
+        settled(block_all=True)
+        took = time.monotonic() - started
+        return {"count": sent, "seconds": took, "placements": placements}
+    finally:
+        await producer.stop()
+
+
+def placed_from(
+    placements: Iterable[tuple[int, int, int, int]], prefix: str
+) -> dict[str, tuple[int, int]]:
+    """key -> (partition, offset) from `produce_batched`'s placements."""
+    return {
+        f"{prefix}{first + k}": (partition, base + k)
+        for partition, base, first, n in placements
+        for k in range(n)
+    }
 
 
 @dataclass

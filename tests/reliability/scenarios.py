@@ -8,9 +8,11 @@ only from what was uncommitted at a crash.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import random
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from tests.reliability.harness import (
     WorkerSupervisor,
     collect,
     message,
+    placed_from,
+    produce_batched,
     produce_paced,
     snapshot,
     uncommitted_window,
@@ -81,6 +85,47 @@ class Producer(threading.Thread):
             raise self.error
         assert self.result is not None, "the producer did not finish in time"
         return self.result
+
+
+def _offer(conn, bootstrap: str, topic: str, count: int, prefix: str, rate: float) -> None:
+    try:
+        conn.send(("ok", asyncio.run(produce_batched(bootstrap, topic, count, prefix, rate))))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class LoadProcess:
+    """`produce_batched` in a process of its own (spawned), so that the offered rate does not
+    share an interpreter (GIL, event loop) with the harness that watches the worker."""
+
+    def __init__(self, bootstrap: str, topic: str, count: int, prefix: str, rate: float):
+        ctx = multiprocessing.get_context("spawn")
+        self._result, child = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(
+            target=_offer, args=(child, bootstrap, topic, count, prefix, rate), daemon=True
+        )
+        self.prefix = prefix
+
+    def start(self) -> None:
+        self.proc.start()
+
+    def is_alive(self) -> bool:
+        return self.proc.is_alive() and not self._result.poll()
+
+    def finish(self, timeout: float) -> tuple[int, float, dict[str, tuple[int, int]]]:
+        """(count, seconds, key -> (partition, offset)); raises if the producer failed."""
+        try:
+            assert self._result.poll(timeout), "the load producer did not finish in time"
+            status, payload = self._result.recv()
+        finally:
+            self.proc.join(10)
+            if self.proc.is_alive():
+                self.proc.kill()
+        if status != "ok":
+            raise RuntimeError(f"load producer failed:\n{payload}")
+        return payload["count"], payload["seconds"], placed_from(payload["placements"], self.prefix)
 
 
 def recovery_figures(restarts: list[Restart]) -> dict[str, object]:
@@ -255,9 +300,14 @@ def overload(
     env: dict[str, str],
     rss_headroom_mib: float,
     calibration_messages: int = 3000,
+    aim: float = 1.03,
 ) -> dict[str, object]:
-    """Measure the sustainable rate, then produce at `factor` x that for `duration_s`: resident
-    memory stays under (RSS when ready + `rss_headroom_mib`); lag grows, then drains."""
+    """Measure the sustainable rate, then offer `factor` x that for `duration_s`: resident
+    memory stays under (RSS when ready + `rss_headroom_mib`); lag grows, then drains.
+
+    The load comes from a separate process (`LoadProcess`) paced at `aim` x `factor` x the
+    sustainable rate (3 % above, because the offered rate is measured up to the last
+    acknowledgement); it fails if the measured offered rate is below `factor` x sustainable."""
     names = fresh_topics(bootstrap, "overload")
     sup = supervisor(bootstrap, names, model, workdir, env)
     calib = Producer(bootstrap, names.input, range(calibration_messages), "c", None)
@@ -276,9 +326,8 @@ def overload(
             time.sleep(0.05)
         assert first is not None
         sustainable = (calibration_messages - first[1]) / max(0.05, time.monotonic() - first[0])
-        target = factor * sustainable
-        count = int(target * duration_s)
-        load = Producer(bootstrap, names.input, range(count), "o", target)
+        target = aim * factor * sustainable
+        load = LoadProcess(bootstrap, names.input, int(target * duration_s), "o", target)
         load.start()
         peak_lag, lag_samples = 0.0, []
         load_started = time.monotonic()
@@ -287,9 +336,9 @@ def overload(
             peak_lag = max(peak_lag, lag)
             lag_samples.append((round(time.monotonic() - load_started, 1), lag))
             time.sleep(0.5)
-        produced, took = load.finish(timeout=60)
+        produced, took, load_placed = load.finish(timeout=60 + 2 * duration_s)
         load_ended = time.monotonic()
-        placed = calib.placed | load.placed
+        placed = calib.placed | load_placed
         collected = asyncio.run(
             collect(
                 bootstrap,
@@ -308,12 +357,15 @@ def overload(
         sup.close()
     ledger = Ledger(frozenset(placed), collected)
     bound = ready_rss + rss_headroom_mib * MiB
+    offered = produced / took
     figures = {
         "scenario": "overload",
         "sustainable_rate_per_s": round(sustainable),
-        "offered_rate_per_s": round(produced / took),
-        "offered_factor": round(produced / took / sustainable, 1),
+        "offered_rate_per_s": round(offered),
+        "offered_factor": round(offered / sustainable, 2),
+        "required_factor": factor,
         "duration_s": round(took, 1),
+        "offered_messages": produced,
         "messages": len(placed),
         **ledger.summary(),
         "peak_lag": peak_lag,
@@ -324,6 +376,10 @@ def overload(
         "rss_bound_mib": round(bound / MiB, 1),
         "final_exit_code": code,
     }
+    assert offered >= factor * sustainable, (
+        f"the load producer offered {offered:.0f} msg/s = {offered / sustainable:.2f} x the "
+        f"sustainable {sustainable:.0f} msg/s, below the {factor} x required: {figures}"
+    )
     check(ledger, figures)
     assert sup.peak_rss <= bound, figures
     assert peak_lag > 0 and final_lag == 0, figures

@@ -59,4 +59,7 @@ def test_overload_keeps_memory_bounded_and_lag_drains(
         rss_headroom_mib=200, calibration_messages=1000,
     )  # fmt: skip
     report(figures)
+    # the scenario itself fails below 10x; stated here too: a CI machine that cannot offer 10x
+    # the rate it measured fails this test rather than passing a weaker overload
+    assert figures["offered_factor"] >= 10, figures
     assert figures["lost"] == 0
