@@ -33,6 +33,12 @@ SHARED_BERT_TINY = Path("/work/shared/models/bert-tiny")
 BERT_TINY_HUB = "google/bert_uncased_L-2_H-128_A-2"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 ARTIFACT_FILES = ("model.safetensors", "config.json", "README.md", "training_info.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 
 def _minilm() -> str:
@@ -180,6 +186,9 @@ def build(args: argparse.Namespace) -> dict[str, object]:
         f"{baseline['mean_roc_auc']:.4f} (BCE {baseline['bce']:.4f}); MiniLM-L6 teacher "
         f"{teacher['mean_roc_auc']:.4f} (BCE {teacher['bce']:.4f}); this student "
         f"{student['mean_roc_auc']:.4f} (BCE {student['bce']:.4f}).",
+        f"The student is {'ABOVE' if student['mean_roc_auc'] > baseline['mean_roc_auc'] else 'BELOW'}"
+        f" the TF-IDF+LR baseline by {abs(student['mean_roc_auc'] - baseline['mean_roc_auc']):.4f}"
+        " mean ROC-AUC on this split.",
         "Wall time on 2 CPU cores (shared): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
         + ".",
@@ -210,7 +219,9 @@ def build(args: argparse.Namespace) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     for item in staging.iterdir():
         # weights, config, card; tokenizer files only where missing (they are the same files)
-        if item.name in ARTIFACT_FILES or not (out / item.name).exists():
+        if item.name in ARTIFACT_FILES or (
+            item.name in TOKENIZER_FILES and not (out / item.name).exists()
+        ):
             shutil.copyfile(item, out / item.name)
     seconds["export"] = round(time.perf_counter() - started, 1)
 
