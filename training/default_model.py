@@ -180,15 +180,15 @@ def build(args: argparse.Namespace) -> dict[str, object]:
             seconds[name] = recorded.get("seconds", recorded.get("train_seconds", 0.0))
     info_file = work / "student" / "model" / "training_info.json"
     info = json.loads(info_file.read_text())
+    gap = float(student["mean_roc_auc"]) - float(baseline["mean_roc_auc"])  # type: ignore[arg-type]
     info["notes"] = [
         "Reference figures on the same validation split, same run (`make default-model`): "
         f"TF-IDF word+char n-grams + logistic regression mean ROC-AUC "
         f"{baseline['mean_roc_auc']:.4f} (BCE {baseline['bce']:.4f}); MiniLM-L6 teacher "
         f"{teacher['mean_roc_auc']:.4f} (BCE {teacher['bce']:.4f}); this student "
         f"{student['mean_roc_auc']:.4f} (BCE {student['bce']:.4f}).",
-        f"The student is {'ABOVE' if student['mean_roc_auc'] > baseline['mean_roc_auc'] else 'BELOW'}"
-        f" the TF-IDF+LR baseline by {abs(student['mean_roc_auc'] - baseline['mean_roc_auc']):.4f}"
-        " mean ROC-AUC on this split.",
+        f"The student is {'ABOVE' if gap > 0 else 'BELOW'} the TF-IDF+LR baseline by "
+        f"{abs(gap):.4f} mean ROC-AUC on this split.",
         "Wall time on 2 CPU cores (shared): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
         + ".",
