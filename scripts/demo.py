@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.broker import free_port, kafka_broker  # noqa: E402
-from tests.http import http_get  # noqa: E402
+from tests.http import http_get, metric_sum  # noqa: E402
 from tests.kafka_helpers import create_topics, produce, read_all  # noqa: E402
 
 SAMPLES = [
@@ -40,14 +40,6 @@ SAMPLES = [
     "People like you are a disease and should be wiped out.",
 ]
 BAD_RECORD = b'{"id": "broken", "text": '  # cut short: goes to the dead-letter topic
-
-
-def metric(body: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith((name + " ", name + "{"))
-    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -120,17 +112,29 @@ def main() -> int:
                   f"{headers['error.detail']}")  # fmt: skip
             time.sleep(1.5)  # one commit interval, so the metrics include the commits
             body = http_get(url + "/metrics").body
-            count = metric(body, "moderation_end_to_end_latency_seconds_count")
-            latency = metric(body, "moderation_end_to_end_latency_seconds_sum") / max(1, count)
-            batches = metric(body, "moderation_batch_size_count")
-            inference = metric(body, "moderation_inference_seconds_sum") / max(1, batches)
+            m = {
+                name: metric_sum(body, f"moderation_{name}")
+                for name in (
+                    "messages_consumed_total", "messages_scored_total",
+                    "messages_dead_lettered_total", "commits_total", "batch_size_count",
+                    "inference_seconds_sum", "end_to_end_latency_seconds_count",
+                    "end_to_end_latency_seconds_sum",
+                )
+            }  # fmt: skip
+            batches = m["batch_size_count"]
+            inference_ms = 1000 * m["inference_seconds_sum"] / max(1, batches)
+            latency_ms = (
+                1000
+                * m["end_to_end_latency_seconds_sum"]
+                / max(1, m["end_to_end_latency_seconds_count"])
+            )
             print("\nmetrics:")
-            print(f"  consumed {metric(body, 'moderation_messages_consumed_total'):.0f}, "
-                  f"scored {metric(body, 'moderation_messages_scored_total'):.0f}, "
-                  f"dead-lettered {metric(body, 'moderation_messages_dead_lettered_total'):.0f}, "
-                  f"commits {metric(body, 'moderation_commits_total'):.0f}")  # fmt: skip
-            print(f"  batches {batches:.0f}, mean inference {inference * 1000:.1f} ms/batch, "
-                  f"mean end-to-end latency {latency * 1000:.1f} ms")  # fmt: skip
+            print(f"  consumed {m['messages_consumed_total']:.0f}, "
+                  f"scored {m['messages_scored_total']:.0f}, "
+                  f"dead-lettered {m['messages_dead_lettered_total']:.0f}, "
+                  f"commits {m['commits_total']:.0f}")  # fmt: skip
+            print(f"  batches {batches:.0f}, mean inference {inference_ms:.1f} ms/batch, "
+                  f"mean end-to-end latency {latency_ms:.1f} ms")  # fmt: skip
         finally:
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=60)

@@ -1,4 +1,4 @@
-"""A tiny HTTP GET for tests (stdlib only): status and body, also for 4xx/5xx answers."""
+"""A tiny HTTP GET for tests (stdlib only), and reading a Prometheus text exposition."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def http_get(url: str, timeout: float = 5.0) -> HttpResult:
             return HttpResult(response.status, response.read().decode())
     except urllib.error.HTTPError as exc:
         return HttpResult(exc.code, exc.read().decode())
+
+
+def metric_sum(body: str, name: str) -> float:
+    """Sum of all samples of `name` (any labels) in a Prometheus text exposition."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )

@@ -31,7 +31,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.broker import free_port, wait_for_port
-from tests.http import http_get
+from tests.http import http_get, metric_sum
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,15 +121,6 @@ def rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-def metric_sum(body: str, name: str) -> float:
-    """Sum of all samples of `name` (any labels) in a Prometheus text exposition."""
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 # --- the worker under test ---------------------------------------------------------------

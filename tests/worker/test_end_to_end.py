@@ -12,6 +12,7 @@ import pytest
 
 from schemas import DeadLetterHeaders, ScoredComment
 from tests.conftest import LABELS, Topics, WorkerFactory
+from tests.http import metric_sum
 from tests.kafka_helpers import comment, committed_offsets, produce, read_all
 from worker.infer import Scorer
 
@@ -47,15 +48,6 @@ def good_messages(count: int) -> list[tuple[bytes, bytes]]:
         comment(f"c{i}", TEXTS[i % len(TEXTS)], metadata={"n": i}, created_at=1_700_000_000_000)
         for i in range(count)
     ]
-
-
-def metric_value(body: str, name: str) -> float:
-    """Sum of all samples of `name` (any labels) in a Prometheus text exposition."""
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_scores_dead_letters_offsets_and_metrics(
@@ -115,15 +107,15 @@ def test_scores_dead_letters_offsets_and_metrics(
     assert worker.get("/healthz").status == 200
     assert worker.get("/readyz").status == 200
     body = worker.get("/metrics").body
-    assert metric_value(body, "moderation_messages_consumed_total") == total
-    assert metric_value(body, "moderation_messages_scored_total") == len(good)
-    assert metric_value(body, "moderation_messages_dead_lettered_total") == len(bad)
+    assert metric_sum(body, "moderation_messages_consumed_total") == total
+    assert metric_sum(body, "moderation_messages_scored_total") == len(good)
+    assert metric_sum(body, "moderation_messages_dead_lettered_total") == len(bad)
     assert 'moderation_messages_dead_lettered_total{reason="invalid_field"} 3.0' in body
-    assert metric_value(body, "moderation_batch_size_count") >= len(good) / 8
-    assert metric_value(body, "moderation_end_to_end_latency_seconds_count") == len(good)
-    assert metric_value(body, "moderation_inference_seconds_count") > 0
-    assert metric_value(body, "moderation_tokenization_seconds_count") > 0
+    assert metric_sum(body, "moderation_batch_size_count") >= len(good) / 8
+    assert metric_sum(body, "moderation_end_to_end_latency_seconds_count") == len(good)
+    assert metric_sum(body, "moderation_inference_seconds_count") > 0
+    assert metric_sum(body, "moderation_tokenization_seconds_count") > 0
     assert 'moderation_model_info{device="cpu"' in body and 'name="tiny-test-bert"' in body
-    assert metric_value(body, "moderation_consumer_lag") == 0
-    assert metric_value(body, "moderation_ready") == 1
+    assert metric_sum(body, "moderation_consumer_lag") == 0
+    assert metric_sum(body, "moderation_ready") == 1
     assert worker.terminate() == 0
