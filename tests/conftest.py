@@ -18,6 +18,7 @@ import pytest
 from tests.broker import free_port, kafka_broker
 from tests.http import HttpResult, http_get
 from tests.kafka_helpers import create_topics
+from worker.bench.end_to_end import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -27,14 +28,6 @@ LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with kafka_broker(tmp_path_factory.mktemp("broker") / "broker.log") as bootstrap:
         yield bootstrap
-
-
-@dataclass(frozen=True)
-class Topics:
-    input: str
-    output: str
-    dlq: str
-    group: str
 
 
 @pytest.fixture

@@ -263,10 +263,7 @@ def distill(
             + (f", embeddings from PCA of {opts.init_embeddings}" if opts.init_embeddings else "")
         ),
         "train_data": str(data.train),
-        "val_data": str(data.val)
-        if data.val
-        else f"{int(data.test_size * 100)}% split of "
-        f"{data.train.name} (random_state={data.split_seed})",
+        "val_data": data.describe_validation(),
         "train_rows": len(train),
         "val_rows": len(val),
         "details": {

@@ -35,6 +35,15 @@ class DataOptions:
     test_size: float = 0.2
     split_seed: int = 42
 
+    def describe_validation(self) -> str:
+        """Where the validation rows come from, for the model card."""
+        if self.val:
+            return str(self.val)
+        return (
+            f"{int(self.test_size * 100)}% split of {self.train.name} "
+            f"(random_state={self.split_seed})"
+        )
+
 
 @dataclass
 class RunOptions:
@@ -178,10 +187,7 @@ def fit(
         "method": "fit (BCE fine-tuning)",
         "base": base_model + (" (random init from config)" if from_config else ""),
         "train_data": str(data.train),
-        "val_data": str(data.val)
-        if data.val
-        else f"{int(data.test_size * 100)}% split of "
-        f"{data.train.name} (random_state={data.split_seed})",
+        "val_data": data.describe_validation(),
         "train_rows": len(train),
         "val_rows": len(val),
         "details": {
