@@ -105,7 +105,9 @@ class Worker:
                 ),
             )
         scorer = self.scorer
-        await loop.run_in_executor(self.executor, scorer.score, ["warm-up"])
+        started = loop.time()
+        shapes = await loop.run_in_executor(self.executor, scorer.warm_up, settings.max_batch_size)
+        log.info("warmed up %d batch shapes in %.1f s", shapes, loop.time() - started)
         self.metrics.set_model(scorer.name, scorer.version, str(scorer.device), scorer.labels)
         log.info(
             "model %s (version %s) on %s, labels %s",

@@ -56,6 +56,38 @@ def test_truncates_at_max_length_and_pads_to_the_longest(scorer: Scorer) -> None
     assert scorer.tokenize(["short", "two words"])["input_ids"].shape[1] < 10
 
 
+@pytest.mark.parametrize("token_budget", [0, 256])
+def test_direct_backend_tokenization_equals_the_transformers_call(
+    tiny_model_dir: Path, token_budget: int
+) -> None:
+    """The Rust-backend fast path must give exactly the ids, types and masks of the stock
+    tokenizer call, padded the same way (to the longest, or to multiples of 32 when bucketing)."""
+    scorer = Scorer.load(tiny_model_dir, device="cpu", max_length=64, token_budget=token_budget)
+    assert scorer._encoder is not None  # the fast path is really taken
+    texts = [*TEXTS, "Hello, WORLD!!! ça va? 日本語のテキスト", "x" * 400, " \t\n ", "a b"]
+    for batch in (texts, texts[:1], texts[2:3], texts[4:]):
+        fast = scorer.tokenize(batch)
+        stock = scorer.tokenizer(
+            batch,
+            padding="longest",
+            truncation=True,
+            max_length=64,
+            return_tensors="pt",
+            pad_to_multiple_of=32 if token_budget else None,
+        )
+        assert set(fast) == set(stock)
+        for name in stock:
+            assert torch.equal(fast[name], stock[name]), (name, batch)
+
+
+def test_warm_up_runs_every_bucketed_shape(tiny_model_dir: Path) -> None:
+    scorer = Scorer.load(tiny_model_dir, device="cpu", max_length=64, token_budget=256)
+    # lengths 32 and 64; batch sizes up to min(16, 256 // length): 8 + 4
+    assert scorer.warm_up(16) == 8 + 4
+    unbucketed = Scorer.load(tiny_model_dir, device="cpu", max_length=64)
+    assert unbucketed.warm_up(16) == 1
+
+
 def test_labels_thresholds_and_identity_come_from_the_artifact(scorer: Scorer) -> None:
     assert scorer.labels == LABELS
     assert scorer.thresholds == {label: 0.5 for label in LABELS}

@@ -22,7 +22,7 @@ def run_ceiling(
 ) -> dict[str, Any]:
     """Batches of `max_batch_size` in corpus order; with `overlap_tokenization`, batch n+1 is
     tokenized on a second thread while batch n is inferred, as the worker does."""
-    batch_scorer_for(scorer).score_texts(texts[:max_batch_size])  # warm-up, not timed
+    scorer.warm_up(max_batch_size)  # as the worker does at start; not timed
     batch_scorer = batch_scorer_for(scorer)  # fresh metrics
     batches = [texts[i : i + max_batch_size] for i in range(0, len(texts), max_batch_size)]
     started = time.perf_counter()
