@@ -78,6 +78,22 @@ def test_direct_backend_tokenization_equals_the_transformers_call(
         assert set(fast) == set(stock)
         for name in stock:
             assert torch.equal(fast[name], stock[name]), (name, batch)
+    if token_budget:  # buckets by real token counts: each text once, each bucket as stock
+        buckets = scorer.tokenize_buckets(texts)
+        assert len(buckets) > 1
+        assert sorted(i for indices, _ in buckets for i in indices) == list(range(len(texts)))
+        for indices, encoding in buckets:
+            stock = scorer.tokenizer(
+                [texts[i] for i in indices],
+                padding="longest",
+                truncation=True,
+                max_length=64,
+                return_tensors="pt",
+                pad_to_multiple_of=32,
+            )
+            assert encoding["input_ids"].numel() <= max(token_budget, 64)
+            for name in stock:
+                assert torch.equal(encoding[name], stock[name]), (name, indices)
 
 
 def test_warm_up_runs_every_bucketed_shape(tiny_model_dir: Path) -> None:
