@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="random weights from the base model's config (no pretrained weights)",
     )
+    p.add_argument(
+        "--pooling",
+        choices=("cls", "mean"),
+        default="cls",
+        help="cls: the stock AutoModelForSequenceClassification (what the worker serves); "
+        "mean: masked mean pooling + linear head, for teachers from sentence-embedding "
+        "checkpoints (e.g. all-MiniLM-L6-v2); usable by distill, not by the worker",
+    )
     _add_data_args(p)
     _add_loop_args(p, lr=5e-5, epochs=3, batch=32)
 
@@ -315,6 +323,7 @@ def run_command(args: argparse.Namespace) -> dict[str, object] | None:
             tokenizer_ref=args.tokenizer,
             from_config=True if args.from_config else None,
             pos_weight=args.pos_weight,
+            pooling=args.pooling,
         )
     if args.command == "distill":
         from training.distill import DistillOptions, distill

@@ -9,7 +9,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from training.modeling import HEAD_FILE, MeanPooledClassifier
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +136,18 @@ def save_artifact(
     config.model_name = model_name or out_dir.resolve().name
     info = dict(info)
     info["parameters"] = sum(p.numel() for p in model.parameters())
-    state = {
-        k: v.detach().to(torch.float16 if fp16 else torch.float32).contiguous()
-        for k, v in model.state_dict().items()
-    }
-    model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+    dtype = torch.float16 if fp16 else torch.float32
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    if isinstance(model, MeanPooledClassifier):  # a teacher: encoder directory + head file
+        parts: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "classifier": {}}
+        for key, value in state.items():
+            part, _, name = key.partition(".")
+            if part in parts:
+                parts[part][name] = value
+        model.encoder.save_pretrained(out_dir, state_dict=parts["encoder"], safe_serialization=True)
+        save_file(parts["classifier"], str(out_dir / HEAD_FILE))
+    else:
+        model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
     save_tokenizer(tokenizer, out_dir)
     config.model_version = model_version or weights_sha256(out_dir)[:12]
     config.dtype = "float32"

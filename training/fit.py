@@ -150,6 +150,7 @@ def fit(
     tokenizer_ref: str | None = None,
     from_config: bool | None = None,
     pos_weight: str | None = None,
+    pooling: str = "cls",
 ) -> dict[str, object]:
     """Fine-tune `base_model` with BCE on the labeled data; returns validation metrics."""
     started = time.perf_counter()
@@ -157,7 +158,7 @@ def fit(
     train, val = load_data(data)
     labels = train.label_names
     tokenizer = load_tokenizer(tokenizer_ref or base_model)
-    model = build_classifier(base_model, labels, from_config=from_config)
+    model = build_classifier(base_model, labels, from_config=from_config, pooling=pooling)
     token_ids = encode(tokenizer, train.texts, run.max_length)
     assert train.labels is not None
     targets = torch.from_numpy(train.labels)
@@ -198,6 +199,7 @@ def fit(
             "seed": loop.seed,
             "bf16_autocast": loop.bf16,
             "pos_weight": pos_weight or "none",
+            "pooling": pooling,
             **run.details,
         },
         "command": shlex.join(["moderation-train", *sys.argv[1:]]),

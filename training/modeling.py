@@ -7,9 +7,12 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -18,10 +21,12 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "multi_label_classification"
+HEAD_FILE = "head.safetensors"  # the head of a MeanPooledClassifier
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -65,18 +70,59 @@ def label_config_kwargs(labels: Sequence[str]) -> dict[str, object]:
     }
 
 
+class MeanPooledClassifier(nn.Module):
+    """An encoder, a masked mean over its last hidden states and a linear multi-label head.
+
+    For teachers only (`fit --pooling mean`): sentence-embedding checkpoints such as
+    all-MiniLM-L6-v2 were trained through mean pooling, and their [CLS] pooler is untrained
+    (measured on this data: 0.937 vs 0.952 mean ROC-AUC after 2 epochs with the stock
+    [CLS] head). The artifacts the worker serves stay stock `AutoModelForSequenceClassification`.
+    Saved as the encoder's `save_pretrained` directory (`config.json` gets `"pooling": "mean"`)
+    plus `head.safetensors`; `load_classifier` reads it back.
+    """
+
+    def __init__(self, encoder: PreTrainedModel, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.config.pooling = "mean"
+        self.dropout = nn.Dropout(getattr(self.config, "hidden_dropout_prob", 0.1))
+        self.classifier = nn.Linear(self.config.hidden_size, num_labels)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> SequenceClassifierOutput:
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = mean_pool(out.last_hidden_state, attention_mask)
+        logits = self.classifier(self.dropout(pooled))
+        return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
+
+
 def build_classifier(
     base: str | Path,
     labels: Sequence[str],
     *,
     from_config: bool | None = None,
     config_overrides: dict[str, object] | None = None,
+    pooling: str = "cls",
 ) -> PreTrainedModel:
-    """`AutoModelForSequenceClassification` over `labels` from a hub id or local path.
+    """`AutoModelForSequenceClassification` over `labels` from a hub id or local path
+    (`pooling="mean"`: a `MeanPooledClassifier` on the base encoder, for teachers).
 
     `from_config=None` builds random weights only when `base` is a local directory without
     weights (e.g. a config + tokenizer folder); True forces random weights from the config.
     """
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"unknown pooling {pooling!r}: use cls or mean")
     kwargs = label_config_kwargs(labels)
     if config_overrides:
         kwargs.update(config_overrides)
@@ -84,6 +130,13 @@ def build_classifier(
         from_config = not has_weights(base)
         if from_config:
             log.warning("%s has no weights: building a randomly initialised model", base)
+    if pooling == "mean":
+        encoder = (
+            AutoModel.from_config(AutoConfig.from_pretrained(str(base), **kwargs))
+            if from_config
+            else AutoModel.from_pretrained(str(base), **kwargs)
+        )
+        return cast(PreTrainedModel, MeanPooledClassifier(encoder, len(labels)))
     if from_config:
         config = AutoConfig.from_pretrained(str(base), **kwargs)
         return AutoModelForSequenceClassification.from_config(config)
@@ -92,6 +145,16 @@ def build_classifier(
 
 def load_classifier(model_dir: str | Path) -> PreTrainedModel:
     """An exported multi-label artifact (safetensors only), in float32 and eval mode."""
+    config = AutoConfig.from_pretrained(str(model_dir))
+    if getattr(config, "pooling", None) == "mean":
+        encoder = AutoModel.from_pretrained(
+            str(model_dir), use_safetensors=True, dtype=torch.float32
+        )
+        pooled = MeanPooledClassifier(encoder, config.num_labels)
+        pooled.classifier.load_state_dict(
+            {k: v.float() for k, v in load_file(str(Path(model_dir) / HEAD_FILE)).items()}
+        )
+        return cast(PreTrainedModel, pooled.float().eval())
     model = AutoModelForSequenceClassification.from_pretrained(
         str(model_dir), use_safetensors=True, dtype=torch.float32
     )

@@ -222,6 +222,12 @@ class Scorer:
                 net = _random_default_model()
                 name, version = "random-bert-tiny", "untrained"
             else:
+                if getattr(AutoConfig.from_pretrained(source), "pooling", None) == "mean":
+                    raise ModelLoadError(
+                        f"{source!r} is a mean-pooled teacher artifact (`fit --pooling mean`), "
+                        "for distillation only; the worker serves stock "
+                        "AutoModelForSequenceClassification models"
+                    )
                 net = AutoModelForSequenceClassification.from_pretrained(
                     source, use_safetensors=True, trust_remote_code=False
                 )

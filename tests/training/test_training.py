@@ -436,6 +436,35 @@ def test_distill_with_ensemble_teacher_augmentation_and_hidden_loss(
     assert probs.shape == (1, 6) and np.all((probs >= 0) & (probs <= 1))
 
 
+def test_mean_pooled_teacher_round_trips_and_teaches(
+    work: Path, tiny_model: Path, data_file: Path
+) -> None:
+    """`fit --pooling mean` (for teachers): the artifact reloads to the same probabilities,
+    distill learns from it, and the worker refuses to serve it."""
+    from training.modeling import load_classifier, load_tokenizer, predict
+    from worker.infer import ModelLoadError, Scorer
+
+    teacher = work / "mean-teacher"
+    common = ["--train", str(data_file), "--max-length", "32", *COMMON]
+    assert main(["fit", "--base-model", str(tiny_model), "--pooling", "mean",
+                 "--output-dir", str(teacher), *common]) == 0  # fmt: skip
+    model_dir = teacher / "model"
+    assert json.loads((model_dir / "config.json").read_text())["pooling"] == "mean"
+    assert set(load_file(model_dir / "head.safetensors")) == {"weight", "bias"}
+    _, val = split_dataset(load_dataset(data_file))
+    probs, _ = predict(
+        load_classifier(model_dir), load_tokenizer(model_dir), val.texts, max_length=32
+    )
+    np.testing.assert_allclose(probs, np.load(teacher / "val_probs.npy"), atol=1e-5)
+    assert np.ptp(probs) > 0  # a real head, not a constant
+    student = work / "from-mean-teacher"
+    distill = ["distill", "--teacher", str(teacher), "--student-config", str(tiny_model)]
+    assert main([*distill, "--hidden-distill", "0.5", "--output-dir", str(student), *common]) == 0
+    assert (student / "model" / "model.safetensors").is_file()
+    with pytest.raises(ModelLoadError, match="mean-pooled teacher"):
+        Scorer.load(model_dir, device="cpu")
+
+
 def test_distill_rejects_mismatched_teacher_labels(
     work: Path, tiny_model: Path, fitted: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

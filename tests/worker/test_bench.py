@@ -140,13 +140,15 @@ def test_bench_quick_writes_every_figure(
     assert report["latency"]["received"] == report["latency"]["messages"]
     assert 0 < report["latency"]["p50_ms"] <= report["latency"]["p95_ms"]
     assert report["latency"]["p95_ms"] <= report["latency"]["p99_ms"]
+    single = report["single_comment"]
+    assert single["comments"] == len(TEXTS) and 0 < single["p50_ms"] <= single["p99_ms"]
     assert set(report["ratios"]) == {"b_over_a", "b_over_c"}
     assert {"cpu", "cores", "torch", "transformers", "device"} <= set(report["machine"])
     assert report["settings_worker"]["model"] == str(tiny_model_dir)
     assert set(report["precision"]["variants"]) == {"fp32", "bf16", "int8"}
     assert "profile" in report
     markdown = (out / "REPORT.md").read_text()
-    for needle in ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99"):
+    for needle in ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single"):
         assert needle in markdown
 
 
