@@ -22,7 +22,7 @@ from worker.batching import BatchPolicy, MicroBatcher
 from worker.config import Settings
 from worker.consume import ConsumeLoop, RebalanceListener, build_consumer
 from worker.health import HealthServer
-from worker.infer import Scorer, configure_torch, overlap_tokenization
+from worker.infer import Scorer, configure_torch
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker
 from worker.publish import Publisher, build_producer
@@ -45,7 +45,7 @@ class Worker:
         self.scorer = scorer
         self.http = HealthServer(self.metrics, self.is_ready)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.tokenize_executor: ThreadPoolExecutor | None = None  # see overlap_tokenization
+        self.tokenize_executor: ThreadPoolExecutor | None = None  # with OVERLAP_TOKENIZATION
         self.batcher: MicroBatcher[InFlight] = MicroBatcher(
             BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
         )
@@ -120,7 +120,7 @@ class Worker:
         self.consume_loop = ConsumeLoop(
             self.consumer, settings, self.tracker, self.batcher, publisher, self.metrics
         )
-        if overlap_tokenization(settings, scorer):
+        if settings.overlap_tokenization:
             self.tokenize_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         batch_scorer = BatchScorer(
             self.batcher, scorer, self.executor, publisher, self.metrics, self.tokenize_executor

@@ -107,16 +107,6 @@ def configure_torch(threads: int = 0, interop_threads: int = 0) -> None:
     torch.set_flush_denormal(True)
 
 
-def overlap_tokenization(settings: Any, scorer: Scorer) -> bool:
-    """Tokenize batch n+1 while batch n is inferred? `settings.overlap_tokenization`, or when
-    unset: on with CUDA (the GPU waits for the CPU otherwise), off on CPU, where the second
-    thread competes with the event loop and the broker client for the same cores (measured:
-    no end-to-end gain on 2 cores, and a higher latency at moderate load)."""
-    if settings.overlap_tokenization is not None:
-        return bool(settings.overlap_tokenization)
-    return scorer.device.type == "cuda"
-
-
 def _direct_encoder(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Any:
     """A private copy of a fast tokenizer's Rust backend that truncates exactly as
     `tokenizer(texts, truncation=True, max_length=...)` does, or None where that equivalence

@@ -141,7 +141,8 @@ def test_bench_quick_writes_every_figure(
     assert 0 < report["latency"]["p50_ms"] <= report["latency"]["p95_ms"]
     assert report["latency"]["p95_ms"] <= report["latency"]["p99_ms"]
     single = report["single_comment"]
-    assert single["comments"] == len(TEXTS) and 0 < single["p50_ms"] <= single["p99_ms"]
+    assert single["comments"] == report["corpus"]["unique_texts"] > 0
+    assert 0 < single["p50_ms"] <= single["p99_ms"]
     assert set(report["ratios"]) == {"b_over_a", "b_over_c"}
     assert {"cpu", "cores", "torch", "transformers", "device"} <= set(report["machine"])
     assert report["settings_worker"]["model"] == str(tiny_model_dir)

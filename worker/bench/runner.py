@@ -14,7 +14,7 @@ from worker.bench import accuracy, ceiling, end_to_end, naive, profile, report
 from worker.bench.broker import broker_kind, kafka_broker
 from worker.bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to
 from worker.config import Settings
-from worker.infer import Scorer, configure_torch, overlap_tokenization
+from worker.infer import Scorer, configure_torch
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             log.info("(a) model-only ceiling on %d comments (run %d)", len(texts), run + 1)
             ceilings.append(
                 ceiling.run_ceiling(
-                    scorer, texts, settings.max_batch_size, overlap_tokenization(settings, scorer)
+                    scorer, texts, settings.max_batch_size, settings.overlap_tokenization
                 )
             )
             log.info("(a) %.0f comments/s", ceilings[-1]["comments_per_s"])
