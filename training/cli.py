@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -307,6 +308,7 @@ def _run_options(args: argparse.Namespace):
         fp16_export=args.fp16,
         resume=not args.no_resume,
         threads=args.threads,
+        command=shlex.join(["moderation-train", *args.argv]),
     )
 
 
@@ -391,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `moderation-train` and `python -m training`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

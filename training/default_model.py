@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--pos-weight", default="auto", help="rare-label BCE weights ('' = off)")
     parser.add_argument("--hidden-distill", type=float, default=0.5)
-    parser.add_argument("--teacher-weights", default="1,2", help="MiniLM, TF-IDF")
+    parser.add_argument("--teacher-weights", default="2,1", help="MiniLM, TF-IDF")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,7 +282,7 @@ def distill(
             "teacher_seconds": round(teacher_seconds, 1),
             **run.details,
         },
-        "command": shlex.join(["moderation-train", *sys.argv[1:]]),
+        "command": run.command,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     return finish_run(model, tokenizer, val, run, history, info)

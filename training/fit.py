@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +57,7 @@ class RunOptions:
     eval_batch_size: int = 64
     pos_weight: list[float] | None = None
     details: dict[str, object] = field(default_factory=dict)
+    command: str = "moderation-train"  # the command line, for the model card
 
 
 def load_data(opts: DataOptions) -> tuple[TextDataset, TextDataset]:
@@ -202,7 +201,7 @@ def fit(
             "pooling": pooling,
             **run.details,
         },
-        "command": shlex.join(["moderation-train", *sys.argv[1:]]),
+        "command": run.command,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     return finish_run(model, tokenizer, val, run, history, info)

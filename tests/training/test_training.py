@@ -282,6 +282,8 @@ def test_fit_writes_a_complete_artifact(fitted: Path) -> None:
     history = json.loads((fitted / "history.json").read_text())
     assert history[-1]["step"] == 8
     assert "mean ROC-AUC" in (model_dir / "README.md").read_text()
+    info = json.loads((model_dir / "training_info.json").read_text())
+    assert info["command"].startswith("moderation-train fit --base-model ")  # how it was made
 
 
 def test_resume_reproduces_an_uninterrupted_run(
