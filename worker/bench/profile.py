@@ -10,7 +10,16 @@ from typing import Any
 # matches any rule decides the sample's category, so a tokenizer call inside a worker
 # function counts as tokenization.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("tokenization", ("tokenization_utils", "tokenizers", "tokenize (worker/infer.py")),
+    (
+        "tokenization",
+        (
+            "tokenization_utils",
+            "tokenizers",
+            "tokenize (worker/infer.py",
+            "tokenize_buckets (worker/infer.py",
+            "_pad (worker/infer.py",
+        ),
+    ),
     ("model forward (torch)", ("torch/", "transformers/models", "infer (worker/infer.py")),
     ("kafka client (aiokafka)", ("aiokafka/",)),
     ("decode (orjson + pydantic)", ("worker/decode.py", "pydantic")),
