@@ -75,8 +75,9 @@ class MeanPooledClassifier(nn.Module):
 
     For teachers only (`fit --pooling mean`): sentence-embedding checkpoints such as
     all-MiniLM-L6-v2 were trained through mean pooling, and their [CLS] pooler is untrained
-    (measured on this data: 0.937 vs 0.952 mean ROC-AUC after 2 epochs with the stock
-    [CLS] head). The artifacts the worker serves stay stock `AutoModelForSequenceClassification`.
+    (measured here, mean ROC-AUC: stock [CLS] head 0.937 after 2 epochs, 0.944 after 2 + 2;
+    mean pooling 0.972 after 4). The artifacts the worker serves stay stock
+    `AutoModelForSequenceClassification`.
     Saved as the encoder's `save_pretrained` directory (`config.json` gets `"pooling": "mean"`)
     plus `head.safetensors`; `load_classifier` reads it back.
     """
