@@ -178,6 +178,12 @@ class Scorer:
                 f"model {self.name!r} has problem_type={config.problem_type!r}; "
                 f"the worker serves {MULTI_LABEL!r} models only"
             )
+        if getattr(config, "pooling", None) == "mean":
+            raise ModelLoadError(
+                f"model {self.name!r} is a mean-pooled teacher artifact (`fit --pooling mean`), "
+                "for distillation only; the worker serves stock "
+                "AutoModelForSequenceClassification models"
+            )
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         configured = getattr(config, "label_thresholds", None) or {}
         self.thresholds = {
@@ -212,12 +218,6 @@ class Scorer:
                 net = _random_default_model()
                 name, version = "random-bert-tiny", "untrained"
             else:
-                if getattr(AutoConfig.from_pretrained(source), "pooling", None) == "mean":
-                    raise ModelLoadError(
-                        f"{source!r} is a mean-pooled teacher artifact (`fit --pooling mean`), "
-                        "for distillation only; the worker serves stock "
-                        "AutoModelForSequenceClassification models"
-                    )
                 net = AutoModelForSequenceClassification.from_pretrained(
                     source, use_safetensors=True, trust_remote_code=False
                 )
@@ -244,7 +244,7 @@ class Scorer:
     def tokenize(self, texts: list[str]) -> BatchEncoding:
         """Pad to the longest text of the batch, truncate at `max_length` tokens. With length
         bucketing on, lengths are padded up to a multiple of `SHAPE_MULTIPLE`: the kernels
-        (oneDNN on CPU, CUDA graphs on GPU) then see a few shapes again and again.
+        (oneDNN builds one per shape on CPU) then see a few shapes again and again.
 
         Fast tokenizers are called through their Rust backend directly (the same ids as the
         `transformers` call, tested; about 40 % less time per comment, measured)."""

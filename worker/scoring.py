@@ -51,17 +51,10 @@ class BatchScorer:
 
     def score_texts(self, texts: list[str]) -> np.ndarray:
         """Tokenize and infer one batch, timing each stage (runs in the executor thread)."""
-        started = time.perf_counter()
-        buckets = self.scorer.tokenize_buckets(texts)
-        tokenized = time.perf_counter()
-        probabilities = self.scorer.infer_buckets(buckets, len(texts))
-        self.metrics.tokenization.observe(tokenized - started)
-        self.metrics.inference.observe(time.perf_counter() - tokenized)
-        self.metrics.batch_size.observe(len(texts))
-        return probabilities
+        return self.infer_buckets(self.tokenize_texts(texts), len(texts))
 
     def tokenize_texts(self, texts: list[str]) -> Buckets:
-        """Tokenize one batch into length buckets, timed (runs in the tokenizer thread)."""
+        """Tokenize one batch into length buckets, timed (the tokenizer thread, if any)."""
         started = time.perf_counter()
         buckets = self.scorer.tokenize_buckets(texts)
         self.metrics.tokenization.observe(time.perf_counter() - started)
