@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo bench test lint format schemas tools default-model clean audit reliability
+.PHONY: install demo bench bench-training test lint format schemas tools default-model clean audit reliability
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ bench: install
 	HF_HUB_OFFLINE=1 MODERATION_TORCH_THREADS=$${MODERATION_TORCH_THREADS:-1} \
 		MODERATION_PRECISION=$${MODERATION_PRECISION:-bf16} \
 		$(VENV)/bin/moderation-worker bench --output-dir bench-results $(BENCH_FLAGS)
+
+# Training loop: our plain loop vs the HF Trainer on the same BERT-Tiny workload, side by side;
+# writes bench-results/training-loop/bench.json + REPORT.md (~2-4 min on 2 cores).
+bench-training: install
+	HF_HUB_OFFLINE=1 $(PY) -m training.bench_loop $(BENCH_FLAGS)
 
 # Debian's prometheus (prometheus + promtool) and kubernetes-client (kubectl) for the deploy and
 # observability tests, where apt works.

@@ -492,3 +492,34 @@ def test_distill_rejects_mismatched_teacher_labels(
     )
     assert code == 1
     assert "lacks label(s) spam" in capsys.readouterr().err
+
+
+# -- training-loop benchmark -------------------------------------------------------------------
+def test_loop_benchmark_runs_both_loops_side_by_side(
+    work: Path, tiny_model: Path, data_file: Path
+) -> None:
+    from training.bench_loop import main as bench_main
+
+    out = work / "bench-loop"
+    argv = ["--data", str(data_file), "--model", str(tiny_model), "--rows", "64"]
+    argv += ["--batch-size", "16", "--max-length", "32", "--repeats", "2", "--threads", "1"]
+    assert bench_main([*argv, "--precisions", "fp32", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "bench.json").read_text())
+    assert summary["setup"]["rows"] == 64
+    fp32 = summary["results"]["fp32"]
+    for loop in ("plain", "hf_trainer"):
+        assert len(fp32[loop]["examples_per_s"]) == 2
+        assert all(v > 0 for v in fp32[loop]["examples_per_s"])
+        # both trained the same model from the same weights: finite losses near ln 2 or below
+        assert all(0 < loss < 1.0 for loss in fp32[loop]["last_loss"])
+    report = (out / "REPORT.md").read_text()
+    assert re.search(r"^\| fp32 \| [\d,]+ \| [\d,]+ \| \d+\.\d\d \|$", report, re.M)
+
+
+def test_loop_benchmark_bad_arguments_exit_nonzero(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.bench_loop import main as bench_main
+
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["--precisions", "fp8"])
+    assert exc.value.code == 2
+    assert "--precisions" in capsys.readouterr().err
