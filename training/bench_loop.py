@@ -53,6 +53,7 @@ class Workload:
 
 def run_plain(work: Workload, initial: dict[str, torch.Tensor], bf16: bool) -> tuple[float, float]:
     """(seconds, last logged loss) for one epoch of `training.loop.Trainer`."""
+    torch.manual_seed(work.seed)  # dropout masks as reproducible as the HF Trainer's set_seed
     model = build_classifier(work.model_ref, work.labels, from_config=True)
     model.load_state_dict(initial)
     targets = torch.from_numpy(work.targets)
