@@ -1,0 +1,104 @@
+"""The artifact contract: what a served model directory promises, shared by training and worker.
+
+An artifact is a Hugging Face `save_pretrained` directory (`config.json`, `model.safetensors`,
+tokenizer files). Training export writes the entries of `ArtifactContract` into `config.json`;
+the worker reads them back with `ArtifactContract.from_config`. Nothing here does I/O beyond
+hashing the weights file for a version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MULTI_LABEL = "multi_label_classification"
+TOXICITY_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
+DEFAULT_THRESHOLD = 0.5
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VERSION_CHARS = 12
+
+
+class ArtifactError(ValueError):
+    """The directory does not meet the contract; the message is one line."""
+
+
+class ArtifactContract(BaseModel):
+    """The served model's identity and decision rule, as stored in `config.json`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str = Field(min_length=1)
+    model_version: str = Field(min_length=1)
+    problem_type: Literal["multi_label_classification"] = MULTI_LABEL
+    labels: tuple[str, ...] = Field(min_length=1)
+    label_thresholds: dict[str, float]
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="Reserved: per-label calibration maps, once training fits them."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_cover_labels(self) -> ArtifactContract:
+        if set(self.label_thresholds) != set(self.labels):
+            raise ValueError("label_thresholds must name every label, and only those")
+        return self
+
+    @classmethod
+    def from_config(
+        cls, config: dict[str, Any], *, default_name: str, default_version: str
+    ) -> ArtifactContract:
+        """Read the contract from a `config.json` dict. Models not exported by our training
+        (any multi-label hub model) get the default threshold and the given name/version."""
+        problem = config.get("problem_type")
+        if problem != MULTI_LABEL:
+            raise ArtifactError(
+                f"problem_type is {problem!r}; only {MULTI_LABEL!r} models are served "
+                "(one sigmoid per label)"
+            )
+        id2label = config.get("id2label") or {}
+        try:
+            labels = tuple(str(id2label[key]) for key in sorted(id2label, key=int))
+        except (KeyError, ValueError) as exc:
+            raise ArtifactError(f"id2label is malformed: {exc!r}") from None
+        configured = config.get("label_thresholds") or {}
+        return cls(
+            model_name=str(config.get("model_name") or default_name),
+            model_version=str(config.get("model_version") or default_version),
+            labels=labels,
+            label_thresholds={
+                label: float(configured.get(label, DEFAULT_THRESHOLD)) for label in labels
+            },
+            calibration=config.get("calibration"),
+        )
+
+    def config_entries(self) -> dict[str, Any]:
+        """The `config.json` keys this contract owns (training export writes exactly these)."""
+        entries = {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "problem_type": self.problem_type,
+            "label_thresholds": dict(self.label_thresholds),
+        }
+        if self.calibration is not None:
+            entries["calibration"] = self.calibration
+        return entries
+
+    def flagged(self, probabilities: Any) -> list[str]:
+        """Labels at or above their threshold, for one row of probabilities."""
+        return [
+            label
+            for label, p in zip(self.labels, probabilities, strict=True)
+            if p >= self.label_thresholds[label]
+        ]
+
+
+def weights_version(weights: Path) -> str:
+    """The version of an artifact whose config names none: a prefix of its weights' sha256."""
+    digest = hashlib.sha256()
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:VERSION_CHARS]
