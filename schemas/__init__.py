@@ -1,11 +1,14 @@
 """Message contracts of the moderation pipeline: pure pydantic models, no I/O."""
 
+from schemas.artifact import ArtifactContract, ArtifactError
 from schemas.comment import Comment
 from schemas.dead_letter import DeadLetterHeaders, ErrorKind
 from schemas.registry import SCHEMA_FILES, json_schemas
 from schemas.scores import ModelRef, ScoredComment
 
 __all__ = [
+    "ArtifactContract",
+    "ArtifactError",
     "SCHEMA_FILES",
     "Comment",
     "DeadLetterHeaders",

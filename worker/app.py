@@ -1,4 +1,12 @@
-"""The front door: wires consumer, batcher, model, publisher, committer and HTTP together.
+"""The front door: `serve(settings)` loads the model, then `Worker` wires the pipeline and runs it.
+
+    Kafka ─▶ ConsumeLoop (decode, tokenize once) ─▶ BatchQueue ─▶ InferenceLoop (backend)
+                 │ bad records                                        │ scores
+                 ▼                                                    ▼
+            dead letters ◀──────────────── Publisher ────────────▶ outputs
+                                               │ acks
+                                               ▼
+                                          Checkpoint ─▶ commits
 
 Delivery guarantee: at least once. An offset is committed only after the output or dead letter
 of that record and of every earlier record of its partition was acknowledged by the broker
@@ -10,57 +18,104 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from worker.batching import BatchPolicy, MicroBatcher
+from worker.batching import BatchQueue, warm_up_shapes
+from worker.checkpoint import Checkpoint, CheckpointListener
 from worker.config import Settings
-from worker.consume import ConsumeLoop, RebalanceListener, build_consumer
+from worker.consume import ConsumeLoop, IntakeLimits, build_consumer
 from worker.health import HealthServer
-from worker.infer import Scorer, configure_torch
+from worker.inference import InferenceLoop
 from worker.metrics import Metrics
-from worker.offsets import OffsetTracker
+from worker.model import ServedModel, load_served_model
 from worker.publish import Publisher, build_producer
-from worker.records import InFlight
-from worker.scoring import BatchScorer
 
 log = logging.getLogger(__name__)
 
-LAG_POSITION_TIMEOUT_S = 0.05
+
+def load_and_warm_up(settings: Settings) -> ServedModel:
+    """Straight-line start-up before anything connects: load (or refuse), then run every batch
+    shape once so that no request pays a kernel's first use."""
+    from worker.torch_backend import configure_torch
+
+    configure_torch(settings.torch_threads, settings.torch_interop_threads)
+    started = time.perf_counter()
+    model = load_served_model(
+        settings.model,
+        device=settings.device,
+        precision=settings.precision,
+        max_length=settings.max_length,
+        token_budget=settings.token_budget,
+    )
+    loaded = time.perf_counter()
+    shapes = list(
+        warm_up_shapes(settings.max_batch_size, settings.token_budget, settings.max_length)
+    )
+    model.backend.warm_up(shapes)
+    contract, backend = model.contract, model.backend
+    log.info(
+        "model %s (version %s) on %s, %s, %s: loaded in %.1f s, %d shapes warmed up in %.1f s",
+        contract.model_name, contract.model_version, backend.device, backend.precision,
+        backend.kind, loaded - started, len(shapes), time.perf_counter() - loaded,
+    )  # fmt: skip
+    return model
 
 
 class Worker:
-    """One worker process: `await Worker(settings).run()` returns the process exit code."""
+    """One worker process: `await Worker(settings, model).run()` returns the exit code.
+    Construct it inside the running event loop (the Kafka clients bind to it)."""
 
-    def __init__(self, settings: Settings, scorer: Scorer | None = None) -> None:
+    def __init__(self, settings: Settings, model: ServedModel) -> None:
         self.settings = settings
+        self.model = model
         self.metrics = Metrics()
         self.metrics.init_labels(settings.input_topic)
-        self.tracker = OffsetTracker()
-        self.scorer = scorer
-        self.http = HealthServer(self.metrics, self.is_ready)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.tokenize_executor: ThreadPoolExecutor | None = None  # with OVERLAP_TOKENIZATION
-        self.batcher: MicroBatcher[InFlight] = MicroBatcher(
-            BatchPolicy(settings.max_batch_size, settings.max_wait_ms / 1000)
+        contract, backend = model.contract, model.backend
+        self.metrics.set_model(
+            contract.model_name, contract.model_version, backend.device, list(contract.labels)
         )
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.consume_loop: ConsumeLoop | None = None
+        self.consumer = build_consumer(settings)
+        self.producer = build_producer(settings)
+        self.checkpoint = Checkpoint(self.consumer, self.metrics, settings.shutdown_grace_s)
+        self.publisher = Publisher(
+            self.producer,
+            output_topic=settings.output_topic,
+            dlq_topic=settings.dlq_topic,
+            checkpoint=self.checkpoint,
+            metrics=self.metrics,
+            on_fatal=self.fail,
+        )
+        self.queue = BatchQueue(settings.max_batch_size, settings.max_wait_ms / 1000)
+        self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        self.consume_loop = ConsumeLoop(
+            self.consumer,
+            self.checkpoint,
+            model.tokenizer,
+            self.tokenizer_thread,
+            self.queue,
+            self.publisher,
+            self.metrics,
+            IntakeLimits(settings.max_in_flight, settings.max_poll_records, settings.max_text_bytes),
+        )
+        self.inference_loop = InferenceLoop(
+            self.queue, model, self.inference_thread, self.publisher, self.metrics
+        )
+        self.http = HealthServer(self.metrics, self.is_ready)
         self.joined = False
         self.fatal: BaseException | None = None
         self._stop_requested = asyncio.Event()
-        self._commit_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        return self.scorer is not None and self.joined and self.fatal is None
+        return self.joined and self.fatal is None and not self._stop_requested.is_set()
 
     def request_stop(self) -> None:
         """Stop fetching, drain, commit and exit (SIGTERM/SIGINT)."""
@@ -75,56 +130,14 @@ class Worker:
             log.error("fatal error, stopping: %r", exc)
         self._stop_requested.set()
 
+    def _joined(self, _: set[TopicPartition]) -> None:
+        self.joined = True
+        self.metrics.ready.set(1 if self.is_ready() else 0)
+
     async def run(self) -> int:
         settings = self.settings
-        configure_torch(settings.torch_threads, settings.torch_interop_threads)
         await self.http.start(settings.metrics_host, settings.metrics_port)
         log.info("HTTP endpoints on port %s", self.http.port)
-        try:
-            return await self._run_pipeline()
-        finally:
-            self.metrics.ready.set(0)
-            await self.http.stop()
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            if self.tokenize_executor is not None:
-                self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _run_pipeline(self) -> int:
-        settings = self.settings
-        loop = asyncio.get_running_loop()
-        if self.scorer is None:
-            self.scorer = await loop.run_in_executor(
-                self.executor,
-                functools.partial(
-                    Scorer.load,
-                    settings.model,
-                    settings.device,
-                    settings.max_length,
-                    precision=settings.precision,
-                    token_budget=settings.token_budget,
-                ),
-            )
-        scorer = self.scorer
-        started = loop.time()
-        shapes = await loop.run_in_executor(self.executor, scorer.warm_up, settings.max_batch_size)
-        log.info("warmed up %d batch shapes in %.1f s", shapes, loop.time() - started)
-        self.metrics.set_model(scorer.name, scorer.version, str(scorer.device), scorer.labels)
-        log.info(
-            "model %s (version %s) on %s, labels %s",
-            scorer.name, scorer.version, scorer.device, scorer.labels,
-        )  # fmt: skip
-
-        self.producer = build_producer(settings)
-        self.consumer = build_consumer(settings)
-        publisher = Publisher(self.producer, settings, self.tracker, self.metrics, self.fail)
-        self.consume_loop = ConsumeLoop(
-            self.consumer, settings, self.tracker, self.batcher, publisher, self.metrics
-        )
-        if settings.overlap_tokenization:
-            self.tokenize_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
-        batch_scorer = BatchScorer(
-            self.batcher, scorer, self.executor, publisher, self.metrics, self.tokenize_executor
-        )
         try:
             try:
                 await self.producer.start()
@@ -133,26 +146,30 @@ class Worker:
                 log.error("cannot reach Kafka at %s: %r", settings.bootstrap_servers, exc)
                 return 1
             self.consumer.subscribe(
-                [settings.input_topic],
-                listener=RebalanceListener(self._release_partitions, self._partitions_assigned),
+                [settings.input_topic], listener=CheckpointListener(self.checkpoint, self._joined)
             )
             tasks = {
                 "consume": asyncio.create_task(self.consume_loop.run(), name="consume"),
-                "score": asyncio.create_task(batch_scorer.run(), name="score"),
-                "commit": asyncio.create_task(self._commit_periodically(), name="commit"),
+                "infer": asyncio.create_task(self.inference_loop.run(), name="infer"),
+                "commit": asyncio.create_task(
+                    self.checkpoint.commit_periodically(settings.commit_interval_ms / 1000),
+                    name="commit",
+                ),
             }
             for task in tasks.values():
                 task.add_done_callback(self._task_done)
             await self._stop_requested.wait()
-            drained = await self._drain(tasks, publisher)
+            drained = await self._drain(tasks)
+            return 1 if self.fatal is not None or not drained else 0
         finally:
+            self.metrics.ready.set(0)
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
                 await self.producer.stop()
-        if self.fatal is not None:
-            return 1
-        return 0 if drained else 1
+            await self.http.stop()
+            self.inference_thread.shutdown(wait=False, cancel_futures=True)
+            self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -160,96 +177,40 @@ class Worker:
         exc = task.exception()
         if exc is not None:
             self.fail(exc)
-        elif task.get_name() == "score" and not self._stop_requested.is_set():
-            self.fail(RuntimeError("the scoring loop ended unexpectedly"))
+        elif task.get_name() == "infer" and not self._stop_requested.is_set():
+            self.fail(RuntimeError("the inference loop ended unexpectedly"))
 
-    async def _drain(self, tasks: dict[str, asyncio.Task[None]], publisher: Publisher) -> bool:
+    async def _drain(self, tasks: dict[str, asyncio.Task[None]]) -> bool:
         """Stop fetching; finish, publish and commit what is in flight within the grace period."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace_s
-        assert self.consume_loop is not None
         self.consume_loop.stop()
         self.metrics.ready.set(0)
         drained = False
         if self.fatal is None:
-            with contextlib.suppress(Exception):  # records of its last fetch are still dispatched
+            with contextlib.suppress(Exception):  # records of its last fetch are still queued
                 await asyncio.wait_for(tasks["consume"], deadline - loop.time())
-            self.batcher.close()
+            self.queue.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(tasks["score"], max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(tasks["infer"], max(0.0, deadline - loop.time()))
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(publisher.flush(), max(0.0, deadline - loop.time()))
-            drained = await self.tracker.wait_drained(None, max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(self.publisher.flush(), max(0.0, deadline - loop.time()))
+            drained = await self.checkpoint.wait_drained(None, max(0.0, deadline - loop.time()))
             if not drained:
-                log.error("grace period over with %d messages in flight", self.tracker.in_flight())
+                log.error("grace period over with %d in flight", self.checkpoint.in_flight())
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-        await self.commit()  # only acknowledged offsets: safe even after a fatal error
-        log.info("stopped (drained=%s, in flight=%d)", drained, self.tracker.in_flight())
+        await self.checkpoint.commit()  # only acknowledged offsets: safe even after a fatal error
+        log.info("stopped (drained=%s, in flight=%d)", drained, self.checkpoint.in_flight())
         return drained
 
-    # --- offsets and rebalancing -----------------------------------------------------------
 
-    async def commit(self, tps: set[TopicPartition] | None = None) -> None:
-        """Commit the acknowledged prefix of each partition (all partitions when `tps` is None)."""
-        assert self.consumer is not None
-        async with self._commit_lock:
-            assigned = self.consumer.assignment()
-            offsets = {tp: o for tp, o in self.tracker.committable(tps).items() if tp in assigned}
-            if not offsets:
-                return
-            try:
-                await self.consumer.commit(offsets)
-            except (KafkaError, AssertionError) as exc:
-                self.metrics.errors.labels("commit").inc()
-                log.warning("commit of %d partitions failed: %r", len(offsets), exc)
-                return
-            self.tracker.mark_committed(offsets)
-            self.metrics.commits.inc()
-
-    async def _commit_periodically(self) -> None:
-        interval = self.settings.commit_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            await self.commit()
-            await self._update_lag()
-
-    async def _update_lag(self) -> None:
-        assert self.consumer is not None
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            if highwater is None:
-                continue
-            position = self.tracker.next_offset(tp)
-            if position is None:
-                try:
-                    position = await asyncio.wait_for(
-                        self.consumer.position(tp), LAG_POSITION_TIMEOUT_S
-                    )
-                except (TimeoutError, KafkaError):
-                    continue
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
-
-    async def _release_partitions(self, revoked: set[TopicPartition]) -> None:
-        """Rebalance listener: finish and commit in-flight work before giving partitions up."""
-        if not revoked:
-            return
-        in_flight = self.tracker.in_flight(revoked)
-        if in_flight:
-            log.info("revoked %d partitions: draining %d messages", len(revoked), in_flight)
-            if not await self.tracker.wait_drained(revoked, self.settings.shutdown_grace_s):
-                log.warning("revoked partitions still had work in flight; it will be redone")
-        await self.commit(revoked)
-        self.tracker.forget(revoked)
-        for tp in revoked:
-            with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(tp.topic, str(tp.partition))
-
-    def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-        self.joined = True
-        self.metrics.ready.set(1 if self.is_ready() else 0)
+async def serve(settings: Settings, model: ServedModel) -> int:
+    """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code."""
+    worker = Worker(settings, model)
+    install_signal_handlers(worker)
+    return await worker.run()
 
 
 def install_signal_handlers(worker: Worker) -> None:

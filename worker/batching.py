@@ -1,85 +1,117 @@
-"""Micro-batching by size AND deadline.
+"""The one queue between tokenization and the backend, and where batches are cut.
 
-A batch closes when it holds `max_batch_size` items or when its oldest item has waited
-`max_wait` seconds since it was enqueued, whichever comes first. Items that already waited
-while the previous batch was being scored go out at once: the deadline counts from enqueueing,
-not from when the batcher looked.
+Latency first: a batch forms when the backend asks for one (`next_batch`), from whatever is
+queued, up to `max_batch_size` records; nothing closes a small batch on a timer while the
+backend is still busy. At low load a record waits for at most the batch in progress; under load
+batches grow by themselves. (`max_wait_s > 0` makes the backend wait for a fuller batch; off by
+default.) Inside a batch, records are sorted by length and cut into forward passes of at most
+`token_budget` padded tokens (`forward_passes`): the only place where lengths are looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_batch_size: int
-    max_wait_s: float
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        if self.max_wait_s < 0:
-            raise ValueError("max_wait_s must be >= 0")
-
-    def deadline(self, oldest_enqueued_at: float) -> float:
-        return oldest_enqueued_at + self.max_wait_s
+from worker.backend import SHAPE_MULTIPLE
+from worker.records import InFlight
 
 
-@dataclass
-class _Entry(Generic[T]):
-    item: T
+def padded_length(n_tokens: int, multiple: int = SHAPE_MULTIPLE) -> int:
+    return -(-n_tokens // multiple) * multiple
+
+
+@dataclass(slots=True)
+class Tokenized:
+    """A decoded record with its token ids, waiting for the backend."""
+
+    item: InFlight
+    ids: list[int]
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
-class MicroBatcher(Generic[T]):
-    """An unbounded FIFO drained in batches (the caller bounds what it puts in)."""
+class BatchQueue:
+    """FIFO of tokenized records. Its size is bounded by the caller (max in flight)."""
 
-    def __init__(self, policy: BatchPolicy) -> None:
-        self.policy = policy
-        self._queue: asyncio.Queue[_Entry[T] | None] = asyncio.Queue()
+    def __init__(self, max_batch_size: int, max_wait_s: float = 0.0) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self._entries: deque[Tokenized] = deque()
+        self._changed = asyncio.Event()
         self._closed = False
 
-    def put(self, item: T) -> None:
+    def put(self, entries: list[Tokenized]) -> None:
         if self._closed:
-            raise RuntimeError("batcher is closed")
-        self._queue.put_nowait(_Entry(item))
+            raise RuntimeError("the batch queue is closed")
+        if entries:
+            self._entries.extend(entries)
+            self._changed.set()
 
     def close(self) -> None:
-        """No more items; `next_batch` returns what is left, then an empty list."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(None)
+        """No more records: `next_batch` returns what is left, then an empty batch."""
+        self._closed = True
+        self._changed.set()
 
     def __len__(self) -> int:
-        return self._queue.qsize() - (1 if self._closed else 0)
+        return len(self._entries)
 
-    async def next_batch(self) -> list[tuple[T, float]]:
-        """The next batch as (item, enqueued_at) pairs; empty once closed and drained."""
-        first = await self._queue.get()
-        if first is None:
-            self._queue.put_nowait(None)  # keep the end marker for later calls
-            return []
-        batch = [first]
-        deadline = self.policy.deadline(first.enqueued_at)
-        while len(batch) < self.policy.max_batch_size:
-            try:
-                entry = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+    async def next_batch(self) -> list[Tokenized]:
+        """The oldest records, up to `max_batch_size`; empty once closed and drained."""
+        while not self._entries:
+            if self._closed:
+                return []
+            await self._wait_for_change(None)
+        if self.max_wait_s > 0:
+            deadline = self._entries[0].enqueued_at + self.max_wait_s
+            while len(self._entries) < self.max_batch_size and not self._closed:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or not await self._wait_for_change(remaining):
                     break
-                try:
-                    entry = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if entry is None:
-                self._queue.put_nowait(None)
-                break
-            batch.append(entry)
-        return [(e.item, e.enqueued_at) for e in batch]
+        count = min(len(self._entries), self.max_batch_size)
+        return [self._entries.popleft() for _ in range(count)]
+
+    async def _wait_for_change(self, timeout: float | None) -> bool:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def forward_passes(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped into forward passes of similar length: sorted by length, cut so that a
+    pass padded to its longest member holds at most `token_budget` tokens (at least one record
+    each). `token_budget <= 0`: one pass in the original order."""
+    if not lengths:
+        return []
+    if token_budget <= 0 or len(lengths) == 1:
+        return [list(range(len(lengths)))]
+    passes: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if current and (len(current) + 1) * padded_length(lengths[index]) > token_budget:
+            passes.append(current)
+            current = []
+        current.append(index)
+    passes.append(current)
+    return passes
+
+
+def warm_up_shapes(
+    max_batch_size: int, token_budget: int, max_length: int
+) -> Iterator[tuple[int, int]]:
+    """Every (batch size, padded length) shape `forward_passes` can produce, so that warm-up
+    pays each kernel's first use before the worker reports ready. Without a budget the shapes
+    are unbounded: one record of each length."""
+    for length in range(SHAPE_MULTIPLE, padded_length(max_length) + 1, SHAPE_MULTIPLE):
+        largest = min(max_batch_size, token_budget // length) if token_budget > 0 else 1
+        for batch in range(1, max(1, largest) + 1):
+            yield (batch, length)

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import platform
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
@@ -56,20 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
             else f"MODERATION_{field.upper()}"
         )
         run.add_argument(flag, dest=field, type=kind, default=None, help=f"env {env}")
-    bench = commands.add_parser(
-        "bench",
-        help="benchmark: model-only ceiling, worker end to end, naive consumer",
-        description="Worker settings come from the environment (MODERATION_*) and these flags.",
-    )
-    bench.add_argument("--messages", type=int, default=None, help="corpus size (default 50000)")
-    bench.add_argument("--corpus", type=Path, default=None, help="CSV[.gz] with comment_text")
-    bench.add_argument("--output-dir", type=Path, default=Path("bench-results"))
-    bench.add_argument("--quick", action="store_true", help="small smoke run")
-    bench.add_argument("--no-profile", action="store_true", help="skip py-spy")
-    bench.add_argument("--no-precision-check", action="store_true", help="skip bf16/int8 check")
-    for flag in ("--model", "--device", "--max-batch-size", "--max-wait-ms"):
-        field, kind = RUN_FLAGS[flag]
-        bench.add_argument(flag, dest=field, type=kind, default=None)
     info = commands.add_parser("info", help="versions, default model, labels and device")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--model", default=None, help="model to describe (default: bundled)")
@@ -91,34 +76,49 @@ def describe(settings: Settings, model: str | None) -> dict[str, Any]:
     import torch
     import transformers
 
-    from worker.infer import DEFAULT_MODEL_DIR, Scorer, default_model_has_weights
+    from worker.model import DEFAULT_MODEL_DIR, load_served_model
 
-    scorer = Scorer.load(model or settings.model, device=settings.device)
+    served = load_served_model(
+        model or settings.model,
+        device=settings.device,
+        precision=settings.precision,
+        max_length=settings.max_length,
+    )
+    contract, backend = served.contract, served.backend
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "aiokafka": aiokafka.__version__,
         "cuda_available": torch.cuda.is_available(),
-        "device": str(scorer.device),
+        "backend": backend.kind,
+        "device": backend.device,
+        "precision": backend.precision,
         "default_model_dir": str(DEFAULT_MODEL_DIR),
-        "default_model_trained": default_model_has_weights(),
-        "model": {"name": scorer.name, "version": scorer.version},
-        "labels": scorer.labels,
-        "thresholds": scorer.thresholds,
+        "model": {"name": contract.model_name, "version": contract.model_version},
+        "labels": list(contract.labels),
+        "thresholds": dict(contract.label_thresholds),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # moved out of the product (issue 11)
+        print(
+            "moderation-worker: the benchmarks moved to `python -m bench` (`make bench`) in a "
+            "checkout of the repository",
+            file=sys.stderr,
+        )
+        return 2
     args = build_parser().parse_args(argv)
     try:
         overrides = {field: getattr(args, field, None) for field, _ in RUN_FLAGS.values()}
-        settings = load_settings(**(overrides if args.command in ("run", "bench") else {}))
+        settings = load_settings(**(overrides if args.command == "run" else {}))
     except SettingsError as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    from worker.infer import ModelLoadError
+    from worker.backend import ModelLoadError
 
     try:
         if args.command == "info":
@@ -129,45 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in info.items():
                     print(f"{key}: {value}")
             return 0
-        if args.command == "bench":
-            return _bench(settings, args)
-        return asyncio.run(_run(settings))
+        log.info("starting with %s", settings.redacted())
+        from worker.app import load_and_warm_up, serve
+
+        model = load_and_warm_up(settings)
+        return asyncio.run(serve(settings, model))
     except ModelLoadError as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
-
-
-def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.bench.corpus import CorpusError
-    from worker.bench.runner import BenchOptions, run_bench
-
-    given: dict[str, Any] = {"output_dir": args.output_dir}
-    if args.messages is not None:
-        given["messages"] = args.messages
-    if args.corpus is not None:
-        given["corpus"] = args.corpus
-    if args.no_profile:
-        given["profile"] = False
-    if args.no_precision_check:
-        given["precision_check"] = False
-    options = BenchOptions.quick(**given) if args.quick else BenchOptions(**given)
-    logging.getLogger("worker.bench").setLevel(logging.INFO)
-    try:
-        run_bench(settings, options)
-    except CorpusError as exc:
-        print(f"moderation-worker: {exc}", file=sys.stderr)
-        return 2
-    print((options.output_dir / "REPORT.md").read_text())
-    return 0
-
-
-async def _run(settings: Settings) -> int:
-    from worker.app import Worker, install_signal_handlers
-
-    log.info("starting with %s", settings.redacted())
-    worker = Worker(settings)
-    install_signal_handlers(worker)
-    return await worker.run()
 
 
 if __name__ == "__main__":

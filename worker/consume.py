@@ -1,21 +1,25 @@
-"""The consumer side: fetch, decode, track, dispatch; pause when too much is in flight."""
+"""The intake: fetch, track, decode, tokenize once, queue; pause when too much is in flight."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from worker.batching import MicroBatcher
+from schemas import ErrorKind
+from worker.batching import BatchQueue, Tokenized
+from worker.checkpoint import Checkpoint
 from worker.config import Settings
 from worker.decode import InvalidMessage, decode_comment
 from worker.metrics import Metrics
-from worker.offsets import OffsetTracker
 from worker.publish import Publisher
 from worker.records import InFlight
+from worker.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,82 +41,114 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
-class RebalanceListener(ConsumerRebalanceListener):
-    """Before giving partitions up, finish and commit what is in flight for them."""
-
-    def __init__(
-        self,
-        on_revoked: Callable[[set[TopicPartition]], Awaitable[None]],
-        on_assigned: Callable[[set[TopicPartition]], None],
-    ) -> None:
-        self._on_revoked = on_revoked
-        self._on_assigned = on_assigned
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._on_assigned(set(assigned))
+@dataclass(frozen=True, slots=True)
+class IntakeLimits:
+    max_in_flight: int  # pause fetching at this many unacknowledged records, resume at half
+    max_poll_records: int
+    max_text_bytes: int
 
 
 class ConsumeLoop:
-    """Takes records from Kafka into the pipeline, never more than `max_in_flight` at once."""
+    """Takes records from Kafka into the batch queue, never more than `max_in_flight` at once.
+
+    Tokenization runs on `tokenize_executor` (one thread), one call per fetched chunk, while the
+    backend infers on its own thread: batch n+1 is tokenized during batch n by construction.
+    """
 
     def __init__(
         self,
         consumer: AIOKafkaConsumer,
-        settings: Settings,
-        tracker: OffsetTracker,
-        batcher: MicroBatcher[InFlight],
+        checkpoint: Checkpoint,
+        tokenizer: TextTokenizer,
+        tokenize_executor: Executor,
+        queue: BatchQueue,
         publisher: Publisher,
         metrics: Metrics,
+        limits: IntakeLimits,
     ) -> None:
-        self.consumer = consumer
-        self.settings = settings
-        self.tracker = tracker
-        self.batcher = batcher
-        self.publisher = publisher
-        self.metrics = metrics
-        self.paused = False
+        self._consumer = consumer
+        self._checkpoint = checkpoint
+        self._tokenizer = tokenizer
+        self._tokenize_executor = tokenize_executor
+        self._queue = queue
+        self._publisher = publisher
+        self._metrics = metrics
+        self._limits = limits
+        self._paused = False
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _apply_backpressure(self) -> int:
-        """Pause all partitions at the limit, resume at half of it; returns the room left."""
-        limit = self.settings.max_in_flight
-        in_flight = self.tracker.in_flight()
-        if not self.paused and in_flight >= limit:
-            self.paused = True
-            log.debug("pausing: %d messages in flight", in_flight)
-        elif self.paused and in_flight <= limit // 2:
-            self.paused = False
-            self.consumer.resume(*self.consumer.assignment())
-        if self.paused:  # also covers partitions assigned since the pause began
-            self.consumer.pause(*self.consumer.assignment())
-        self.metrics.paused.set(1 if self.paused else 0)
-        self.metrics.in_flight.set(in_flight)
-        return max(0, limit - in_flight)
-
     async def run(self) -> None:
         while not self._stop.is_set():
             room = self._apply_backpressure()
-            batches = await self.consumer.getmany(
+            fetched = await self._consumer.getmany(
                 timeout_ms=FETCH_TIMEOUT_MS,
-                max_records=max(1, min(room, self.settings.max_poll_records)),
+                max_records=max(1, min(room, self._limits.max_poll_records)),
             )
-            for tp, records in batches.items():
-                for record in records:
-                    self._dispatch(tp, record)
+            items = [
+                item
+                for tp, records in fetched.items()
+                for record in records
+                if (item := self._admit(tp, record)) is not None
+            ]
+            if items:
+                self._queue.put(await self._tokenize(items))
 
-    def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        """Synchronous on purpose: a record is tracked before any rebalance can interleave."""
-        self.metrics.consumed.labels(tp.topic).inc()
-        item = InFlight(record=record, offsets=self.tracker.track(tp, record.offset))
+    def _apply_backpressure(self) -> int:
+        """Pause all partitions at the limit, resume at half of it; returns the room left."""
+        limit = self._limits.max_in_flight
+        in_flight = self._checkpoint.in_flight()
+        if not self._paused and in_flight >= limit:
+            self._paused = True
+            log.debug("pausing: %d messages in flight", in_flight)
+        elif self._paused and in_flight <= limit // 2:
+            self._paused = False
+            self._consumer.resume(*self._consumer.assignment())
+        if self._paused:  # also covers partitions assigned since the pause began
+            self._consumer.pause(*self._consumer.assignment())
+        self._metrics.paused.set(1 if self._paused else 0)
+        self._metrics.in_flight.set(in_flight)
+        return max(0, limit - in_flight)
+
+    def _admit(self, tp: TopicPartition, record: ConsumerRecord) -> InFlight | None:
+        """Track and decode one record (synchronously: tracked before a rebalance can
+        interleave); a record that cannot be scored is dead-lettered and None returned."""
+        self._metrics.consumed.labels(tp.topic).inc()
+        item = InFlight(record=record, ticket=self._checkpoint.track(tp, record.offset))
         try:
-            item.comment = decode_comment(record.value, self.settings.max_text_bytes)
+            item.comment = decode_comment(record.value, self._limits.max_text_bytes)
         except InvalidMessage as bad:
-            self.publisher.dead_letter_soon(item, bad.kind, bad.detail)
-            return
-        self.batcher.put(item)
+            self._publisher.dead_letter_soon(item, bad.kind, bad.detail)
+            return None
+        return item
+
+    async def _tokenize(self, items: list[InFlight]) -> list[Tokenized]:
+        """Token ids of every item, on the tokenizer thread. If the chunk fails, each text is
+        tried alone and the ones the tokenizer refuses are dead-lettered."""
+        loop = asyncio.get_running_loop()
+        texts = [item.comment.text for item in items if item.comment is not None]
+        started = time.perf_counter()
+        try:
+            ids = await loop.run_in_executor(self._tokenize_executor, self._tokenizer.encode, texts)
+        except Exception:
+            log.exception("tokenizing %d texts failed; retrying one by one", len(texts))
+            return [entry for item in items if (entry := await self._tokenize_one(item))]
+        self._metrics.tokenization.observe(time.perf_counter() - started)
+        return [Tokenized(item, seq) for item, seq in zip(items, ids, strict=True)]
+
+    async def _tokenize_one(self, item: InFlight) -> Tokenized | None:
+        assert item.comment is not None
+        loop = asyncio.get_running_loop()
+        try:
+            [ids] = await loop.run_in_executor(
+                self._tokenize_executor, self._tokenizer.encode, [item.comment.text]
+            )
+        except Exception as exc:
+            self._metrics.errors.labels("inference").inc()
+            await self._publisher.send_dead_letter(
+                item, ErrorKind.INFERENCE_FAILED, f"the tokenizer failed on this text: {exc!r}"
+            )
+            return None
+        return Tokenized(item, ids)

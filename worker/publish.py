@@ -1,11 +1,20 @@
-"""Publishing scores and dead letters, and acknowledging offsets once the broker has them."""
+"""Publishing outputs and dead letters; each broker acknowledgement acknowledges an offset.
+
+The publisher handles bytes: outputs arrive encoded (`encode_output`). A record whose output or
+dead letter is too large for the producer or the topic is dead-lettered again in a smaller form
+(`_too_large`, the one place that decides how): an output becomes an `output_too_large` dead
+letter; a dead letter loses its key, value and headers (the `source.*` headers still say where
+the original is). Any other failure after the producer's own retries is fatal: `on_fatal` is
+called and the offset is never acknowledged, so it is never committed and will be redone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,13 +22,15 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from schemas import DeadLetterHeaders, ErrorKind
+from schemas import ArtifactContract, DeadLetterHeaders, ErrorKind, ModelRef, ScoredComment
+from worker.checkpoint import Checkpoint
 from worker.config import Settings
 from worker.metrics import Metrics
-from worker.offsets import OffsetTracker
 from worker.records import InFlight
 
 log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
 
 
 def build_producer(settings: Settings) -> AIOKafkaProducer:
@@ -37,84 +48,86 @@ def build_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-def score_message(
-    item: InFlight,
-    probabilities: np.ndarray,
-    labels: list[str],
-    flagged: list[str],
-    model_ref: dict[str, str],
-    scored_at_ms: int,
+def encode_output(
+    item: InFlight, probabilities: np.ndarray, contract: ArtifactContract, scored_at_ms: int
 ) -> bytes:
-    """The output value of one comment (the `ScoredComment` schema), as JSON bytes."""
+    """The `ScoredComment` of one comment, encoded once as JSON."""
     comment = item.comment
     assert comment is not None
-    message: dict[str, Any] = {
-        "id": comment.id,
-        "scores": {label: float(p) for label, p in zip(labels, probabilities, strict=True)},
-        "flagged": flagged,
-        "model": model_ref,
-        "scored_at": scored_at_ms,
-    }
-    if comment.metadata is not None:
-        message["metadata"] = comment.metadata
-    return orjson.dumps(message)
+    scores = dict(zip(contract.labels, probabilities.tolist(), strict=True))
+    output = ScoredComment(
+        id=comment.id,
+        scores=scores,
+        flagged=contract.flagged(probabilities),
+        model=ModelRef(name=contract.model_name, version=contract.model_version),
+        scored_at=scored_at_ms,
+        metadata=comment.metadata,
+    )
+    return orjson.dumps(output.model_dump(exclude_none=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """One record to produce, and what acknowledging it means."""
+
+    item: InFlight
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    dead_letter: ErrorKind | None  # None: an output
+    detail: str = ""
+    stripped: bool = False  # a dead letter already without the original's key/value/headers
 
 
 class Publisher:
-    """Sends outputs and dead letters; on each broker acknowledgement, marks the offset done.
-
-    A send that fails after the producer's own retries is fatal: `on_fatal` is called and the
-    offset is never acknowledged, so it is never committed and will be consumed again.
-    """
+    """Sends outputs and dead letters; on each acknowledgement, acknowledges the offset."""
 
     def __init__(
         self,
         producer: AIOKafkaProducer,
-        settings: Settings,
-        tracker: OffsetTracker,
+        *,
+        output_topic: str,
+        dlq_topic: str,
+        checkpoint: Checkpoint,
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
-        self.producer = producer
-        self.settings = settings
-        self.tracker = tracker
-        self.metrics = metrics
-        self.on_fatal = on_fatal
+        self._producer = producer
+        self._output_topic = output_topic
+        self._dlq_topic = dlq_topic
+        self._checkpoint = checkpoint
+        self._metrics = metrics
+        self._on_fatal = on_fatal
         self._tasks: set[asyncio.Task[None]] = set()
         self._failed = False
 
     async def send_output(self, item: InFlight, value: bytes) -> None:
-        try:
-            future = await self.producer.send(
-                self.settings.output_topic, value=value, key=item.record.key
-            )
-        except MessageSizeTooLargeError:  # e.g. a huge key, copied from the input: not retryable
-            await self.send_dead_letter(item, *self._output_too_large(item, value))
-            return
-        future.add_done_callback(lambda f: self._acked(f, item, None, value))
-
-    @staticmethod
-    def _output_too_large(item: InFlight, value: bytes) -> tuple[ErrorKind, str]:
-        key = len(item.record.key or b"")
-        return ErrorKind.OUTPUT_TOO_LARGE, (
-            f"its output ({len(value)} bytes value, {key} bytes key) is over the maximum "
-            "message size of the producer or the output topic"
+        await self._send(
+            _Message(item, self._output_topic, item.record.key, value, [], dead_letter=None)
         )
 
-    async def send_dead_letter(
-        self, item: InFlight, kind: ErrorKind, detail: str, copy_record: bool = True
-    ) -> None:
-        """Dead-letter the original key, value and headers, with the reason in headers.
-
-        A record too large to be published again (over the producer's `max_request_size` or the
-        dead-letter topic's limit) is dead-lettered without its key and headers and with an empty
-        value; the `source.*` headers still say where the original is. So is a key-less
-        tombstone (Kafka needs a key or a value).
-        """
+    async def send_dead_letter(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
+        """Dead-letter the original key, value and headers, with the reason in headers."""
         record = item.record
-        if not copy_record:
-            size = len(record.key or b"") + len(record.value or b"")
-            detail += f"; the original record ({size} bytes) is too large to copy here"
+        log.info(
+            "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, kind
+        )
+        await self._send(self._dead_letter(item, kind, detail, stripped=False))
+
+    def dead_letter_soon(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
+        """Schedule a dead letter without waiting (from the synchronous consume step)."""
+        self._schedule(self.send_dead_letter(item, kind, detail))
+
+    async def flush(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._producer.flush()
+
+    def _dead_letter(
+        self, item: InFlight, kind: ErrorKind, detail: str, *, stripped: bool
+    ) -> _Message:
+        record = item.record
         headers = DeadLetterHeaders(
             error_kind=kind,
             error_detail=detail,
@@ -122,78 +135,79 @@ class Publisher:
             source_partition=record.partition,
             source_offset=record.offset,
         ).to_kafka()
-        log.info(
-            "dead-lettering %s[%d]@%d: %s",
-            record.topic, record.partition, record.offset, kind.value,
-        )  # fmt: skip
-        key, value = (record.key, record.value) if copy_record else (None, None)
+        if stripped:
+            key, value, original_headers = None, b"", []
+        else:
+            key, value, original_headers = record.key, record.value, list(record.headers or ())
         if key is None and value is None:  # a key-less tombstone: Kafka needs one of the two
             value = b""
-        try:
-            future = await self.producer.send(
-                self.settings.dlq_topic,
-                value=value,
-                key=key,
-                headers=(list(record.headers or ()) if copy_record else []) + headers,
+        return _Message(
+            item, self._dlq_topic, key, value, original_headers + headers, kind, detail, stripped
+        )
+
+    def _too_large(self, message: _Message) -> _Message | None:
+        """The smaller dead letter to send instead of `message`; None if there is none."""
+        record = message.item.record
+        if message.dead_letter is None:
+            key = len(record.key or b"")
+            detail = (
+                f"its output ({len(message.value or b'')} bytes value, {key} bytes key) is over "
+                "the maximum message size of the producer or the output topic"
             )
-        except MessageSizeTooLargeError:
-            if not copy_record:
+            return self._dead_letter(
+                message.item, ErrorKind.OUTPUT_TOO_LARGE, detail, stripped=False
+            )
+        if message.stripped:
+            return None
+        size = len(record.key or b"") + len(record.value or b"")
+        detail = f"{message.detail}; the original record ({size} bytes) is too large to copy here"
+        return self._dead_letter(message.item, message.dead_letter, detail, stripped=True)
+
+    async def _send(self, message: _Message) -> None:
+        try:
+            future = await self._producer.send(
+                message.topic, value=message.value, key=message.key, headers=message.headers
+            )
+        except MessageSizeTooLargeError:  # over the producer's own limit: not retryable
+            smaller = self._too_large(message)
+            if smaller is None:
                 raise
-            await self.send_dead_letter(item, kind, detail, copy_record=False)
+            await self._send(smaller)
             return
-        retry = (kind, detail) if copy_record else None
-        future.add_done_callback(lambda f: self._acked(f, item, kind, retry=retry))
+        future.add_done_callback(lambda f: self._delivered(f, message))
 
-    def dead_letter_soon(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
-        """Schedule a dead letter without waiting (used from the synchronous consume step)."""
-        self._schedule(self.send_dead_letter(item, kind, detail))
+    def _delivered(self, future: asyncio.Future[Any], message: _Message) -> None:
+        exc = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if exc is not None:
+            smaller = (
+                self._too_large(message) if isinstance(exc, MessageSizeTooLargeError) else None
+            )
+            if smaller is not None:  # the broker refused it for its size
+                self._schedule(self._send(smaller))
+                return
+            self._metrics.errors.labels("produce").inc()
+            if not self._failed:  # one line, not one per record in flight
+                log.error("publishing offset %d failed: %r", message.item.record.offset, exc)
+            self._failed = True
+            self._on_fatal(exc)
+            return
+        record = message.item.record
+        self._checkpoint.ack(message.item.ticket)
+        if message.dead_letter is None:
+            self._metrics.scored.labels(record.topic).inc()
+            if record.timestamp is not None and record.timestamp > 0:
+                self._metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
+        else:
+            self._metrics.dead_lettered.labels(message.dead_letter.value).inc()
 
-    def _schedule(self, send: Any) -> None:
-        task = asyncio.create_task(self._guard(send))
+    def _schedule(self, send: Coroutine[Any, Any, None] | Awaitable[None]) -> None:
+        task = asyncio.ensure_future(self._guard(send))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, send: Any) -> None:
+    async def _guard(self, send: Awaitable[None]) -> None:
         try:
             await send
         except Exception as exc:  # the producer could not even queue the record
-            self.metrics.errors.labels("produce").inc()
-            self.on_fatal(exc)
-
-    def _acked(
-        self,
-        future: asyncio.Future[Any],
-        item: InFlight,
-        kind: ErrorKind | None,
-        output: bytes | None = None,
-        retry: tuple[ErrorKind, str] | None = None,
-    ) -> None:
-        if future.cancelled() or future.exception() is not None:
-            exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
-            if isinstance(exc, MessageSizeTooLargeError):  # the broker refused it for its size
-                if output is not None:
-                    reason = self._output_too_large(item, output)
-                    self._schedule(self.send_dead_letter(item, *reason))
-                    return
-                if retry is not None:
-                    self._schedule(self.send_dead_letter(item, *retry, copy_record=False))
-                    return
-            self.metrics.errors.labels("produce").inc()
-            if not self._failed:  # one line, not one per record in flight
-                log.error("publishing offset %d failed: %r", item.record.offset, exc)
-            self._failed = True
-            self.on_fatal(exc)
-            return
-        record = item.record
-        self.tracker.ack(item.offsets, record.offset)
-        if kind is None:
-            self.metrics.scored.labels(record.topic).inc()
-            if record.timestamp is not None and record.timestamp > 0:
-                self.metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
-        else:
-            self.metrics.dead_lettered.labels(kind.value).inc()
-
-    async def flush(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.producer.flush()
+            self._metrics.errors.labels("produce").inc()
+            self._on_fatal(exc)

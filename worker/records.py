@@ -1,4 +1,4 @@
-"""What travels through the pipeline: a consumed record and its at-least-once bookkeeping."""
+"""What travels through the pipeline: a consumed record and its at-least-once ticket."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from aiokafka.structs import ConsumerRecord
 
 from schemas import Comment
-from worker.offsets import PartitionOffsets
+from worker.checkpoint import Ticket
 
 
 @dataclass(slots=True)
@@ -15,5 +15,5 @@ class InFlight:
     """A consumed record, tracked until its output or dead letter is acknowledged."""
 
     record: ConsumerRecord
-    offsets: PartitionOffsets
+    ticket: Ticket
     comment: Comment | None = None

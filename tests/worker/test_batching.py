@@ -1,0 +1,121 @@
+"""The batch queue (latency-first: a batch forms when the backend asks) and forward passes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.batching import BatchQueue, Tokenized, forward_passes, padded_length, warm_up_shapes
+
+
+def entries(n: int, start: int = 0) -> list[Tokenized]:
+    return [Tokenized(item=i, ids=[0] * (i + 1)) for i in range(start, start + n)]  # type: ignore[arg-type]
+
+
+def items(batch: list[Tokenized]) -> list[int]:
+    return [entry.item for entry in batch]  # type: ignore[misc]
+
+
+async def test_a_batch_takes_what_is_queued_up_to_the_maximum_without_waiting() -> None:
+    queue = BatchQueue(max_batch_size=4)
+    queue.put(entries(6))
+    started = time.monotonic()
+    assert items(await queue.next_batch()) == [0, 1, 2, 3]
+    assert items(await queue.next_batch()) == [4, 5]  # no deadline: a partial batch goes now
+    assert time.monotonic() - started < 0.5
+
+
+async def test_the_backend_waits_for_the_first_record_only() -> None:
+    queue = BatchQueue(max_batch_size=64)
+    asyncio.get_running_loop().call_later(0.05, queue.put, entries(1))
+    started = time.monotonic()
+    batch = await asyncio.wait_for(queue.next_batch(), 2)
+    assert items(batch) == [0]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_records_queued_while_the_backend_was_busy_form_one_batch() -> None:
+    queue = BatchQueue(max_batch_size=64)
+    queue.put(entries(1))
+    first = await queue.next_batch()
+    for i in range(1, 10):  # arrive while `first` is being inferred
+        queue.put(entries(1, start=i))
+    assert items(first) == [0]
+    assert items(await queue.next_batch()) == list(range(1, 10))
+
+
+async def test_max_wait_holds_a_partial_batch_for_more_records() -> None:
+    queue = BatchQueue(max_batch_size=100, max_wait_s=0.3)
+    queue.put(entries(1))
+    asyncio.get_running_loop().call_later(0.05, queue.put, entries(1, start=1))
+    started = time.monotonic()
+    assert items(await queue.next_batch()) == [0, 1]
+    assert 0.2 <= time.monotonic() - started < 2.0
+
+
+async def test_max_wait_counts_from_enqueueing() -> None:
+    queue = BatchQueue(max_batch_size=100, max_wait_s=0.2)
+    queue.put(entries(1))
+    await asyncio.sleep(0.25)  # e.g. the previous batch was being inferred meanwhile
+    started = time.monotonic()
+    assert items(await queue.next_batch()) == [0]
+    assert time.monotonic() - started < 0.1
+
+
+async def test_closed_queue_returns_the_rest_then_empty() -> None:
+    queue = BatchQueue(max_batch_size=2)
+    queue.put(entries(3))
+    queue.close()
+    assert items(await queue.next_batch()) == [0, 1]
+    assert items(await queue.next_batch()) == [2]
+    assert await queue.next_batch() == []
+    with pytest.raises(RuntimeError):
+        queue.put(entries(1))
+
+
+async def test_closing_wakes_a_waiting_backend() -> None:
+    queue = BatchQueue(max_batch_size=2)
+    asyncio.get_running_loop().call_later(0.05, queue.close)
+    assert await asyncio.wait_for(queue.next_batch(), 2) == []
+
+
+def test_queue_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        BatchQueue(max_batch_size=0)
+    with pytest.raises(ValueError):
+        BatchQueue(max_batch_size=1, max_wait_s=-1)
+
+
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=128), min_size=1, max_size=80),
+    budget=st.integers(min_value=32, max_value=4096),
+)
+def test_forward_passes_cover_every_record_once_within_the_budget(
+    lengths: list[int], budget: int
+) -> None:
+    passes = forward_passes(lengths, budget)
+    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+    for p in passes:
+        padded = len(p) * padded_length(max(lengths[i] for i in p))
+        assert padded <= budget or len(p) == 1
+
+
+def test_forward_passes_group_short_apart_from_long() -> None:
+    lengths = [120, 5, 118, 6, 7, 121]
+    passes = forward_passes(lengths, token_budget=3 * 128)
+    assert [sorted(p) for p in passes] == [[1, 3, 4], [0, 2, 5]]
+    assert forward_passes(lengths, token_budget=0) == [list(range(6))]
+    assert forward_passes([], token_budget=100) == []
+
+
+def test_warm_up_covers_every_shape_forward_passes_can_make() -> None:
+    shapes = set(warm_up_shapes(max_batch_size=16, token_budget=512, max_length=100))
+    for lengths in ([1] * 16, [100] * 16, [33, 64, 65, 97, 2, 3]):
+        for p in forward_passes(lengths, 512):
+            shape = (min(len(p), 16), padded_length(max(lengths[i] for i in p)))
+            assert shape in shapes
+    assert max(length for _, length in shapes) == 128

@@ -1,0 +1,65 @@
+"""Settings from the environment and flags; bad values fail with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import SettingsError, load_settings
+
+
+
+def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-1:9092,broker-2:9092")
+    monkeypatch.setenv("MODERATION_MAX_BATCH_SIZE", "32")
+    settings = load_settings(max_wait_ms=3)
+    assert settings.bootstrap_servers == "broker-1:9092,broker-2:9092"
+    assert settings.max_batch_size == 32 and settings.max_wait_ms == 3
+    assert load_settings(bootstrap_servers="other:1").bootstrap_servers == "other:1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "message"),
+    [
+        ({"max_batch_size": 0}, {}, "invalid max_batch_size (MODERATION_MAX_BATCH_SIZE)"),
+        ({}, {"MODERATION_MAX_WAIT_MS": "soon"}, "invalid max_wait_ms (MODERATION_MAX_WAIT_MS)"),
+        ({"device": "tpu"}, {}, "invalid device (MODERATION_DEVICE)"),
+        ({}, {"MODERATION_AUTO_OFFSET_RESET": "middle"}, "MODERATION_AUTO_OFFSET_RESET"),
+        ({"security_protocol": "SASL_SSL"}, {}, "needs sasl_mechanism"),
+        ({"ssl_cafile": "/nonexistent/ca.pem", "security_protocol": "SSL"}, {}, "does not exist"),
+        ({"max_batch_size": 64, "max_in_flight": 8}, {}, "max_in_flight must be at least"),
+    ],
+)
+def test_bad_settings_fail_with_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict, env: dict, message: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    text = str(caught.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_sasl_settings_reach_aiokafka_and_secrets_stay_hidden(tmp_path: Path) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text("s3cret\n")
+    settings = load_settings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="worker",
+        sasl_password_file=str(password_file),
+    )
+    kwargs = settings.kafka_security_kwargs()
+    assert kwargs["security_protocol"] == "SASL_SSL"
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_username"] == "worker"
+    assert kwargs["sasl_plain_password"] == "s3cret"
+    assert kwargs["ssl_context"] is not None
+    env_secret = load_settings(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+        sasl_username="u", sasl_password="hunter2",
+    )  # fmt: skip
+    assert "hunter2" not in repr(env_secret) and "hunter2" not in str(env_secret.redacted())

@@ -1,0 +1,95 @@
+"""The backend loop: take a batch when the backend is free, infer it, publish it.
+
+One task, one inference thread. Publishing batch n (on the event loop) overlaps the forward
+pass of batch n+1 (on the thread). A batch the backend fails on is bisected until the records
+it fails on alone are found: those are dead-lettered (`inference_failed`), the rest scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+
+import numpy as np
+
+from schemas import ErrorKind
+from worker.batching import BatchQueue, Tokenized
+from worker.metrics import Metrics
+from worker.model import ServedModel
+from worker.publish import Publisher, encode_output
+
+log = logging.getLogger(__name__)
+
+Outcome = np.ndarray | Exception  # a row of probabilities, or why the record has none
+
+
+class InferenceLoop:
+    def __init__(
+        self,
+        queue: BatchQueue,
+        model: ServedModel,
+        executor: Executor,
+        publisher: Publisher,
+        metrics: Metrics,
+    ) -> None:
+        self._queue = queue
+        self._model = model
+        self._executor = executor
+        self._publisher = publisher
+        self._metrics = metrics
+
+    async def run(self) -> None:
+        """Until the queue is closed and empty."""
+        publishing: asyncio.Task[None] | None = None
+        while batch := await self._queue.next_batch():
+            now = time.monotonic()
+            for entry in batch:
+                self._metrics.queue_wait.observe(now - entry.enqueued_at)
+            outcomes = await self._score(batch)
+            if publishing is not None:
+                await publishing
+            publishing = asyncio.create_task(self._publish(batch, outcomes))
+        if publishing is not None:
+            await publishing
+
+    async def _score(self, batch: list[Tokenized]) -> list[Outcome]:
+        """Probabilities of each record; on failure, halves are retried down to single records."""
+        loop = asyncio.get_running_loop()
+        try:
+            probabilities = await loop.run_in_executor(self._executor, self._infer, batch)
+        except Exception as exc:
+            self._metrics.errors.labels("inference").inc()
+            if len(batch) == 1:
+                return [exc]
+            log.warning("inference failed on a batch of %d (%r): bisecting", len(batch), exc)
+            middle = len(batch) // 2
+            return await self._score(batch[:middle]) + await self._score(batch[middle:])
+        return list(probabilities)
+
+    def _infer(self, batch: list[Tokenized]) -> np.ndarray:
+        """On the inference thread: forward passes of one batch, timed."""
+        started = time.perf_counter()
+        probabilities = self._model.infer([entry.ids for entry in batch])
+        self._metrics.inference.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(len(batch))
+        return probabilities
+
+    async def _publish(self, batch: list[Tokenized], outcomes: list[Outcome]) -> None:
+        scored_at = int(time.time() * 1000)
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                await self._dead_letter(entry, outcome)
+                continue
+            try:
+                value = encode_output(entry.item, outcome, self._model.contract, scored_at)
+            except ValueError as exc:  # e.g. a NaN score, which the output schema refuses
+                await self._dead_letter(entry, exc)
+                continue
+            await self._publisher.send_output(entry.item, value)
+
+    async def _dead_letter(self, entry: Tokenized, exc: Exception) -> None:
+        await self._publisher.send_dead_letter(
+            entry.item, ErrorKind.INFERENCE_FAILED, f"the model failed on this text: {exc!r}"
+        )

@@ -1,0 +1,101 @@
+"""The served model: artifact contract + tokenizer + backend, loaded and checked at start.
+
+A model that cannot be served (missing directory, no safetensors weights, corrupt weights, not
+multi-label, incomplete classifier) raises `ModelLoadError`: the worker refuses to start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from schemas.artifact import CONFIG_FILE, WEIGHTS_FILE, ArtifactContract, ArtifactError
+from schemas.artifact import weights_version as artifact_weights_version
+from worker.backend import Backend, ModelLoadError
+from worker.batching import forward_passes
+from worker.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    contract: ArtifactContract
+    tokenizer: TextTokenizer
+    backend: Backend
+    token_budget: int  # padded tokens per forward pass (see `worker.batching.forward_passes`)
+
+    def infer(self, sequences: list[list[int]]) -> np.ndarray:
+        """(len(sequences), labels) probabilities, rows in the order given."""
+        probabilities = np.empty((len(sequences), len(self.contract.labels)), dtype=np.float32)
+        lengths = [len(ids) for ids in sequences]
+        for indices in forward_passes(lengths, self.token_budget):
+            batch = self.tokenizer.pad([sequences[i] for i in indices])
+            probabilities[indices] = self.backend.infer(batch)
+        return probabilities
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        """Tokenize and infer, in the calling thread (benchmarks, tools, tests)."""
+        return self.infer(self.tokenizer.encode(texts))
+
+
+def resolve_source(source: str | Path | None) -> Path:
+    """A local artifact directory: the bundled model for None, a path as given, or a Hugging
+    Face hub id from the local cache (or the hub, where it can be reached)."""
+    if source is None:
+        return DEFAULT_MODEL_DIR
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model {str(source)!r} is a file; give an artifact directory")
+        return path
+    if path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") > 1:
+        raise ModelLoadError(f"model directory {str(source)!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), allow_patterns=HUB_FILES))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot fetch model {str(source)!r}: {exc}") from None
+
+
+def read_contract(model_dir: Path, name: str) -> ArtifactContract:
+    config_file, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
+    if not config_file.is_file():
+        raise ModelLoadError(f"{model_dir} has no {CONFIG_FILE}: not a model artifact")
+    if not weights.is_file():
+        raise ModelLoadError(
+            f"{model_dir} has no {WEIGHTS_FILE} (weights are served from safetensors only)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+        return ArtifactContract.from_config(
+            config, default_name=name, default_version=artifact_weights_version(weights)
+        )
+    except (ValueError, ArtifactError) as exc:
+        raise ModelLoadError(f"{model_dir / CONFIG_FILE}: {exc}") from None
+
+
+def load_served_model(
+    source: str | Path | None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    max_length: int = 128,
+    token_budget: int = 2048,
+) -> ServedModel:
+    from worker.torch_backend import TorchBackend
+
+    model_dir = resolve_source(source)
+    name = model_dir.name if source is None or Path(source).exists() else str(source)
+    contract = read_contract(model_dir, name)
+    tokenizer = TextTokenizer.load(model_dir, max_length)
+    backend = TorchBackend.load(model_dir, contract.labels, device=device, precision=precision)
+    return ServedModel(contract, tokenizer, backend, token_budget)

@@ -1,0 +1,129 @@
+"""The torch backend: a Hugging Face sequence classifier resident on one device."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worker.backend import ModelLoadError, TokenBatch
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present; `cuda` without a GPU is an error, not a silent fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {device!r}: use auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def configure_torch(threads: int = 0, interop_threads: int = 0) -> None:
+    """Process-wide torch settings of the worker (0 keeps torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if interop_threads:
+        with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
+            torch.set_num_interop_threads(interop_threads)
+    torch.set_flush_denormal(True)
+
+
+def apply_precision(
+    model: torch.nn.Module, precision: str, device: torch.device
+) -> torch.nn.Module:
+    """fp32 as loaded; bf16/fp16 weights (fp16 on CUDA only); int8 dynamic quantization of the
+    linear layers (CPU only). Scores stay float32 sigmoids whatever the precision."""
+    if precision == "fp32":
+        return model
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ModelLoadError("precision fp16 needs a CUDA device; use bf16 on CPU")
+        return model.half()
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ModelLoadError("precision int8 (dynamic quantization) runs on CPU only")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+    raise ModelLoadError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
+
+
+class TorchBackend:
+    """`AutoModelForSequenceClassification` in inference mode; sigmoid per label."""
+
+    kind = "torch"
+
+    def __init__(
+        self, model: torch.nn.Module, labels: tuple[str, ...], device: torch.device, precision: str
+    ) -> None:
+        self.labels = labels
+        self._device = device
+        self.device = str(device)
+        self.precision = precision
+        self._model = apply_precision(model.float().eval().to(device), precision, device)
+        forward = inspect.signature(self._model.forward).parameters
+        self._uses_token_types = "token_type_ids" in forward
+
+    @classmethod
+    def load(
+        cls, model_dir: Path, labels: tuple[str, ...], *, device: str, precision: str
+    ) -> TorchBackend:
+        """Weights from safetensors only, never remote code. A checkpoint that lacks weights
+        the classifier needs (a bare encoder, a teacher with a separate head) is refused
+        rather than served with randomly initialized layers."""
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        torch_device = resolve_device(device)
+        hf_logging.disable_progress_bar()
+        try:
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, use_safetensors=True, trust_remote_code=False, output_loading_info=True
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the weights in {model_dir}: {exc}") from exc
+        if loading["missing_keys"]:
+            missing = sorted(loading["missing_keys"])
+            raise ModelLoadError(
+                f"{model_dir} lacks {len(missing)} weights of a sequence classifier "
+                f"(e.g. {missing[0]!r}); refusing to serve randomly initialized layers"
+            )
+        if model.config.num_labels != len(labels):
+            raise ModelLoadError(f"{model_dir}: {model.config.num_labels} outputs, labels {labels}")
+        return cls(model, labels, torch_device, precision)
+
+    def warm_up(self, shapes: Iterable[tuple[int, int]]) -> None:
+        for batch, length in shapes:
+            ids = np.zeros((batch, length), dtype=np.int64)
+            self.infer(TokenBatch(ids, np.ones_like(ids), ids))
+
+    def infer(self, batch: TokenBatch) -> np.ndarray:
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if self._uses_token_types:
+            inputs["token_type_ids"] = batch.token_type_ids
+        on_gpu = self._device.type == "cuda"
+        tensors = {}
+        for name, array in inputs.items():
+            tensor = torch.from_numpy(array)
+            if on_gpu:  # page-locked, so that the copy below is asynchronous
+                tensor = tensor.pin_memory().to(self._device, non_blocking=True)
+            tensors[name] = tensor
+        with torch.inference_mode():
+            logits = self._model(**tensors).logits
+            return torch.sigmoid(logits.float()).cpu().numpy()
