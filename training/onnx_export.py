@@ -1,0 +1,150 @@
+"""Export a served artifact to ONNX for the worker's ONNX Runtime backend (`worker/onnx_backend`).
+
+`export_onnx` writes `model.onnx` beside the weights: inputs `input_ids`, `attention_mask`,
+`token_type_ids` (int64, dynamic batch and sequence axes) and one output, `probabilities`, the
+per-label sigmoid of the logits in float32, so the runtime needs no post-processing and never
+applies a softmax. `quantize_int8` derives `model.int8.onnx` from it with dynamic int8
+quantization of the weights (activations quantized per batch at run time).
+
+Needs the `onnx` extra (`onnx`, `onnxruntime`); torch does the export, so this lives in training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from schemas.artifact import CONFIG_FILE, MULTI_LABEL, WEIGHTS_FILE, weights_version
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAME = "probabilities"
+DEFAULT_OPSET = 17
+# metadata written into the graph, checked by the worker's backend at load
+META_WEIGHTS = "weights_version"  # schemas.artifact.weights_version of model.safetensors
+META_LABELS = "labels"  # JSON list, the order of the output columns
+
+
+class ProbabilityHead(nn.Module):
+    """The classifier with its sigmoid: (input_ids, attention_mask, token_type_ids) -> probs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+        return torch.sigmoid(logits.float())
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    config_path = model_dir / CONFIG_FILE
+    if not config_path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{model_dir} is not an artifact: needs {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
+    config: dict[str, Any] = json.loads(config_path.read_text())
+    problem = config.get("problem_type")
+    if problem != MULTI_LABEL:
+        raise ValueError(
+            f"{model_dir}: problem_type is {problem!r}; only {MULTI_LABEL!r} models are exported "
+            "(the graph ends in one sigmoid per label)"
+        )
+    return config
+
+
+def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    del graph.metadata_props[:]
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata `export_onnx` wrote into an ONNX file."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in graph.metadata_props}
+
+
+def export_onnx(model_dir: Path, out: Path | None = None, *, opset: int = DEFAULT_OPSET) -> Path:
+    """Write the artifact in `model_dir` as ONNX (default: `model.onnx` beside the weights).
+
+    Returns the path written. The graph carries the weights' version and the label order as
+    metadata, so that the worker can refuse a `model.onnx` left over from other weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = Path(model_dir)
+    config = _read_config(model_dir)
+    id2label = config.get("id2label") or {}
+    labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    out = Path(out) if out is not None else model_dir / ONNX_FILE
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, use_safetensors=True, dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    wrapped = ProbabilityHead(model).eval()
+
+    # a padded example batch: 2 rows, 16 tokens, the second row half padding
+    input_ids = torch.randint(1, model.config.vocab_size, (2, 16), dtype=torch.long)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 8:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    dynamic = {0: "batch", 1: "sequence"}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the attention-mask construction indexes with aranges (never negative): not our concern
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            wrapped,
+            (input_ids, attention_mask, token_type_ids),
+            str(out),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={**{name: dynamic for name in INPUT_NAMES}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+            external_data=False,  # one self-contained file (BERT-Tiny is far below 2 GB)
+        )
+    _set_metadata(
+        out,
+        {
+            META_WEIGHTS: weights_version(model_dir / WEIGHTS_FILE),
+            META_LABELS: json.dumps(labels),
+        },
+    )
+    log.info("exported %s (opset %d)", out, opset)
+    return out
+
+
+def quantize_int8(onnx_path: Path, out: Path | None = None) -> Path:
+    """Dynamic int8 quantization of `onnx_path` (default: `model.int8.onnx` beside it)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_path = Path(onnx_path)
+    out = Path(out) if out is not None else onnx_path.with_name(INT8_FILE)
+    quantize_dynamic(onnx_path, out, weight_type=QuantType.QInt8)
+    _set_metadata(out, read_metadata(onnx_path))  # the same weights and labels, quantized
+    log.info("quantized %s -> %s", onnx_path, out)
+    return out
