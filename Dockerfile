@@ -57,14 +57,18 @@ RUN index="$TORCH_INDEX_URL"; \
  && pip install "torch==${TORCH_VERSION}" --index-url "$index"
 
 WORKDIR /src
+# The product only: the worker and the message schemas (the default model is package data of
+# worker/, in worker/default_model/). training/, bench/, testing/, scripts/ and tests/ stay out.
 COPY pyproject.toml README.md ./
 COPY worker/ worker/
 COPY schemas/ schemas/
-COPY training/ training/
 # Non-editable install: the worker package and its data (the default model) land in site-packages.
+# training/ is not in the image, so the `moderation-train` console script would be a dead link.
 RUN pip install . \
+ && rm -f "$VIRTUAL_ENV/bin/moderation-train" \
  && python -m compileall -q "$VIRTUAL_ENV" \
- && test -d "$(python -c 'import worker, pathlib; print(pathlib.Path(worker.__file__).parent / "default_model")')"
+ && test -d "$(python -c 'import worker, pathlib; print(pathlib.Path(worker.__file__).parent / "default_model")')" \
+ && ! python -c 'import training' 2>/dev/null
 
 # ---------------------------------------------------------------- runtime
 FROM base AS runtime

@@ -35,7 +35,7 @@ BENCH_FLAGS ?=
 bench: install
 	HF_HUB_OFFLINE=1 MODERATION_TORCH_THREADS=$${MODERATION_TORCH_THREADS:-1} \
 		MODERATION_PRECISION=$${MODERATION_PRECISION:-bf16} \
-		$(VENV)/bin/moderation-worker bench --output-dir bench-results $(BENCH_FLAGS)
+		$(PY) -m bench --output-dir bench-results $(BENCH_FLAGS)
 
 # Training loop: our plain loop vs the HF Trainer on the same BERT-Tiny workload, side by side;
 # writes bench-results/training-loop/bench.json + REPORT.md (~2-4 min on 2 cores).

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import orjson
@@ -21,9 +18,11 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.broker import free_port, kafka_broker  # noqa: E402
-from tests.http import http_get, metric_sum  # noqa: E402
-from tests.kafka_helpers import create_topics, produce, read_all  # noqa: E402
+from testing.broker import kafka_broker  # noqa: E402
+from testing.http import metric_sum  # noqa: E402
+from testing.kafka import comment, produce, read_all  # noqa: E402
+from testing.topics import fresh_topics  # noqa: E402
+from testing.worker_process import start_worker  # noqa: E402
 
 SAMPLES = [
     "Thank you for the thoughtful edit, the article reads much better now.",
@@ -42,20 +41,6 @@ SAMPLES = [
 BAD_RECORD = b'{"id": "broken", "text": '  # cut short: goes to the dead-letter topic
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the worker exited with {proc.returncode}")
-        try:
-            if http_get(url + "/readyz").status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("demo: the worker did not become ready")
-
-
 def print_table(records: list, labels: list[str]) -> None:
     texts = dict(enumerate(SAMPLES))
     header = f"{'comment':<46} " + " ".join(f"{label[:8]:>8}" for label in labels) + "  flagged"
@@ -70,39 +55,24 @@ def print_table(records: list, labels: list[str]) -> None:
 
 
 async def produce_samples(bootstrap: str, topic: str) -> None:
-    messages = [
-        (f"s{i}".encode(), orjson.dumps({"id": f"s{i}", "text": text}))
-        for i, text in enumerate(SAMPLES)
-    ]
+    messages = [comment(f"s{i}", text) for i, text in enumerate(SAMPLES)]
     await produce(bootstrap, topic, [*messages, (b"broken", BAD_RECORD)])
 
 
 def main() -> int:
-    run = uuid.uuid4().hex[:6]
-    topics = {"input": f"comments-{run}", "output": f"comment-scores-{run}", "dlq": f"dlq-{run}"}
     with kafka_broker() as bootstrap:
         print(f"broker: {bootstrap}")
-        asyncio.run(create_topics(bootstrap, {name: 1 for name in topics.values()}))
-        port = free_port()
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "MODERATION_INPUT_TOPIC": topics["input"],
-            "MODERATION_OUTPUT_TOPIC": topics["output"],
-            "MODERATION_DLQ_TOPIC": topics["dlq"],
-            "MODERATION_GROUP_ID": f"demo-{run}",
-            "MODERATION_METRICS_HOST": "127.0.0.1",
-            "MODERATION_METRICS_PORT": str(port),
-            "HF_HUB_OFFLINE": "1",
-        }
-        env.pop("MODERATION_MODEL", None)  # the bundled default model
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, cwd=REPO)
+        topics = fresh_topics(bootstrap, "demo", partitions=1)
+        # the bundled default model; the worker's log goes to this terminal
+        base = {k: v for k, v in os.environ.items() if k != "MODERATION_MODEL"}
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url, worker)
-            asyncio.run(produce_samples(bootstrap, topics["input"]))
-            scores = asyncio.run(read_all(bootstrap, topics["output"], len(SAMPLES), timeout=60))
-            dead = asyncio.run(read_all(bootstrap, topics["dlq"], 1, timeout=30))
+            worker = start_worker(bootstrap, topics, base=base)
+        except (RuntimeError, TimeoutError) as exc:
+            raise SystemExit(f"demo: the worker did not become ready: {exc}") from None
+        try:
+            asyncio.run(produce_samples(bootstrap, topics.input))
+            scores = asyncio.run(read_all(bootstrap, topics.output, len(SAMPLES), timeout=60))
+            dead = asyncio.run(read_all(bootstrap, topics.dlq, 1, timeout=30))
             labels = list(orjson.loads(scores[0].value)["scores"])
             model = orjson.loads(scores[0].value)["model"]
             print(f"\nmodel: {model['name']} (version {model['version']})\n")
@@ -111,7 +81,7 @@ def main() -> int:
             print(f"\ndead letter: key={dead[0].key!r} {headers['error.kind']}: "
                   f"{headers['error.detail']}")  # fmt: skip
             time.sleep(1.5)  # one commit interval, so the metrics include the commits
-            body = http_get(url + "/metrics").body
+            body = worker.get("/metrics").body
             m = {
                 name: metric_sum(body, f"moderation_{name}")
                 for name in (
@@ -136,8 +106,7 @@ def main() -> int:
             print(f"  batches {batches:.0f}, mean inference {inference_ms:.1f} ms/batch, "
                   f"mean end-to-end latency {latency_ms:.1f} ms")  # fmt: skip
         finally:
-            worker.send_signal(signal.SIGTERM)
-            code = worker.wait(timeout=60)
+            code = worker.stop()
         print(f"\nworker stopped with exit code {code}")
         return code
 

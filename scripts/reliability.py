@@ -22,9 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import build_tiny_model  # noqa: E402
-from tests.reliability import scenarios  # noqa: E402
-from tests.reliability.harness import TansuBroker  # noqa: E402
+from testing.broker import TansuBroker  # noqa: E402
+from testing.models import build_tiny_model  # noqa: E402
+from testing.reliability import scenarios  # noqa: E402
+from testing.reliability.catalog import catalog  # noqa: E402
 
 SCENARIOS = ["hostile", "kill9", "sigterm", "rebalance", "freeze", "overload"]
 
@@ -54,8 +55,6 @@ def hostile(bootstrap: str, workdir: Path, model: str | None) -> dict:
          "tests/reliability/test_hostile.py"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    from tests.reliability.catalog import catalog
-
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
     figures = {"scenario": "hostile input", "catalog_cases": len(catalog()), "pytest": last,
                "seconds": round(time.monotonic() - started, 1)}  # fmt: skip

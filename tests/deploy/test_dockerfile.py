@@ -145,6 +145,24 @@ def test_build_context_excludes_heavy_and_secret_paths() -> None:
         assert dockerignored(path, patterns), f"{path} should not be sent to the Docker daemon"
 
 
+# What the image is built from: the product (the worker, the message schemas and the default
+# model, which is package data under worker/default_model/) and the files `pip install .` needs.
+PRODUCT = {"pyproject.toml", "README.md", "worker", "schemas"}
+NOT_SHIPPED = ("training", "bench", "testing", "scripts", "tests")
+
+
+def test_image_carries_only_the_product() -> None:
+    copied = {source.rstrip("/") for source in copy_sources()}
+    assert copied == PRODUCT, f"COPY from the build context: {sorted(copied)}"
+    patterns = dockerignore_patterns()
+    for path in NOT_SHIPPED:  # out of the build context too, so no later COPY can pick them up
+        assert dockerignored(path, patterns), f"{path}/ should not be sent to the Docker daemon"
+    assert not dockerignored("worker/default_model/config.json", patterns)
+    builder = " ".join(a for k, a in stages()["builder"] if k == "RUN")
+    # training/ is not copied: its console script (from pyproject) must not dangle in the image
+    assert "bin/moderation-train" in builder
+
+
 def test_default_model_is_baked_in_as_package_data() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     package_data = pyproject["tool"]["setuptools"]["package-data"]["worker"]

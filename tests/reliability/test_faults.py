@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability import scenarios
-from tests.reliability.harness import tansu_available
+from testing.broker import tansu_available
+from testing.reliability import scenarios
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import ErrorKind
-from tests.conftest import Topics, WorkerFactory
-from tests.reliability.catalog import MAX_TEXT_BYTES, SCORED, Case, catalog
+from testing.reliability.catalog import MAX_TEXT_BYTES, SCORED, Case, catalog
+from testing.topics import Topics
+from testing.worker_process import WorkerFactory
 from worker.decode import InvalidMessage, decode_comment
 
 BIG = 16 * 1_048_576

@@ -18,10 +18,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.broker import free_port
-from tests.conftest import Topics, WorkerFactory
-from tests.kafka_helpers import produce, read_all
-from tests.reliability.harness import TansuBroker, tansu_available
+from testing.broker import TansuBroker, tansu_available
+from testing.kafka import produce, read_all
+from testing.ports import free_port
+from testing.topics import Topics
+from testing.worker_process import WorkerFactory
 from worker.config import load_settings
 
 # --- logs and metrics --------------------------------------------------------------------

@@ -15,11 +15,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import REPO, Topics
-from tests.kafka_helpers import comment, produce, read_all
+from bench.profile import categorize, summarize
+from testing.kafka import comment, produce, read_all
+from testing.topics import Topics
+from testing.worker_process import REPO_ROOT as REPO
 from tests.worker.test_in_process import FailsOnPoison, settings_for
 from worker.app import Worker
-from worker.bench.profile import categorize, summarize
 from worker.infer import ModelLoadError, Scorer, length_buckets
 
 TEXTS = [

@@ -11,9 +11,11 @@ import orjson
 import pytest
 
 from schemas import DeadLetterHeaders, ScoredComment
-from tests.conftest import LABELS, Topics, WorkerFactory
-from tests.http import metric_sum
-from tests.kafka_helpers import comment, committed_offsets, produce, read_all
+from testing.http import metric_sum
+from testing.kafka import comment, committed_offsets, produce, read_all
+from testing.models import LABELS
+from testing.topics import Topics
+from testing.worker_process import WorkerFactory
 from worker.infer import Scorer
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import pytest
 from transformers import BatchEncoding
 
 from schemas import DeadLetterHeaders, ErrorKind
-from tests.broker import free_port
-from tests.conftest import Topics
-from tests.http import http_get
-from tests.kafka_helpers import comment, produce, read_all
+from testing.http import http_get
+from testing.kafka import comment, produce, read_all
+from testing.ports import free_port
+from testing.topics import Topics
 from worker.app import Worker
 from worker.config import Settings, load_settings
 from worker.infer import Scorer

@@ -8,8 +8,9 @@ import time
 import orjson
 import pytest
 
-from tests.conftest import Topics, WorkerFactory
-from tests.kafka_helpers import comment, committed_offsets, produce, read_all
+from testing.kafka import comment, committed_offsets, produce, read_all
+from testing.topics import Topics
+from testing.worker_process import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

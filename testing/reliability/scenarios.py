@@ -13,49 +13,30 @@ import random
 import threading
 import time
 import traceback
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from tests.kafka_helpers import committed_offsets, create_topics
-from tests.reliability.harness import (
+from testing.broker import TansuBroker
+from testing.kafka import committed_offsets, produce_paced
+from testing.reliability.harness import (
     Ledger,
     Restart,
-    TansuBroker,
     WorkerSupervisor,
     collect,
     message,
     placed_from,
     produce_batched,
-    produce_paced,
     snapshot,
     uncommitted_window,
 )
+from testing.topics import Topics, fresh_topics
 
 MiB = 1_048_576
 
 
-@dataclass(frozen=True)
-class Names:
-    input: str
-    output: str
-    dlq: str
-    group: str
-
-
-def fresh_topics(bootstrap: str, label: str, partitions: int = 3) -> Names:
-    suffix = f"{label}-{uuid.uuid4().hex[:8]}"
-    names = Names(f"in-{suffix}", f"out-{suffix}", f"dlq-{suffix}", f"group-{suffix}")
-    asyncio.run(create_topics(bootstrap, {names.input: partitions, names.output: 1, names.dlq: 1}))
-    return names
-
-
 def supervisor(
-    bootstrap: str, names: Names, model: str | None, workdir: Path, env: dict[str, str]
+    bootstrap: str, names: Topics, model: str | None, workdir: Path, env: dict[str, str]
 ) -> WorkerSupervisor:
-    return WorkerSupervisor(
-        bootstrap, names.input, names.output, names.dlq, names.group, model, workdir, dict(env)
-    )
+    return WorkerSupervisor(bootstrap, names, model, workdir, dict(env))
 
 
 class Producer(threading.Thread):

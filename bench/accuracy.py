@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.bench.ceiling import batch_scorer_for
-from worker.bench.corpus import validation_split
+from bench.ceiling import batch_scorer_for
+from bench.corpus import validation_split
 from worker.config import Settings
 from worker.infer import Scorer, default_model_has_weights
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "jigsaw" / "train.csv.gz"
 TEXT_COLUMNS = ("comment_text", "text")
 LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")

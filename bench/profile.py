@@ -65,7 +65,7 @@ def summarize(raw_path: Path, top: int = 12) -> dict[str, Any]:
         categories[categorize(frames)] += count
         leaves[frames[-1]] += count
         for frame in set(frames):
-            if "worker/" in frame and "worker/bench" not in frame:
+            if "worker/" in frame:
                 inclusive[frame] += count
 
     def shares(counter: Counter[str], n: int) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""`moderation-worker bench`: the whole benchmark in one run, side by side."""
+"""`python -m bench` (`make bench`): the whole benchmark in one run, side by side."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.bench import accuracy, ceiling, end_to_end, naive, profile, report
-from worker.bench.broker import broker_kind, kafka_broker
-from worker.bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to
+from bench import accuracy, ceiling, end_to_end, naive, profile, report
+from bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to
+from testing.broker import broker_kind, kafka_broker
 from worker.config import Settings
 from worker.infer import Scorer, configure_torch
 

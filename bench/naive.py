@@ -12,7 +12,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from transformers import pipeline
 
-from worker.bench.end_to_end import Topics, create_topics, produce_all
+from bench.end_to_end import produce_all
+from testing.topics import Topics, fresh_topics
 from worker.infer import Scorer
 
 
@@ -59,8 +60,7 @@ def run_naive(
         truncation=True, max_length=scorer.max_length,
     )  # fmt: skip
     classify(texts[0])  # warm-up
-    topics = Topics.fresh("naive")
-    asyncio.run(create_topics(bootstrap, topics, partitions))
+    topics = fresh_topics(bootstrap, "bench-naive", partitions, output_partitions=partitions)
     asyncio.run(produce_all(bootstrap, topics.input, texts))
     done, elapsed = asyncio.run(
         _consume_one_at_a_time(bootstrap, topics, classify, len(texts), max_seconds)

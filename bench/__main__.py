@@ -1,0 +1,94 @@
+"""`python -m bench`: the benchmark's command line (what `make bench` runs).
+
+Worker settings come from the environment (MODERATION_*, KAFKA_BOOTSTRAP_SERVERS) as for
+`moderation-worker run`, with a few flags on top; prints REPORT.md at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from worker.config import SettingsError, load_settings
+
+# flag -> (settings field, type): the worker settings the benchmark lets a flag override
+SETTING_FLAGS: dict[str, tuple[str, type]] = {
+    "--model": ("model", str),
+    "--device": ("device", str),
+    "--max-batch-size": ("max_batch_size", int),
+    "--max-wait-ms": ("max_wait_ms", float),
+}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Argument errors as one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="python -m bench",
+        description="Benchmark: model-only ceiling, worker end to end, naive consumer. Worker "
+        "settings come from the environment (MODERATION_*) and these flags.",
+    )
+    parser.add_argument("--messages", type=int, default=None, help="corpus size (default 50000)")
+    parser.add_argument("--corpus", type=Path, default=None, help="CSV[.gz] with comment_text")
+    parser.add_argument("--output-dir", type=Path, default=Path("bench-results"))
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--no-profile", action="store_true", help="skip py-spy")
+    parser.add_argument("--no-precision-check", action="store_true", help="skip bf16/int8 check")
+    for flag, (field, kind) in SETTING_FLAGS.items():
+        parser.add_argument(
+            flag, dest=field, type=kind, default=None, help=f"MODERATION_{field.upper()}"
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            **{field: getattr(args, field) for field, _ in SETTING_FLAGS.values()}
+        )
+    except SettingsError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    level = logging.getLevelName(settings.log_level)
+    logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
+    logging.getLogger("bench").setLevel(logging.INFO)
+
+    from bench.corpus import CorpusError
+    from bench.runner import BenchOptions, run_bench
+    from worker.infer import ModelLoadError
+
+    given: dict[str, Any] = {"output_dir": args.output_dir}
+    if args.messages is not None:
+        given["messages"] = args.messages
+    if args.corpus is not None:
+        given["corpus"] = args.corpus
+    if args.no_profile:
+        given["profile"] = False
+    if args.no_precision_check:
+        given["precision_check"] = False
+    options = BenchOptions.quick(**given) if args.quick else BenchOptions(**given)
+    try:
+        run_bench(settings, options)
+    except (CorpusError, ModelLoadError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print((options.output_dir / "REPORT.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

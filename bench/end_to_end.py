@@ -1,0 +1,251 @@
+"""(b) The worker end to end through a real broker.
+
+Saturation: the corpus is produced into the input topic first, then `moderation-worker run` is
+started as a subprocess; the clock runs from its first consumed record until the broker has
+acknowledged every output (the worker's own `messages_scored_total`, polled on /metrics).
+
+Latency: a fresh worker is offered a paced load (a fraction of the saturation rate); each
+comment's latency is its output record's timestamp (set when the worker publishes it) minus the
+moment the bench sent the input. The worker's own histogram (record timestamp -> output
+acknowledged, which also counts the broker's acknowledgement) is reported next to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from testing.kafka import comment, produce, produce_paced, read_all
+from testing.topics import Topics, fresh_topics
+from testing.worker_process import WorkerProcess, start_worker
+from worker.config import Settings
+
+
+def comment_value(i: int, text: str) -> tuple[bytes, bytes]:
+    """The benchmark's i-th comment: key and id `c<i>`."""
+    return comment(f"c{i}", text)
+
+
+async def produce_all(bootstrap: str, topic: str, texts: list[str]) -> float:
+    """Produce every text (acks=all), as fast as the broker takes them; returns seconds."""
+    started = time.perf_counter()
+    messages = [comment_value(i, text) for i, text in enumerate(texts)]
+    await produce(bootstrap, topic, messages, linger_ms=20, max_batch_size=1 << 20)
+    return time.perf_counter() - started
+
+
+async def _read_timestamps(
+    bootstrap: str, topic: str, expected: int, timeout: float = 120
+) -> dict[bytes, int]:
+    """Key -> record timestamp of `topic` from the start, until `expected` distinct keys (or
+    `timeout`: then what arrived)."""
+    records = await read_all(bootstrap, topic, expected, timeout, distinct_keys=True, partial=True)
+    return {record.key: record.timestamp for record in records}
+
+
+async def distinct_keys(bootstrap: str, topic: str, expected: int, timeout: float = 120) -> int:
+    """How many distinct keys `topic` holds, reading it from the start until `expected` (or
+    `timeout`): every comment scored, none missing."""
+    return len(await _read_timestamps(bootstrap, topic, expected, timeout))
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """This process's environment without MODERATION_*, plus the worker's settings as
+    MODERATION_* (the broker and topics come from `testing.worker_process.worker_env`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")}
+    for field, value in settings.model_dump(mode="json").items():
+        if value is None or field in ("bootstrap_servers", "sasl_password"):
+            continue
+        env[f"MODERATION_{field.upper()}"] = str(value)
+    return env
+
+
+def start_profiler(pid: int, output: Path, rate: int = 50) -> subprocess.Popen[bytes]:
+    """Sample process `pid` with py-spy (raw collapsed stacks) until `stop_profiler`."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--rate", str(rate),
+         "--format", "raw", "--threads", "--output", str(output), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> str:
+    """SIGINT py-spy (it then writes its output); what it said on stderr."""
+    if profiler is None:
+        return ""
+    profiler.send_signal(signal.SIGINT)
+    try:
+        _, err = profiler.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        _, err = profiler.communicate()
+    return err.decode(errors="replace")
+
+
+@contextmanager
+def running_worker(
+    settings: Settings, bootstrap: str, topics: Topics, log_path: Path
+) -> Iterator[WorkerProcess]:
+    """`python -m worker run` with `settings`, ready; stopped (SIGTERM) on the way out."""
+    worker = start_worker(
+        bootstrap, topics, log_path=log_path, base=settings_env(settings),
+        overrides={"MODERATION_LOG_LEVEL": "WARNING"}, ready_timeout=180,
+    )  # fmt: skip
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _done(values: dict[str, float]) -> float:
+    return values.get("moderation_messages_scored_total", 0.0) + values.get(
+        "moderation_messages_dead_lettered_total", 0.0
+    )
+
+
+def _stage_summary(before: dict[str, float], after: dict[str, float], wall: float) -> dict:
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = delta("moderation_batch_size_count")
+    return {
+        "batches": int(batches),
+        "mean_batch_size": delta("moderation_batch_size_sum") / batches if batches else 0.0,
+        "tokenize_share_of_wall": delta("moderation_tokenization_seconds_sum") / wall,
+        "infer_share_of_wall": delta("moderation_inference_seconds_sum") / wall,
+        "mean_queue_wait_ms": 1000
+        * delta("moderation_queue_wait_seconds_sum")
+        / max(1.0, delta("moderation_queue_wait_seconds_count")),
+    }
+
+
+def run_saturation(
+    settings: Settings,
+    bootstrap: str,
+    texts: list[str],
+    work_dir: Path,
+    partitions: int,
+    profile_path: Path | None,
+    poll_s: float = 0.05,
+    timeout_s: float = 900,
+) -> dict[str, Any]:
+    topics = fresh_topics(bootstrap, "bench-saturation", partitions, output_partitions=partitions)
+    produce_s = asyncio.run(produce_all(bootstrap, topics.input, texts))
+    n = len(texts)
+    profiler = None
+    with running_worker(settings, bootstrap, topics, work_dir / "worker-saturation.log") as worker:
+        if profile_path is not None:
+            profiler = start_profiler(worker.pid, profile_path)
+        deadline = time.monotonic() + timeout_s
+        started = None
+        first: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            values = worker.metrics()
+            now = time.perf_counter()
+            if started is None and values.get("moderation_messages_consumed_total", 0) > 0:
+                started, first = now, values
+            if _done(values) >= n:
+                break
+            time.sleep(poll_s)
+        else:
+            raise TimeoutError(f"worker scored {_done(values):.0f} of {n} in {timeout_s}s")
+        finished = time.perf_counter()
+        profiler_log = stop_profiler(profiler)
+        exit_code = worker.stop()
+    assert started is not None
+    elapsed = finished - started
+    outputs = asyncio.run(distinct_keys(bootstrap, topics.output, n))
+    return {
+        "comments_per_s": n / elapsed,
+        "messages": n,
+        "seconds": elapsed,
+        "produce_seconds": produce_s,
+        "distinct_outputs": outputs,
+        "worker_exit_code": exit_code,
+        "stages": _stage_summary(first, values, elapsed),
+        "profiler_log": profiler_log.strip()[-500:],
+    }
+
+
+async def _paced_produce(
+    bootstrap: str, topic: str, texts: list[str], rate: float
+) -> dict[bytes, float]:
+    """Send texts at `rate` per second on a fixed schedule; returns key -> send time."""
+    sent: dict[bytes | None, float] = {}
+    messages = (comment_value(i, text) for i, text in enumerate(texts))
+    await produce_paced(
+        bootstrap, topic, messages, rate, linger_ms=1, sent_at=sent, min_sleep_s=0.0005
+    )
+    return {key: at for key, at in sent.items() if key is not None}
+
+
+def histogram_quantile(values: dict[str, float], name: str, q: float) -> float | None:
+    """Prometheus-style quantile (linear within the bucket) of a scraped histogram."""
+    buckets = sorted(
+        (float(key.split("{le=", 1)[1].rstrip("}")), count)
+        for key, count in values.items()
+        if key.startswith(name + "_bucket{le=")
+    )
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    target = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= target:
+            if bound == float("inf"):
+                return lower_bound
+            share = (target - lower_count) / max(count - lower_count, 1e-12)
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return None
+
+
+def run_latency(
+    settings: Settings,
+    bootstrap: str,
+    texts: list[str],
+    rate: float,
+    work_dir: Path,
+    partitions: int,
+) -> dict[str, Any]:
+    topics = fresh_topics(bootstrap, "bench-latency", partitions, output_partitions=partitions)
+    with running_worker(settings, bootstrap, topics, work_dir / "worker-latency.log") as worker:
+        time.sleep(1.0)  # let the first fetch settle so the clock measures steady state
+        sent = asyncio.run(_paced_produce(bootstrap, topics.input, texts, rate))
+        deadline = time.monotonic() + 120
+        while _done(values := worker.metrics()) < len(texts) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    stamps = asyncio.run(_read_timestamps(bootstrap, topics.output, len(texts)))
+    latencies = np.array(
+        [stamps[key] / 1000 - sent[key] for key in sent if key in stamps], dtype=np.float64
+    )
+    latencies = np.clip(latencies, 0.0, None) * 1000
+    offered_s = len(texts) / rate
+    name = "moderation_end_to_end_latency_seconds"
+    return {
+        "offered_rate": rate,
+        "messages": len(texts),
+        "received": int(latencies.size),
+        "seconds": offered_s,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "max_ms": float(latencies.max()),
+        "worker_histogram_ms": {
+            f"p{int(q * 100)}": None
+            if (v := histogram_quantile(values, name, q)) is None
+            else 1000 * v
+            for q in (0.5, 0.95, 0.99)
+        },
+    }

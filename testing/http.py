@@ -1,0 +1,48 @@
+"""A tiny HTTP GET (stdlib only), and reading a Prometheus text exposition."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    status: int
+    body: str
+
+
+def http_get(url: str, timeout: float = 5.0) -> HttpResult:
+    """GET `url`; an HTTP error status is a result, not an exception (OSError when nothing
+    answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return HttpResult(response.status, response.read().decode())
+    except urllib.error.HTTPError as exc:
+        return HttpResult(exc.code, exc.read().decode())
+
+
+def metric_sum(body: str, name: str) -> float:
+    """Sum of all samples of `name` (any labels) in a Prometheus text exposition."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
+
+
+def metric_values(body: str) -> dict[str, float]:
+    """Every sample of a Prometheus text exposition as {name: sum over its label sets}, except
+    that histogram buckets keep their bound: `name_bucket{le=0.005}`."""
+    values: dict[str, float] = {}
+    for line in body.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name = name_part.split("{", 1)[0]
+        if 'le="' in name_part:
+            bound = name_part.split('le="', 1)[1].split('"', 1)[0]
+            name = f"{name}{{le={bound}}}"
+        values[name] = values.get(name, 0.0) + float(value)
+    return values

@@ -1,0 +1,162 @@
+"""Small aiokafka helpers: create topics, produce (all at once or paced), read everything back,
+committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
+
+Message = tuple[bytes | None, bytes | None]  # (key, value)
+
+
+async def create_topics(bootstrap: str, names: dict[str, int]) -> None:
+    """Create each topic with its number of partitions (replication factor 1)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in names.items()]
+        )
+    finally:
+        await admin.close()
+
+
+def comment(id_: str, text: str, **extra: object) -> tuple[bytes, bytes]:
+    """A comment record keyed by its id: (id, {"id": id, "text": text, **extra})."""
+    return id_.encode(), orjson.dumps({"id": id_, "text": text, **extra})
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[Message],
+    linger_ms: int = 5,
+    max_batch_size: int = 16384,
+) -> int:
+    """Produce (key, value) pairs as fast as the broker takes them (acks=all) and wait for every
+    acknowledgement; returns the count."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all", max_batch_size=max_batch_size
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_paced(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[Message],
+    rate: float | None = None,
+    max_request_size: int = 1_048_576,
+    placed: dict[str, tuple[int, int]] | None = None,
+    stop: threading.Event | None = None,
+    *,
+    linger_ms: int = 10,
+    sent_at: dict[bytes | None, float] | None = None,
+    min_sleep_s: float = 0.005,
+) -> tuple[int, float]:
+    """Produce with acks=all, message n at n / `rate` seconds from the start (None = as fast as
+    possible); a sleep shorter than `min_sleep_s` is skipped (the next send catches up).
+
+    Returns (count, seconds). Waits for every acknowledgement; raises if one failed. `placed`
+    (if given) receives key -> (partition, offset); `sent_at` key -> wall-clock time of the send;
+    `stop` ends production early.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
+        max_request_size=max_request_size, max_batch_size=1_048_576,
+    )  # fmt: skip
+    await producer.start()
+    started = time.monotonic()
+    pending: list[tuple[bytes | None, asyncio.Future]] = []
+    count = 0
+
+    async def settle() -> None:
+        results = await asyncio.gather(*(f for _, f in pending))
+        if placed is not None:
+            for (key, _), meta in zip(pending, results, strict=True):
+                placed[(key or b"").decode()] = (meta.partition, meta.offset)
+        pending.clear()
+
+    try:
+        for key, value in messages:
+            if stop is not None and stop.is_set():
+                break
+            if sent_at is not None:
+                sent_at[key] = time.time()
+            pending.append((key, await producer.send(topic, value=value, key=key)))
+            count += 1
+            if rate:
+                ahead = count / rate - (time.monotonic() - started)
+                if ahead > min_sleep_s:
+                    await asyncio.sleep(ahead)
+            if len(pending) >= 2000:
+                await settle()
+        await settle()
+        return count, time.monotonic() - started
+    finally:
+        await producer.stop()
+
+
+async def read_all(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float = 60.0,
+    settle: float = 0.0,
+    *,
+    distinct_keys: bool = False,
+    partial: bool = False,
+) -> list[ConsumerRecord]:
+    """Read `topic` from the start until `expected` records arrived (with `distinct_keys`:
+    records with `expected` different keys), then `settle` seconds more to catch extras.
+    Raises TimeoutError with the count if fewer arrive, unless `partial` (then returns them)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    keys: set[bytes | None] = set()
+    try:
+        deadline = time.monotonic() + timeout
+        while (len(keys) if distinct_keys else len(records)) < expected:
+            if time.monotonic() > deadline:
+                if partial:
+                    return records
+                raise TimeoutError(f"{topic}: {len(records)} of {expected} records")
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+                keys.update(record.key for record in batch)
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    """Partition -> committed offset of `group` on `topic` (None where it committed none)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
+    finally:
+        await consumer.stop()
