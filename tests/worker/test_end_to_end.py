@@ -16,7 +16,7 @@ from testing.kafka import comment, committed_offsets, produce, read_all
 from testing.models import LABELS
 from testing.topics import Topics
 from testing.worker_process import WorkerFactory
-from worker.infer import Scorer
+from worker.model import load_served_model
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def test_scores_dead_letters_offsets_and_metrics(
 
     # Every good message scored exactly once, exactly as the model scores it alone.
     assert len(outputs) == len(good)
-    scorer = Scorer.load(tiny_model_dir, device="cpu")
+    scorer = load_served_model(tiny_model_dir, device="cpu")
     sent = {k: orjson.loads(v) for k, v in good}
     for record in outputs:
         message = ScoredComment.model_validate_json(record.value)

@@ -1,32 +1,45 @@
-"""The worker run in-process, where a test can swap the model: failures, readiness."""
+"""The worker run in-process, where a test can swap the backend: poison records, readiness."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
-from transformers import BatchEncoding
 
-from schemas import DeadLetterHeaders, ErrorKind
+from schemas import DeadLetterHeaders, ErrorKind, ScoredComment
 from testing.http import http_get
 from testing.kafka import comment, produce, read_all
 from testing.ports import free_port
 from testing.topics import Topics
 from worker.app import Worker
+from worker.backend import Backend, TokenBatch
 from worker.config import Settings, load_settings
-from worker.infer import Scorer
+from worker.model import ServedModel, load_served_model
 
 pytestmark = pytest.mark.integration
 
 
-class FailsOnPoison(Scorer):
-    """A real scorer whose forward pass fails on any batch containing the word 'POISON'."""
+class FailsOnPoison:
+    """The real backend, except that a forward pass containing the token `poison_id` fails."""
 
-    def tokenize(self, texts: list[str]) -> BatchEncoding:
-        if any("POISON" in text for text in texts):
+    def __init__(self, real: Backend, poison_id: int) -> None:
+        self.real = real
+        self.poison_id = poison_id
+        self.kind, self.device, self.precision = real.kind, real.device, real.precision
+        self.labels = real.labels
+        self.calls: list[int] = []  # batch size of each forward pass, failed or not
+
+    def warm_up(self, shapes: object) -> None:
+        self.real.warm_up(shapes)  # type: ignore[arg-type]
+
+    def infer(self, batch: TokenBatch) -> np.ndarray:
+        self.calls.append(len(batch))
+        if (batch.input_ids == self.poison_id).any():
             raise RuntimeError("simulated kernel failure")
-        return super().tokenize(texts)
+        return self.real.infer(batch)
 
 
 def settings_for(bootstrap: str, topics: Topics, **extra: object) -> Settings:
@@ -37,36 +50,45 @@ def settings_for(bootstrap: str, topics: Topics, **extra: object) -> Settings:
     )  # fmt: skip
 
 
-async def test_a_text_the_model_fails_on_is_dead_lettered_and_the_rest_scored(
+async def test_a_record_the_backend_fails_on_is_isolated_and_the_rest_scored(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path
 ) -> None:
-    base = Scorer.load(tiny_model_dir, device="cpu")
-    scorer = FailsOnPoison(base.model, base.tokenizer, base.device, base.name, base.version)
-    messages = [comment(f"m{i}", f"ordinary comment {i}") for i in range(9)]
-    messages.insert(4, comment("poison", "this one is POISON"))
-    await produce(kafka_bootstrap, topics.input, messages)
+    """Default batching settings: the 12 records arrive before the worker starts, so they share
+    one batch; bisection dead-letters the poisoned one and scores the others as the model
+    scores them alone."""
+    real = load_served_model(tiny_model_dir, device="cpu")
+    [[*_, poison_id, _]] = real.tokenizer.encode(["poison"])  # [CLS] ... poison [SEP]
+    backend = FailsOnPoison(real.backend, poison_id)
+    model = dataclasses.replace(real, backend=backend)
+    texts = {f"m{i}": f"ordinary comment number {i}" for i in range(11)}
+    texts["bad"] = "this one is poison"
+    await produce(kafka_bootstrap, topics.input, [comment(k, t) for k, t in texts.items()])
 
-    worker = Worker(settings_for(kafka_bootstrap, topics, max_batch_size=16), scorer=scorer)
+    worker = Worker(settings_for(kafka_bootstrap, topics), model)
     running = asyncio.create_task(worker.run())
-    outputs = await read_all(kafka_bootstrap, topics.output, 9, settle=0.5)
+    outputs = await read_all(kafka_bootstrap, topics.output, 11, settle=0.5)
     dead = await read_all(kafka_bootstrap, topics.dlq, 1, settle=0.5)
     worker.request_stop()
     assert await asyncio.wait_for(running, 30) == 0
 
-    assert sorted(r.key for r in outputs) == sorted(k for k, _ in messages if k != b"poison")
-    assert len(dead) == 1 and dead[0].key == b"poison"
+    assert sorted(r.key.decode() for r in outputs) == sorted(k for k in texts if k != "bad")
+    for record in outputs:
+        scores = ScoredComment.model_validate_json(record.value).scores
+        alone = real.score([texts[record.key.decode()]])[0]
+        np.testing.assert_allclose(list(scores.values()), alone, atol=1e-5)
+    assert len(dead) == 1 and dead[0].key == b"bad"
     headers = DeadLetterHeaders.from_kafka(dead[0].headers)
     assert headers.error_kind == ErrorKind.INFERENCE_FAILED
     assert "simulated kernel failure" in headers.error_detail
-    errors = worker.metrics.errors.labels("inference")._value.get()
-    assert errors >= 2  # the batch, then the poisoned text alone
+    assert max(backend.calls) > 1  # the poison really shared a batch with good records
+    assert worker.metrics.errors.labels("inference")._value.get() >= 2  # bisected down to it
 
 
-async def test_not_ready_until_model_loaded_and_group_joined(
+async def test_ready_only_while_joined_and_healthy(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path
 ) -> None:
     settings = settings_for(kafka_bootstrap, topics)
-    worker = Worker(settings)
+    worker = Worker(settings, load_served_model(tiny_model_dir, device="cpu"))
     await worker.http.start(settings.metrics_host, settings.metrics_port)
     url = f"http://127.0.0.1:{worker.http.port}"
     try:
@@ -75,10 +97,8 @@ async def test_not_ready_until_model_loaded_and_group_joined(
             asyncio.to_thread(http_get, url + "/readyz"),
         )
         assert health.status == 200
-        assert ready.status == 503  # no model, no group yet
-        worker.scorer = Scorer.load(tiny_model_dir, device="cpu")
-        assert (await asyncio.to_thread(http_get, url + "/readyz")).status == 503
-        worker._partitions_assigned(set())  # what the rebalance listener calls on joining
+        assert ready.status == 503  # not in the group yet
+        worker._joined(set())  # what the rebalance listener calls on joining
         assert (await asyncio.to_thread(http_get, url + "/readyz")).status == 200
         worker.fail(RuntimeError("publish failed"))
         assert (await asyncio.to_thread(http_get, url + "/readyz")).status == 503
@@ -87,7 +107,6 @@ async def test_not_ready_until_model_loaded_and_group_joined(
 
 
 async def test_unreachable_broker_exits_nonzero(topics: Topics, tiny_model_dir: Path) -> None:
-    dead_port = free_port()
-    settings = settings_for(f"127.0.0.1:{dead_port}", topics)
-    scorer = Scorer.load(tiny_model_dir, device="cpu")
-    assert await asyncio.wait_for(Worker(settings, scorer=scorer).run(), 120) == 1
+    settings = settings_for(f"127.0.0.1:{free_port()}", topics)
+    model: ServedModel = load_served_model(tiny_model_dir, device="cpu")
+    assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1
