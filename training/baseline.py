@@ -6,10 +6,30 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.data import DataOptions, load_split
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
 log = logging.getLogger(__name__)
+
+
+def _vectorizer(analyzer: str, ngram_range: tuple[int, int], max_features: int) -> TfidfVectorizer:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(
+        analyzer=analyzer,
+        ngram_range=ngram_range,
+        sublinear_tf=True,
+        min_df=2,
+        max_features=max_features,
+        strip_accents="unicode",
+        lowercase=True,
+    )
 
 
 class TfidfLR:
@@ -23,27 +43,10 @@ class TfidfLR:
     def fit(self, texts: Sequence[str], labels: np.ndarray) -> TfidfLR:
         """Fit vectorisers and one classifier per label."""
         from scipy.sparse import hstack
-        from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        self.word = TfidfVectorizer(
-            analyzer="word",
-            ngram_range=(1, 2),
-            sublinear_tf=True,
-            min_df=2,
-            max_features=self.max_word,
-            strip_accents="unicode",
-            lowercase=True,
-        )
-        self.char = TfidfVectorizer(
-            analyzer="char_wb",
-            ngram_range=(2, 5),
-            sublinear_tf=True,
-            min_df=2,
-            max_features=self.max_char,
-            strip_accents="unicode",
-            lowercase=True,
-        )
+        self.word = _vectorizer("word", (1, 2), self.max_word)
+        self.char = _vectorizer("char_wb", (2, 5), self.max_char)
         x = hstack([self.word.fit_transform(texts), self.char.fit_transform(texts)]).tocsr()
         self.models: list[LogisticRegression | float] = []
         for j in range(labels.shape[1]):
@@ -97,13 +100,13 @@ def out_of_fold_probs(
     return out
 
 
-def run_baseline(data, output_dir: Path) -> dict[str, object]:
-    """Train TF-IDF+LR on the training split, evaluate on validation, write the report."""
+def run_baseline(data: DataOptions, output_dir: Path) -> dict[str, object]:
+    """Train TF-IDF+LR on the training split, evaluate on validation, write the report
+    (`metrics.json`, `report.md`, plots) and the validation probabilities (`val_probs.npy`)."""
     from training.evaluate import choose_thresholds, compute_metrics, write_report
-    from training.fit import load_data
 
     started = time.perf_counter()
-    train, val = load_data(data)
+    train, val = load_split(data)
     assert train.labels is not None and val.labels is not None
     model = TfidfLR().fit(train.texts, train.labels)
     probs = model.predict_proba(val.texts)

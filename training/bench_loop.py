@@ -29,7 +29,7 @@ from torch import nn
 
 from training.data import load_dataset
 from training.default_model import BERT_TINY_HUB, REPO, SHARED_BERT_TINY, SHARED_DATA
-from training.loop import LoopConfig, Trainer
+from training.loop import LoopConfig, TrainingLoop
 from training.modeling import build_classifier, encode, load_tokenizer, setup_torch
 
 log = logging.getLogger("training.bench_loop")
@@ -52,7 +52,7 @@ class Workload:
 
 
 def run_plain(work: Workload, initial: dict[str, torch.Tensor], bf16: bool) -> tuple[float, float]:
-    """(seconds, last logged loss) for one epoch of `training.loop.Trainer`."""
+    """(seconds, last logged loss) for one epoch of `training.loop.TrainingLoop`."""
     torch.manual_seed(work.seed)  # dropout masks as reproducible as the HF Trainer's set_seed
     model = build_classifier(work.model_ref, work.labels, from_config=True)
     model.load_state_dict(initial)
@@ -72,11 +72,11 @@ def run_plain(work: Workload, initial: dict[str, torch.Tensor], bf16: bool) -> t
         progress=False,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(
+        training = TrainingLoop(
             {"model": model}, work.token_ids, work.pad_id, step, config, Path(tmp) / "ckpt"
         )
         started = time.perf_counter()
-        history = trainer.train()
+        history = training.train()
         seconds = time.perf_counter() - started
     return seconds, float(history[-1]["loss"])
 

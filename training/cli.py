@@ -1,17 +1,31 @@
-"""`moderation-train` command line: fit, distill, evaluate, export, baseline."""
+"""`moderation-train` command line: fit, distill, evaluate, export, baseline.
+
+A thin argparse layer: each subcommand parses its flags into the typed options of the matching
+function (`training.fit.fit`, `training.distill.distill`, `training.evaluate.evaluate_model`,
+`training.export.export_model`, `training.baseline.run_baseline`) and calls it. Bad arguments
+exit 2 with argparse's message; bad data or files exit non-zero with a one-line error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
-import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from training import DEFAULT_BASE_MODEL
+from training.data import DataError, DataOptions
+from training.provenance import portable_command
+
+if TYPE_CHECKING:  # torch and transformers load only once a command runs
+    from training.evaluate import ThresholdRule
+    from training.loop import LoopConfig
+    from training.run import PosWeight, RunOptions
 
 log = logging.getLogger("training")
 
@@ -35,6 +49,38 @@ def _fraction(value: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return number
+
+
+def parse_float_list(value: str) -> list[float]:
+    """`1,2.5` -> [1.0, 2.5] (an argparse type)."""
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        message = f"expected comma-separated numbers, got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _threshold_rule(value: str) -> ThresholdRule:
+    if value == "f1":
+        return "f1"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'f1' or a number, got {value!r}") from None
+
+
+def parse_pos_weight(value: str) -> PosWeight:
+    """`auto`, comma-separated values, or '' for none (an argparse type)."""
+    if not value:
+        return None
+    if value == "auto":
+        return "auto"
+    try:
+        return parse_float_list(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or comma-separated numbers, got {value!r}"
+        ) from None
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -96,11 +142,13 @@ def _add_loop_args(p: argparse.ArgumentParser, *, lr: float, epochs: float, batc
     )
     g.add_argument(
         "--thresholds",
+        type=_threshold_rule,
         default="f1",
         help="per-label thresholds: 'f1' (max F1 on validation) or a fixed value",
     )
     g.add_argument(
         "--pos-weight",
+        type=parse_pos_weight,
         default=None,
         help="BCE positive weights for rare labels: 'auto' or comma-separated values",
     )
@@ -160,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--teacher-weights",
+        type=parse_float_list,
         default=None,
         help="comma-separated ensemble weights for --teacher ... then --tfidf-teacher",
     )
@@ -176,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--teacher-batch-size", type=_positive_int, default=64)
     p.add_argument("--teacher-bf16", action="store_true", help="bf16 autocast for the teacher")
-    s = p.add_mutually_exclusive_group()
+    s = p.add_mutually_exclusive_group(required=True)
     s.add_argument("--student", default=None, help="pretrained student: hub id or local path")
     s.add_argument(
         "--student-config",
@@ -258,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loop_config(args: argparse.Namespace):
+def _loop_config(args: argparse.Namespace) -> LoopConfig:
     from training.loop import LoopConfig
 
     return LoopConfig(
@@ -275,9 +324,7 @@ def _loop_config(args: argparse.Namespace):
     )
 
 
-def _data_options(args: argparse.Namespace):
-    from training.fit import DataOptions
-
+def _data_options(args: argparse.Namespace) -> DataOptions:
     return DataOptions(
         train=args.train,
         val=args.val,
@@ -289,40 +336,34 @@ def _data_options(args: argparse.Namespace):
     )
 
 
-def _run_options(args: argparse.Namespace):
-    from training.fit import RunOptions
+def _run_options(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
+    from training.run import RunOptions
 
-    if args.thresholds != "f1":
-        try:
-            float(args.thresholds)
-        except ValueError:
-            raise SystemExit(
-                f"moderation-train: error: --thresholds must be 'f1' or a number, "
-                f"got {args.thresholds!r}"
-            ) from None
     return RunOptions(
         output_dir=args.output_dir,
         max_length=args.max_length,
-        threshold_method=args.thresholds,
+        thresholds=args.thresholds,
         model_name=args.model_name,
         fp16_export=args.fp16,
         resume=not args.no_resume,
         threads=args.threads,
-        command=shlex.join(["moderation-train", *args.argv]),
+        command=portable_command(["moderation-train", *argv]),
     )
 
 
-def run_command(args: argparse.Namespace) -> dict[str, object] | None:
-    """Dispatch a parsed command; returns its metrics where it has some."""
+def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], Any]:
+    """The function call a parsed command line stands for (not yet made). Raises ValueError
+    for option combinations the parser cannot check."""
     if args.command == "fit":
         from training.fit import fit
 
-        return fit(
+        return functools.partial(
+            fit,
             _data_options(args),
-            _run_options(args),
+            _run_options(args, argv),
             _loop_config(args),
             base_model=args.base_model,
-            tokenizer_ref=args.tokenizer,
+            tokenizer=args.tokenizer,
             from_config=True if args.from_config else None,
             pos_weight=args.pos_weight,
             pooling=args.pooling,
@@ -330,23 +371,17 @@ def run_command(args: argparse.Namespace) -> dict[str, object] | None:
     if args.command == "distill":
         from training.distill import DistillOptions, distill
 
-        if not args.teacher and not args.tfidf_teacher:
-            raise SystemExit(
-                "moderation-train: error: distill needs --teacher and/or --tfidf-teacher"
-            )
-        if not args.student and not args.student_config:
-            raise SystemExit("moderation-train: error: distill needs --student or --student-config")
         options = DistillOptions(
+            student=args.student or args.student_config,
+            student_from_config=args.student_config is not None,
+            tokenizer=args.tokenizer,
+            init_embeddings=args.init_embeddings,
             teachers=list(args.teacher),
-            teacher_weights=args.teacher_weights,
             tfidf_teacher=args.tfidf_teacher,
+            teacher_weights=args.teacher_weights,
             teacher_cache=args.teacher_cache,
             teacher_batch_size=args.teacher_batch_size,
             teacher_bf16=args.teacher_bf16,
-            student=args.student,
-            student_config=args.student_config,
-            tokenizer=args.tokenizer,
-            init_embeddings=args.init_embeddings,
             alpha=args.alpha,
             temperature=args.temperature,
             hidden_distill=args.hidden_distill,
@@ -354,55 +389,64 @@ def run_command(args: argparse.Namespace) -> dict[str, object] | None:
             augment=args.augment,
             pos_weight=args.pos_weight,
         )
-        return distill(_data_options(args), _run_options(args), _loop_config(args), options)
+        return functools.partial(
+            distill, _data_options(args), _run_options(args, argv), _loop_config(args), options
+        )
     if args.command == "evaluate":
         from training.evaluate import evaluate_model
         from training.export import resolve_model_dir
 
-        return evaluate_model(
-            resolve_model_dir(args.model),
-            args.data,
-            args.output_dir,
-            text_column=args.text_column,
-            label_columns=args.label_columns,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            skip_bad_rows=args.skip_bad_rows,
-            history_path=args.history,
-        )
+        def evaluate() -> dict[str, Any]:
+            return evaluate_model(
+                resolve_model_dir(args.model),
+                args.data,
+                args.output_dir,
+                text_column=args.text_column,
+                label_columns=args.label_columns,
+                max_length=args.max_length,
+                batch_size=args.batch_size,
+                skip_bad_rows=args.skip_bad_rows,
+                history_path=args.history,
+            )
+
+        return evaluate
     if args.command == "export":
         from training.export import export_model
 
-        export_model(
-            args.source,
-            args.output,
-            fp16=args.fp16,
-            metrics_path=args.metrics,
-            model_name=args.model_name,
-            model_version=args.model_version,
-        )
-        return None
+        def export() -> None:
+            export_model(
+                args.source,
+                args.output,
+                fp16=args.fp16,
+                metrics_path=args.metrics,
+                model_name=args.model_name,
+                model_version=args.model_version,
+            )
+
+        return export
     if args.command == "baseline":
         from training.baseline import run_baseline
 
-        return run_baseline(_data_options(args), args.output_dir)
+        return functools.partial(run_baseline, _data_options(args), args.output_dir)
     raise AssertionError(args.command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `moderation-train` and `python -m training`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command = bind_command(args, argv)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from training.data import DataError
-
     try:
-        metrics = run_command(args)
+        metrics = command()
     except DataError as exc:
         print(f"moderation-train: error: {exc}", file=sys.stderr)
         return 2

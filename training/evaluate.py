@@ -7,12 +7,19 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 _EPS = 1e-7
+
+ThresholdRule = Literal["f1"] | float
+"""Per-label thresholds: max F1 on validation, or one fixed value for every label."""
+Metrics = dict[str, Any]
+"""`compute_metrics`' result: `n`, `bce`, `mean_roc_auc`, `mean_pr_auc`, `mean_f1`, `labels`
+(per label: positives, roc_auc, pr_auc, threshold, f1, bce), plus what a caller adds."""
 
 
 def bce(y: np.ndarray, p: np.ndarray) -> float:
@@ -34,12 +41,11 @@ def _best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def choose_thresholds(
-    y: np.ndarray, p: np.ndarray, labels: Sequence[str], method: str = "f1"
+    y: np.ndarray, p: np.ndarray, labels: Sequence[str], rule: ThresholdRule = "f1"
 ) -> dict[str, float]:
-    """Per-label thresholds on validation data: max F1 (`f1`) or a fixed value (e.g. `0.5`)."""
-    if method != "f1":
-        value = float(method)
-        return {label: value for label in labels}
+    """Per-label thresholds on validation data: max F1 (`"f1"`) or a fixed value (e.g. 0.5)."""
+    if rule != "f1":
+        return dict.fromkeys(labels, float(rule))
     return {
         label: round(_best_f1_threshold((y[:, j] >= 0.5).astype(int), p[:, j]), 6)
         for j, label in enumerate(labels)
@@ -55,7 +61,7 @@ def compute_metrics(
     p: np.ndarray,
     labels: Sequence[str],
     thresholds: dict[str, float] | None = None,
-) -> dict[str, object]:
+) -> Metrics:
     """Mean BCE, per-label and mean ROC-AUC, PR-AUC (average precision) and F1 at thresholds."""
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
@@ -134,12 +140,13 @@ def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def format_metric(value: object, digits: int = 4) -> str:
+    """A metric for reports and cards: fixed digits, or `n/a` where it is undefined."""
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "n/a"
 
 
 def write_report(
-    metrics: dict[str, object],
+    metrics: Metrics,
     y: np.ndarray,
     p: np.ndarray,
     labels: Sequence[str],
@@ -157,18 +164,19 @@ def write_report(
         f"# {title}",
         "",
         f"- rows: {metrics['n']}",
-        f"- mean BCE: {_fmt(metrics['bce'])}",  # type: ignore[arg-type]
-        f"- mean ROC-AUC: {_fmt(metrics['mean_roc_auc'])}",  # type: ignore[arg-type]
-        f"- mean PR-AUC: {_fmt(metrics['mean_pr_auc'])}",  # type: ignore[arg-type]
-        f"- mean F1 at thresholds: {_fmt(metrics['mean_f1'])}",  # type: ignore[arg-type]
+        f"- mean BCE: {format_metric(metrics['bce'])}",
+        f"- mean ROC-AUC: {format_metric(metrics['mean_roc_auc'])}",
+        f"- mean PR-AUC: {format_metric(metrics['mean_pr_auc'])}",
+        f"- mean F1 at thresholds: {format_metric(metrics['mean_f1'])}",
         "",
         "| label | positives | ROC-AUC | PR-AUC | threshold | F1 | BCE |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, m in metrics["labels"].items():  # type: ignore[union-attr]
+    for label, m in metrics["labels"].items():
         lines.append(
-            f"| {label} | {m['positives']} | {_fmt(m['roc_auc'])} | {_fmt(m['pr_auc'])} "
-            f"| {m['threshold']:.3f} | {_fmt(m['f1'])} | {_fmt(m['bce'])} |"
+            f"| {label} | {m['positives']} | {format_metric(m['roc_auc'])} "
+            f"| {format_metric(m['pr_auc'])} | {m['threshold']:.3f} | {format_metric(m['f1'])} "
+            f"| {format_metric(m['bce'])} |"
         )
     lines += ["", "![precision-recall curves](pr_curves.png)", ""]
     if history:
@@ -198,25 +206,30 @@ def evaluate_model(
     batch_size: int = 64,
     skip_bad_rows: bool = False,
     history_path: Path | None = None,
-) -> dict[str, object]:
-    """Score a labeled file with an exported artifact and write the report."""
+) -> Metrics:
+    """Score a labeled file with an exported artifact at its stored thresholds and write the
+    report (`write_report`) into `out_dir`; `label_columns` default to the model's labels."""
     from training.data import load_dataset
+    from training.export import read_contract
     from training.modeling import load_classifier, load_tokenizer, predict
+    from training.provenance import portable_path
 
-    model = load_classifier(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    contract = read_contract(model_dir)
+    labels = list(contract.labels)
     dataset = load_dataset(
         data_path, text_column, label_columns or labels, skip_bad_rows=skip_bad_rows
     )
     probs, _ = predict(
-        model, tokenizer, dataset.texts, max_length=max_length, batch_size=batch_size
+        load_classifier(model_dir),
+        load_tokenizer(model_dir),
+        dataset.texts,
+        max_length=max_length,
+        batch_size=batch_size,
     )
-    thresholds = getattr(model.config, "label_thresholds", None) or {}
     assert dataset.labels is not None
-    metrics = compute_metrics(dataset.labels, probs, labels, thresholds)
-    metrics["model"] = str(model_dir)
-    metrics["data"] = str(data_path)
+    metrics = compute_metrics(dataset.labels, probs, labels, contract.label_thresholds)
+    metrics["model"] = portable_path(model_dir)
+    metrics["data"] = portable_path(data_path)
     metrics["skipped_rows"] = dataset.skipped_rows
     history = json.loads(history_path.read_text()) if history_path else find_history(model_dir)
     write_report(
@@ -228,5 +241,5 @@ def evaluate_model(
         title=f"Evaluation of {model_dir.name} on {data_path.name}",
         history=history,
     )
-    log.info("mean ROC-AUC %s, BCE %.4f", _fmt(metrics["mean_roc_auc"]), metrics["bce"])  # type: ignore[arg-type]
+    log.info("mean ROC-AUC %s, BCE %.4f", format_metric(metrics["mean_roc_auc"]), metrics["bce"])
     return metrics

@@ -2,48 +2,38 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from schemas.artifact import (
+    CONFIG_FILE,
+    DEFAULT_THRESHOLD,
+    WEIGHTS_FILE,
+    ArtifactContract,
+    weights_version,
+)
+from training.evaluate import format_metric
 from training.modeling import HEAD_FILE, MeanPooledClassifier
 
 log = logging.getLogger(__name__)
 
 INFO_FILE = "training_info.json"
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
+CARD_FILE = "README.md"
+HISTORY_FILE = "history.json"
 
 
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 of `model.safetensors`."""
-    digest = hashlib.sha256()
-    with open(model_dir / "model.safetensors", "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fmt(value: object, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, int | float) else "n/a"
-
-
-def model_card(info: dict[str, object], config: dict[str, object]) -> str:
-    """Markdown model card from the training info and the exported config."""
-    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]  # type: ignore[index]
-    thresholds: dict[str, float] = config.get("label_thresholds") or {}  # type: ignore[assignment]
-    metrics: dict[str, object] = info.get("metrics") or {}  # type: ignore[assignment]
-    per_label: dict[str, dict[str, object]] = metrics.get("labels") or {}  # type: ignore[assignment]
+def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[str, Any]) -> str:
+    """Markdown model card from the training info, the artifact contract and the exported
+    `config.json` (for the architecture)."""
+    metrics: dict[str, Any] = info.get("metrics") or {}
+    per_label: dict[str, dict[str, Any]] = metrics.get("labels") or {}
     n_params = info.get("parameters")
     lines = [
         "---",
@@ -53,13 +43,13 @@ def model_card(info: dict[str, object], config: dict[str, object]) -> str:
         "tags: [toxicity, multi-label, moderation]",
         "---",
         "",
-        f"# {config.get('model_name', 'moderation model')}",
+        f"# {contract.model_name}",
         "",
         f"Multi-label toxicity classifier (`{config.get('model_type')}`, "
         f"{config.get('num_hidden_layers')} layers, hidden {config.get('hidden_size')}, "
         f"{config.get('num_attention_heads')} heads"
         + (f", {n_params:,} parameters" if isinstance(n_params, int) else "")
-        + f"), version `{config.get('model_version')}`.",
+        + f"), version `{contract.model_version}`.",
         "",
         "## How it was made",
         "",
@@ -68,7 +58,7 @@ def model_card(info: dict[str, object], config: dict[str, object]) -> str:
         f"- training data: {info.get('train_data', 'n/a')} ({info.get('train_rows', 'n/a')} rows)",
         f"- validation data: {info.get('val_data', 'n/a')} ({info.get('val_rows', 'n/a')} rows)",
     ]
-    for key, value in (info.get("details") or {}).items():  # type: ignore[union-attr]
+    for key, value in (info.get("details") or {}).items():
         lines.append(f"- {key}: {value}")
     if info.get("command"):
         lines.append(f"- command: `{info['command']}`")
@@ -76,21 +66,22 @@ def model_card(info: dict[str, object], config: dict[str, object]) -> str:
         "",
         "## Validation metrics",
         "",
-        f"- mean ROC-AUC: {_fmt(metrics.get('mean_roc_auc'))}",
-        f"- mean PR-AUC: {_fmt(metrics.get('mean_pr_auc'))}",
-        f"- mean BCE: {_fmt(metrics.get('bce'))}",
-        f"- mean F1 at the thresholds below: {_fmt(metrics.get('mean_f1'))}",
+        f"- mean ROC-AUC: {format_metric(metrics.get('mean_roc_auc'))}",
+        f"- mean PR-AUC: {format_metric(metrics.get('mean_pr_auc'))}",
+        f"- mean BCE: {format_metric(metrics.get('bce'))}",
+        f"- mean F1 at the thresholds below: {format_metric(metrics.get('mean_f1'))}",
         "",
         "| label | threshold | ROC-AUC | PR-AUC | F1 |",
         "|---|---|---|---|---|",
     ]
-    for label in labels:
+    for label in contract.labels:
         m = per_label.get(label, {})
         lines.append(
-            f"| {label} | {thresholds.get(label, 0.5):.3f} | {_fmt(m.get('roc_auc'))} "
-            f"| {_fmt(m.get('pr_auc'))} | {_fmt(m.get('f1'))} |"
+            f"| {label} | {contract.label_thresholds[label]:.3f} "
+            f"| {format_metric(m.get('roc_auc'))} | {format_metric(m.get('pr_auc'))} "
+            f"| {format_metric(m.get('f1'))} |"
         )
-    for note in info.get("notes") or []:  # type: ignore[union-attr]
+    for note in info.get("notes") or []:
         lines += ["", str(note)]
     lines += [
         "",
@@ -116,26 +107,24 @@ def save_artifact(
     out_dir: Path,
     *,
     thresholds: dict[str, float],
-    info: dict[str, object],
+    info: dict[str, Any],
     model_name: str | None = None,
     model_version: str | None = None,
     fp16: bool = False,
-) -> Path:
-    """Save weights (safetensors), tokenizer, config with thresholds/name/version, and card.
+) -> ArtifactContract:
+    """Save weights (safetensors), tokenizer, `config.json` carrying the artifact contract,
+    `training_info.json` and the model card; returns the contract written.
 
-    fp16 stores half-precision weights while `config.dtype` stays float32, so stock loaders
-    upcast them (CPU inference in fp16 is slow).
+    The name defaults to the directory's, the version to a hash of the weights written. fp16
+    stores half-precision weights while `config.dtype` stays float32, so stock loaders upcast
+    them (CPU inference in fp16 is slow).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.safetensors", "model.safetensors.index.json"):
+    for stale in (WEIGHTS_FILE, f"{WEIGHTS_FILE}.index.json"):
         (out_dir / stale).unlink(missing_ok=True)
     config = model.config
-    labels = [config.id2label[i] for i in range(config.num_labels)]
-    config.label_thresholds = {label: float(thresholds.get(label, 0.5)) for label in labels}
-    config.problem_type = "multi_label_classification"
-    config.model_name = model_name or out_dir.resolve().name
-    info = dict(info)
-    info["parameters"] = sum(p.numel() for p in model.parameters())
+    labels = tuple(config.id2label[i] for i in range(config.num_labels))
+    info = {**info, "parameters": sum(p.numel() for p in model.parameters())}
     dtype = torch.float16 if fp16 else torch.float32
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     if isinstance(model, MeanPooledClassifier):  # a teacher: encoder directory + head file
@@ -149,14 +138,23 @@ def save_artifact(
     else:
         model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
     save_tokenizer(tokenizer, out_dir)
-    config.model_version = model_version or weights_sha256(out_dir)[:12]
+    contract = ArtifactContract(
+        model_name=model_name or out_dir.resolve().name,
+        model_version=model_version or weights_version(out_dir / WEIGHTS_FILE),
+        labels=labels,
+        label_thresholds={
+            label: float(thresholds.get(label, DEFAULT_THRESHOLD)) for label in labels
+        },
+    )
+    for key, value in contract.config_entries().items():
+        setattr(config, key, value)
     config.dtype = "float32"
     config.save_pretrained(out_dir)
-    config_dict = json.loads((out_dir / "config.json").read_text())
+    config_dict = json.loads((out_dir / CONFIG_FILE).read_text())
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    (out_dir / "README.md").write_text(model_card(info, config_dict))
-    log.info("exported %s (version %s)", out_dir, config.model_version)
-    return out_dir
+    (out_dir / CARD_FILE).write_text(model_card(info, contract, config_dict))
+    log.info("exported %s (version %s)", out_dir, contract.model_version)
+    return contract
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
@@ -176,11 +174,22 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
 
 def resolve_model_dir(source: Path) -> Path:
     """An artifact directory, or the `model/` directory inside a fit/distill run directory."""
-    if (source / "config.json").is_file():
+    if (source / CONFIG_FILE).is_file():
         return source
-    if (source / "model" / "config.json").is_file():
+    if (source / "model" / CONFIG_FILE).is_file():
         return source / "model"
     raise FileNotFoundError(f"{source}: neither an artifact nor a run directory (no config.json)")
+
+
+def read_contract(model_dir: Path) -> ArtifactContract:
+    """The contract an artifact's `config.json` states (defaults as the worker applies them)."""
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    weights = model_dir / WEIGHTS_FILE
+    return ArtifactContract.from_config(
+        config,
+        default_name=model_dir.resolve().name,
+        default_version=weights_version(weights) if weights.is_file() else "unknown",
+    )
 
 
 def export_model(
@@ -191,38 +200,35 @@ def export_model(
     metrics_path: Path | None = None,
     model_name: str | None = None,
     model_version: str | None = None,
-) -> Path:
-    """Re-export a trained model (from a run or artifact directory) as a served artifact."""
+) -> ArtifactContract:
+    """Re-export a trained model (from a run or artifact directory) as a served artifact.
+
+    Thresholds and training info carry over; the name carries over only when exporting in
+    place (elsewhere it defaults to the new directory's name); the version is recomputed from
+    the weights written unless given.
+    """
     from training.modeling import load_classifier, load_tokenizer
 
     model_dir = resolve_model_dir(source)
     model = load_classifier(model_dir)
     tokenizer = load_tokenizer(model_dir)
+    source_contract = read_contract(model_dir)
     info_file = model_dir / INFO_FILE
-    info: dict[str, object] = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if metrics_path is not None:
         info["metrics"] = json.loads(metrics_path.read_text())
-    thresholds = dict(getattr(model.config, "label_thresholds", None) or {})
-    same = out_dir.resolve() == model_dir.resolve()
-    save_artifact(
+    in_place = out_dir.resolve() == model_dir.resolve()
+    contract = save_artifact(
         model,
         tokenizer,
         out_dir,
-        thresholds=thresholds,
+        thresholds=source_contract.label_thresholds,
         info=info,
-        model_name=model_name or (getattr(model.config, "model_name", None) if same else None),
+        model_name=model_name or (source_contract.model_name if in_place else None),
         model_version=model_version,
         fp16=fp16,
     )
-    for extra in ("history.json",):
-        src = model_dir / extra
-        if src.is_file() and not same:
-            shutil.copyfile(src, out_dir / extra)
-    return out_dir
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    """Copy the standard tokenizer files (used when a tokenizer directory is given separately)."""
-    for name in _TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+    history = model_dir / HISTORY_FILE
+    if history.is_file() and not in_place:
+        shutil.copyfile(history, out_dir / HISTORY_FILE)
+    return contract

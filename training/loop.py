@@ -23,16 +23,18 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from training.modeling import _interval, autocast, collate, length_grouped_batches
+from training.modeling import autocast, collate, length_grouped_batches, progress_interval
 
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+"""(padded batch inputs, row indices of the batch) -> loss."""
+CHECKPOINT_STATE = "trainer_state.json"
 
 
 @dataclass
 class LoopConfig:
-    """Optimisation settings."""
+    """Optimisation settings (`epochs` may be fractional: the schedule is counted in steps)."""
 
     epochs: float = 3.0
     batch_size: int = 32
@@ -74,8 +76,13 @@ def _optimizer_from_tensors(
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-class Trainer:
-    """Runs `step_fn` over length-grouped batches of pre-tokenised examples."""
+class TrainingLoop:
+    """Runs `step_fn` over length-grouped batches of pre-tokenised examples.
+
+    `modules` are the trained modules by name (each checkpointed as `NAME.safetensors`);
+    `token_ids[i]` is row `i`, and `step_fn` gets the row indices of each batch so that it can
+    look up that row's targets.
+    """
 
     def __init__(
         self,
@@ -98,8 +105,8 @@ class Trainer:
         params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        # The fused kernel: for BERT-Tiny's 4.4M parameters (mostly the dense embedding
-        # gradient) the default AdamW step measured 25 ms vs 2.8 ms fused on one core here.
+        # Fused: BERT-Tiny's step is dominated by the dense word-embedding gradient, where the
+        # default AdamW kernel is several times slower (docs/training.md).
         self.optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": config.weight_decay},
@@ -137,15 +144,15 @@ class Trainer:
             "history": self.history,
             "config": asdict(self.cfg),
         }
-        tmp = d / "trainer_state.json.tmp"
+        tmp = d / f"{CHECKPOINT_STATE}.tmp"
         tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(d / "trainer_state.json")
+        tmp.replace(d / CHECKPOINT_STATE)
         log.info("checkpoint at step %d -> %s", self.global_step, d)
 
     def load_checkpoint(self) -> bool:
         """Resume from `checkpoint_dir` if it holds a checkpoint; True when resumed."""
         d = self.checkpoint_dir
-        state_file = d / "trainer_state.json"
+        state_file = d / CHECKPOINT_STATE
         if not state_file.exists():
             return False
         state = json.loads(state_file.read_text())
@@ -182,7 +189,7 @@ class Trainer:
             initial=self.global_step,
             desc="train",
             disable=not self.cfg.progress,
-            mininterval=_interval(),
+            mininterval=progress_interval(),
         )
         running, count, started = 0.0, 0, time.perf_counter()
         while self.global_step < stop_at:

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -23,15 +23,18 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from schemas.artifact import MULTI_LABEL
+
 log = logging.getLogger(__name__)
 
-PROBLEM_TYPE = "multi_label_classification"
+Pooling = Literal["cls", "mean"]
 HEAD_FILE = "head.safetensors"  # the head of a MeanPooledClassifier
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def setup_torch(threads: int = 0, seed: int | None = None) -> None:
-    """CPU settings that matter here: flush denormals (a ~9x trap on this CPU), threads, seed."""
+    """CPU settings that matter here: flush denormals (a large slowdown on these CPUs without it,
+    docs/training.md), threads, seed."""
     torch.set_flush_denormal(True)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -66,7 +69,7 @@ def label_config_kwargs(labels: Sequence[str]) -> dict[str, object]:
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {label: i for i, label in enumerate(labels)},
-        "problem_type": PROBLEM_TYPE,
+        "problem_type": MULTI_LABEL,
     }
 
 
@@ -75,8 +78,7 @@ class MeanPooledClassifier(nn.Module):
 
     For teachers only (`fit --pooling mean`): sentence-embedding checkpoints such as
     all-MiniLM-L6-v2 were trained through mean pooling, and their [CLS] pooler is untrained
-    (measured here, mean ROC-AUC: stock [CLS] head 0.937 after 2 epochs, 0.944 after 2 + 2;
-    mean pooling 0.972 after 4). The artifacts the worker serves stay stock
+    (the two heads compared: docs/training.md). The artifacts the worker serves stay stock
     `AutoModelForSequenceClassification`.
     Saved as the encoder's `save_pretrained` directory (`config.json` gets `"pooling": "mean"`)
     plus `head.safetensors`; `load_classifier` reads it back.
@@ -113,8 +115,7 @@ def build_classifier(
     labels: Sequence[str],
     *,
     from_config: bool | None = None,
-    config_overrides: dict[str, object] | None = None,
-    pooling: str = "cls",
+    pooling: Pooling = "cls",
 ) -> PreTrainedModel:
     """`AutoModelForSequenceClassification` over `labels` from a hub id or local path
     (`pooling="mean"`: a `MeanPooledClassifier` on the base encoder, for teachers).
@@ -125,8 +126,6 @@ def build_classifier(
     if pooling not in ("cls", "mean"):
         raise ValueError(f"unknown pooling {pooling!r}: use cls or mean")
     kwargs = label_config_kwargs(labels)
-    if config_overrides:
-        kwargs.update(config_overrides)
     if from_config is None:
         from_config = not has_weights(base)
         if from_config:
@@ -166,6 +165,42 @@ def load_classifier(model_dir: str | Path) -> PreTrainedModel:
 def load_backbone(ref: str | Path) -> PreTrainedModel:
     """The base encoder (e.g. BertModel) of a checkpoint, for embedding transfer."""
     return AutoModel.from_pretrained(str(ref))
+
+
+@torch.no_grad()
+def init_embeddings_from_pca(student: PreTrainedModel, source_ref: str | Path) -> None:
+    """Initialise the student's word/position/type embeddings from a PCA projection of another
+    model's (same vocabulary), rescaled to the source's standard deviation."""
+    source = load_backbone(source_ref)
+    src = source.get_input_embeddings().weight.float()
+    dst_emb = student.get_input_embeddings()
+    if src.shape[0] != dst_emb.weight.shape[0]:
+        raise ValueError(
+            f"embeddings of {source_ref} don't fit the student: vocabulary sizes differ "
+            f"({src.shape[0]} vs {dst_emb.weight.shape[0]})"
+        )
+    k = dst_emb.weight.shape[1]
+    mean = src.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(src - mean, full_matrices=False)
+    proj = v[:k].T  # (source_dim, k)
+
+    def project(matrix: torch.Tensor) -> torch.Tensor:
+        out = (matrix.float() - mean) @ proj
+        return out * (matrix.float().std() / out.std().clamp(min=1e-8))
+
+    dst_emb.weight.copy_(project(src))
+    s_emb, d_emb = source.embeddings, student.base_model.embeddings
+    for name in ("position_embeddings", "token_type_embeddings"):
+        s, d = getattr(s_emb, name, None), getattr(d_emb, name, None)
+        if s is not None and d is not None:
+            rows = min(s.weight.shape[0], d.weight.shape[0])
+            d.weight[:rows].copy_(project(s.weight[:rows]))
+    log.info(
+        "initialised student embeddings from a PCA projection of %s (%d -> %d)",
+        source_ref,
+        src.shape[1],
+        k,
+    )
 
 
 def encode(
@@ -255,7 +290,8 @@ def predict(
         for layer in pooled_layers
     }
     batches = list(sorted_batches([len(x) for x in ids], batch_size))
-    for batch in tqdm(batches, desc="predict", disable=not progress, mininterval=_interval()):
+    bar = tqdm(batches, desc="predict", disable=not progress, mininterval=progress_interval())
+    for batch in bar:
         inputs = collate([ids[i] for i in batch], pad_id)
         with autocast(bf16):
             out = model(**inputs, output_hidden_states=bool(pooled_layers))
@@ -266,6 +302,6 @@ def predict(
     return probs, pooled
 
 
-def _interval() -> float:
+def progress_interval() -> float:
     """tqdm refresh interval: lively on a terminal, sparse in logs."""
     return 0.5 if os.isatty(2) else 30.0
