@@ -1,8 +1,8 @@
 """How a run names its sources in `training_info.json` and the model card: as a user would type
 them, never as absolute paths of the machine that built it.
 
-An absolute path becomes, in this order of preference: relative to the current directory; the
-package-relative name of a file inside an installed package (`site-packages/pkg/x` -> `pkg/x`);
+An absolute path becomes, in this order of preference: the package-relative name of a file inside
+an installed package (`.../site-packages/pkg/x` -> `pkg/x`); relative to the current directory;
 relative to the checkout holding this package, or to the folder beside it (`../shared/...`, where
 the project keeps shared data); `~/...` under the home directory. Anything else (hub ids,
 relative paths) is kept as given.
@@ -33,13 +33,13 @@ def portable_path(value: str | os.PathLike[str]) -> str:
     if not os.path.isabs(text):
         return text
     path = Path(os.path.normpath(text))
-    relative = _relative_to(path, Path.cwd().resolve())
-    if relative is not None:
-        return relative
     parts = path.parts
     for marker in _PACKAGE_DIRS:
         if marker in parts:
             return PurePosixPath(*parts[parts.index(marker) + 1 :]).as_posix()
+    relative = _relative_to(path, Path.cwd().resolve())
+    if relative is not None:
+        return relative
     if CHECKOUT is not None:
         for base, prefix in ((CHECKOUT, ""), (CHECKOUT.parent, "../")):
             relative = _relative_to(path, base)
