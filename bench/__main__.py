@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.corpus import CorpusError
     from bench.runner import BenchOptions, run_bench
-    from worker.infer import ModelLoadError
+    from worker.backend import ModelLoadError
 
     given: dict[str, Any] = {"output_dir": args.output_dir}
     if args.messages is not None:

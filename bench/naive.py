@@ -14,7 +14,8 @@ from transformers import pipeline
 
 from bench.end_to_end import produce_all
 from testing.topics import Topics, fresh_topics
-from worker.infer import Scorer
+from worker.config import Settings
+from worker.model import resolve_source
 
 
 async def _consume_one_at_a_time(
@@ -51,13 +52,13 @@ async def _consume_one_at_a_time(
 
 
 def run_naive(
-    scorer: Scorer, bootstrap: str, texts: list[str], max_seconds: float, partitions: int
+    settings: Settings, bootstrap: str, texts: list[str], max_seconds: float, partitions: int
 ) -> dict[str, Any]:
     """Up to len(texts) messages or `max_seconds`, whichever ends first."""
     classify = pipeline(
-        "text-classification", model=scorer.model, tokenizer=scorer.tokenizer,
-        device=scorer.device, top_k=None, function_to_apply="sigmoid",
-        truncation=True, max_length=scorer.max_length,
+        "text-classification", model=str(resolve_source(settings.model)),
+        device="cpu" if settings.device == "auto" else settings.device, top_k=None,
+        function_to_apply="sigmoid", truncation=True, max_length=settings.max_length,
     )  # fmt: skip
     classify(texts[0])  # warm-up
     topics = fresh_topics(bootstrap, "bench-naive", partitions, output_partitions=partitions)

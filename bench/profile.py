@@ -10,22 +10,16 @@ from typing import Any
 # matches any rule decides the sample's category, so a tokenizer call inside a worker
 # function counts as tokenization.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    (
-        "tokenization",
-        (
-            "tokenization_utils",
-            "tokenizers",
-            "tokenize (worker/infer.py",
-            "tokenize_buckets (worker/infer.py",
-            "_pad (worker/infer.py",
-        ),
-    ),
-    ("model forward (torch)", ("torch/", "transformers/models", "infer (worker/infer.py")),
+    ("tokenization", ("tokenizers", "worker/tokenizer.py")),
+    ("model forward (torch)", ("torch/", "transformers/models", "worker/torch_backend.py")),
     ("kafka client (aiokafka)", ("aiokafka/",)),
-    ("decode (orjson + pydantic)", ("worker/decode.py", "pydantic")),
-    ("publish + offsets", ("worker/publish.py", "worker/offsets.py")),
+    ("decode (orjson + pydantic)", ("worker/decode.py",)),
+    ("publish + offsets", ("worker/publish.py", "worker/checkpoint.py", "pydantic")),
     ("metrics + HTTP", ("prometheus_client", "aiohttp", "worker/health.py", "worker/metrics.py")),
-    ("batching + scoring loop", ("worker/batching.py", "worker/scoring.py")),
+    (
+        "batching + intake + inference loop",
+        ("worker/batching.py", "worker/consume.py", "worker/inference.py", "worker/model.py"),
+    ),
     ("asyncio event loop", ("asyncio/", "selectors.py", "uvloop")),
 ]
 

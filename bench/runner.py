@@ -14,13 +14,14 @@ from bench import accuracy, ceiling, end_to_end, naive, profile, report
 from bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to
 from testing.broker import broker_kind, kafka_broker
 from worker.config import Settings
-from worker.infer import Scorer, configure_torch
+from worker.model import ServedModel, load_served_model
+from worker.torch_backend import configure_torch
 
 log = logging.getLogger(__name__)
 
 REPORTED_SETTINGS = (
     "model", "device", "precision", "max_batch_size", "max_wait_ms", "max_length", "token_budget",
-    "overlap_tokenization", "torch_threads", "torch_interop_threads", "max_in_flight",
+    "torch_threads", "torch_interop_threads", "max_in_flight",
     "max_poll_records", "fetch_max_wait_ms",
     "producer_linger_ms", "producer_max_batch_bytes", "producer_compression",
 )  # fmt: skip
@@ -49,7 +50,7 @@ class BenchOptions:
         } | overrides))  # fmt: skip
 
 
-def machine_info(scorer: Scorer) -> dict[str, Any]:
+def machine_info(model: ServedModel) -> dict[str, Any]:
     import aiokafka
     import tokenizers
     import torch
@@ -71,12 +72,14 @@ def machine_info(scorer: Scorer) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
         "aiokafka": aiokafka.__version__,
-        "device": str(scorer.device),
+        "device": model.backend.device,
+        "backend": model.backend.kind,
+        "precision": model.backend.precision,
         "torch_threads": torch.get_num_threads(),
-        "model": f"{scorer.name} ({scorer.version})",
+        "model": f"{model.contract.model_name} ({model.contract.model_version})",
     }
-    if scorer.device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(scorer.device)
+    if model.backend.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(model.backend.device)
     return info
 
 
@@ -92,18 +95,13 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     unique = load_texts(options.corpus)
     texts = repeat_to(unique, options.messages)
     configure_torch(settings.torch_threads, settings.torch_interop_threads)
-    scorer = Scorer.load(
-        settings.model, settings.device, settings.max_length,
-        precision=settings.precision, token_budget=settings.token_budget,
+    model = load_served_model(
+        settings.model, device=settings.device, precision=settings.precision,
+        max_length=settings.max_length, token_budget=settings.token_budget,
     )  # fmt: skip
-    machine = machine_info(scorer)
+    machine = machine_info(model)
     sample = unique[: min(len(unique), 5000)]
-    token_lengths = [
-        len(ids)
-        for ids in scorer.tokenizer(sample, truncation=True, max_length=scorer.max_length)[
-            "input_ids"
-        ]
-    ]
+    token_lengths = [len(ids) for ids in model.tokenizer.encode(sample)]
     profile_raw = out / "profile.raw.txt" if options.profile else None
     ceilings: list[dict[str, Any]] = []
     saturations: list[dict[str, Any]] = []
@@ -112,11 +110,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         # the report gives the best run of each and lists every run.
         for run in range(options.repeats):
             log.info("(a) model-only ceiling on %d comments (run %d)", len(texts), run + 1)
-            ceilings.append(
-                ceiling.run_ceiling(
-                    scorer, texts, settings.max_batch_size, settings.overlap_tokenization
-                )
-            )
+            ceilings.append(ceiling.run_ceiling(model, texts, settings.max_batch_size))
             log.info("(a) %.0f comments/s", ceilings[-1]["comments_per_s"])
             log.info("(b) worker end to end on %d comments (run %d)", len(texts), run + 1)
             saturations.append(
@@ -130,7 +124,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                 )
             )
             log.info("(b) %.0f comments/s", saturations[-1]["comments_per_s"])
-        single = ceiling.run_single(scorer, unique)
+        single = ceiling.run_single(model, unique)
         log.info("single comment: p50 %.2f ms, p99 %.2f ms", single["p50_ms"], single["p99_ms"])
         a, b = _best_run(ceilings), _best_run(saturations)
         a["runs"] = [round(r["comments_per_s"], 1) for r in ceilings]
@@ -142,12 +136,13 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         log.info("(b) p50 %.1f ms, p99 %.1f ms", latency["p50_ms"], latency["p99_ms"])
         log.info("(c) naive baseline")
         c = naive.run_naive(
-            scorer, bootstrap, texts[: options.naive_messages], options.naive_seconds,
+            settings, bootstrap, texts[: options.naive_messages], options.naive_seconds,
             options.partitions,
         )  # fmt: skip
         log.info("(c) %.1f comments/s", c["comments_per_s"])
     precision = None
-    if options.precision_check and scorer.device.type == "cpu":
+    gpu = model.backend.device.startswith("cuda")
+    if options.precision_check and not gpu:
         log.info("precision levers (fp32, bf16, int8)")
         precision = accuracy.compare_precisions(settings, unique[:2000], options.corpus)
     elif options.precision_check:
@@ -155,7 +150,6 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     b_over_a = b["comments_per_s"] / a["comments_per_s"]
     b_over_c = b["comments_per_s"] / c["comments_per_s"]
-    gpu = scorer.device.type == "cuda"
     results = {
         "started_at": started_at,
         "broker": broker_kind(),

@@ -102,7 +102,9 @@ class Worker:
             self.queue,
             self.publisher,
             self.metrics,
-            IntakeLimits(settings.max_in_flight, settings.max_poll_records, settings.max_text_bytes),
+            IntakeLimits(
+                settings.max_in_flight, settings.max_poll_records, settings.max_text_bytes
+            ),
         )
         self.inference_loop = InferenceLoop(
             self.queue, model, self.inference_thread, self.publisher, self.metrics

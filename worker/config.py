@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     )
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
-    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10
+    # How long the backend, once free, waits for a fuller batch (0: it takes what is queued).
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0
     max_length: Annotated[int, Field(ge=8, le=8192)] = 128
     max_text_bytes: Annotated[int, Field(ge=1)] = 65_536
     max_in_flight: Annotated[int, Field(ge=1)] = 2048
@@ -76,9 +77,6 @@ class Settings(BaseSettings):
     torch_interop_threads: Annotated[int, Field(ge=0)] = 0
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
     token_budget: Annotated[int, Field(ge=0)] = 2048
-    # Tokenize batch n+1 on a second thread while batch n is inferred (the Rust tokenizer
-    # releases the GIL). Measured on 2 CPU cores: +30 % end to end; off for a 1-core pod.
-    overlap_tokenization: bool = True
 
     # Service
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 25

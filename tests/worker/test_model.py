@@ -106,7 +106,7 @@ def test_refuses_missing_and_pickled_weights(tmp_path: Path, tiny_model_dir: Pat
     model = AutoModelForSequenceClassification.from_pretrained(target)
     (target / "model.safetensors").unlink()
     torch.save(model.state_dict(), target / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="no model.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"no model\.safetensors"):
         load_served_model(target, device="cpu")
 
 

@@ -1,0 +1,82 @@
+"""The benchmark: its profile summary, and a quick run of `python -m bench` on a real broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.profile import categorize, summarize
+from testing.worker_process import REPO_ROOT as REPO
+
+TEXTS = [
+    "ok",
+    "a much longer comment about the history of the river " * 30,
+    "You are a complete idiot and everybody here knows it, go away now.",
+    "short one",
+    "medium length comment, nothing special in it at all",
+]
+
+
+def test_profile_summary_categorizes_py_spy_stacks(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.raw.txt"
+    raw.write_text(
+        "thread (0x1);_tokenize (worker/consume.py:60);encode (worker/tokenizer.py:70);"
+        "encode_batch_fast (tokenizers/__init__.py:1) 3\n"
+        "thread (0x1);_infer (worker/inference.py:60);infer (worker/torch_backend.py:110);"
+        "forward (torch/nn/modules/linear.py:134) 6\n"
+        "thread (0x2);run_forever (asyncio/base_events.py:600);"
+        "select (selectors.py:468) 1\n"
+    )
+    summary = summarize(raw)
+    assert summary["samples"] == 10
+    shares = {row["name"]: row["share"] for row in summary["categories"]}
+    assert shares == {"model forward (torch)": 0.6, "tokenization": 0.3, "asyncio event loop": 0.1}
+    assert categorize(["main (x.py:1)"]) == "other"
+    assert summarize(tmp_path / "missing.txt")["samples"] == 0
+
+
+@pytest.mark.integration
+def test_bench_quick_writes_every_figure(
+    kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus.csv"
+    corpus.write_text("id,comment_text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS)))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")},
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "MODERATION_MODEL": str(tiny_model_dir),
+        "MODERATION_DEVICE": "cpu",
+        "MODERATION_TORCH_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--messages", "300",
+         "--corpus", str(corpus), "--output-dir", str(out)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = orjson.loads((out / "bench.json").read_bytes())
+    for figure in ("ceiling", "end_to_end", "naive"):
+        assert report[figure]["comments_per_s"] > 0
+    assert report["end_to_end"]["messages"] == 300
+    assert report["end_to_end"]["distinct_outputs"] == 300
+    assert report["latency"]["received"] == report["latency"]["messages"]
+    assert 0 < report["latency"]["p50_ms"] <= report["latency"]["p95_ms"]
+    assert report["latency"]["p95_ms"] <= report["latency"]["p99_ms"]
+    single = report["single_comment"]
+    assert single["comments"] == report["corpus"]["unique_texts"] > 0
+    assert 0 < single["p50_ms"] <= single["p99_ms"]
+    assert set(report["ratios"]) == {"b_over_a", "b_over_c"}
+    assert {"cpu", "cores", "torch", "transformers", "device"} <= set(report["machine"])
+    assert report["settings_worker"]["model"] == str(tiny_model_dir)
+    assert set(report["precision"]["variants"]) == {"fp32", "bf16", "int8"}
+    assert "profile" in report
+    markdown = (out / "REPORT.md").read_text()
+    for needle in ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single"):
+        assert needle in markdown

@@ -1,0 +1,68 @@
+"""Forward passes and precisions: scores stay those of one record alone in fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worker.backend import ModelLoadError
+from worker.model import ServedModel, load_served_model
+
+TEXTS = [
+    "ok",
+    "a much longer comment about the history of the river " * 30,
+    "You are a complete idiot and everybody here knows it, go away now.",
+    "",
+    "short one",
+    "Ünïcödé 🎉 " * 20,
+    "medium length comment, nothing special in it at all",
+]
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_model_dir: Path) -> ServedModel:
+    return load_served_model(tiny_model_dir, device="cpu", max_length=64, token_budget=0)
+
+
+@pytest.fixture(scope="module")
+def alone(fp32: ServedModel) -> np.ndarray:
+    return np.vstack([fp32.score([text]) for text in TEXTS])
+
+
+def test_length_sorted_forward_passes_return_rows_in_the_original_order(
+    tiny_model_dir: Path, fp32: ServedModel, alone: np.ndarray
+) -> None:
+    passes = load_served_model(tiny_model_dir, device="cpu", max_length=64, token_budget=64)
+    np.testing.assert_allclose(passes.score(TEXTS), alone, atol=1e-5)
+    np.testing.assert_allclose(fp32.score(TEXTS), alone, atol=1e-5)  # one padded pass
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_stays_close_to_fp32(
+    tiny_model_dir: Path, alone: np.ndarray, precision: str
+) -> None:
+    reduced = load_served_model(tiny_model_dir, device="cpu", max_length=64, precision=precision)
+    scores = reduced.score(TEXTS)
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, alone, atol=0.05)
+
+
+def test_fp16_needs_cuda_and_unknown_precision_is_refused(tiny_model_dir: Path) -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="fp16 needs a CUDA device"):
+            load_served_model(tiny_model_dir, device="cpu", precision="fp16")
+    with pytest.raises(ModelLoadError, match="unknown precision"):
+        load_served_model(tiny_model_dir, device="cpu", precision="fp8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (lent device only)")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_precisions_match_cpu(tiny_model_dir: Path, alone: np.ndarray, precision: str) -> None:
+    gpu = load_served_model(
+        tiny_model_dir, device="cuda", max_length=64, precision=precision, token_budget=64
+    )
+    tolerance = 1e-4 if precision == "fp32" else 0.05
+    np.testing.assert_allclose(gpu.score(TEXTS), alone, atol=tolerance)
