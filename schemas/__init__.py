@@ -7,9 +7,9 @@ from schemas.registry import SCHEMA_FILES, json_schemas
 from schemas.scores import ModelRef, ScoredComment
 
 __all__ = [
+    "SCHEMA_FILES",
     "ArtifactContract",
     "ArtifactError",
-    "SCHEMA_FILES",
     "Comment",
     "DeadLetterHeaders",
     "ErrorKind",
