@@ -16,6 +16,7 @@ Wall times and validation metrics of every step go to `runs/default-model/summar
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -27,17 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from schemas.artifact import CONFIG_FILE, WEIGHTS_FILE
 from training.baseline import run_baseline
 from training.cli import parse_float_list, parse_pos_weight
 from training.data import DataOptions, TextDataset, load_dataset, split_dataset
 from training.distill import DistillOptions, distill
-from training.evaluate import Metrics, evaluate_model
+from training.evaluate import Metrics, compute_metrics, evaluate_model, format_metric
 from training.export import CARD_FILE, INFO_FILE, export_model
 from training.fit import fit
 from training.loop import LoopConfig
 from training.provenance import portable_command
 from training.run import PosWeight, RunOptions
+from training.teacher import combine
 
 log = logging.getLogger("training.default_model")
 
@@ -272,7 +276,7 @@ def _record_reference_figures(recipe: Recipe, work: Path, val: TextDataset, step
         f"{boot['ci95_high']:+.4f}], gain <= 0 in {boot['p_gain_le_0']:.1%} of them). "
         "Per label (student vs TF-IDF+LR): "
         + ", ".join(
-            f"{label} {s_roc:.3f} vs {b_roc:.3f}"
+            f"{label} {format_metric(s_roc, 3)} vs {format_metric(b_roc, 3)}"
             for label, s_roc, b_roc in _per_label(info, work / "baseline" / "metrics.json")
         )
         + ".",
@@ -295,18 +299,13 @@ def _record_reference_figures(recipe: Recipe, work: Path, val: TextDataset, step
 
 def _ensemble_roc_aucs(val: TextDataset, work: Path) -> dict[str, float]:
     """Mean validation ROC-AUC of MiniLM:TF-IDF probability ensembles at a few weights."""
-    import numpy as np
-
-    from training.evaluate import compute_metrics
-    from training.teacher import combine
-
     members = [np.load(work / name / "val_probs.npy") for name in ("teacher", "baseline")]
     assert val.labels is not None
     out: dict[str, float] = {}
     for weights in ((2, 1), (1, 1), (1, 2)):
         probs = combine(members, weights)
         metrics = compute_metrics(val.labels, probs, val.label_names)
-        out[f"{weights[0]}:{weights[1]}"] = round(float(metrics["mean_roc_auc"]), 4)  # type: ignore[arg-type]
+        out[f"{weights[0]}:{weights[1]}"] = round(float(metrics["mean_roc_auc"]), 4)
     return out
 
 
@@ -315,7 +314,6 @@ def _bootstrap_gain(
 ) -> dict[str, float]:
     """Paired bootstrap over validation rows of (student - baseline) mean ROC-AUC: the
     observed gain, a 95% interval and the share of resamples where the gain is <= 0."""
-    import numpy as np
     from sklearn.metrics import roc_auc_score
 
     assert val.labels is not None
@@ -340,16 +338,16 @@ def _bootstrap_gain(
     }
 
 
-def _per_label(info: dict[str, object], baseline_file: Path) -> list[tuple[str, float, float]]:
-    """(label, student ROC-AUC, baseline ROC-AUC) for each label."""
-    student: dict[str, dict[str, float]] = info["metrics"]["labels"]  # type: ignore[index]
+def _per_label(
+    info: dict[str, Any], baseline_file: Path
+) -> list[tuple[str, float | None, float | None]]:
+    """(label, student ROC-AUC, baseline ROC-AUC) for each label (None: undefined)."""
+    student: dict[str, dict[str, Any]] = info["metrics"]["labels"]
     baseline = json.loads(baseline_file.read_text())["labels"]
     return [(label, m["roc_auc"], baseline[label]["roc_auc"]) for label, m in student.items()]
 
 
 def _write_csv(path: Path, dataset: TextDataset) -> None:
-    import csv
-
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "comment_text", *dataset.label_names])

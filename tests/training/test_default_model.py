@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,12 @@ def test_default_model_artifact_follows_the_contract() -> None:
     assert config["model_name"] and config["model_version"]
     card = (MODEL_DIR / "README.md").read_text()
     assert "mean ROC-AUC" in card and "TF-IDF" in card
+
+
+def test_default_model_card_names_no_machine_paths() -> None:
+    absolute = re.compile(r"(^|[^\w.])/(work|root|home|tmp|Users)/")
+    for name in ("README.md", "training_info.json"):
+        assert not absolute.search((MODEL_DIR / name).read_text()), name
 
 
 def test_default_model_pipeline_matches_worker_and_ranks_toxicity() -> None:

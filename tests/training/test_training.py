@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertConfig, pipeline
 
+from schemas.artifact import ArtifactContract, weights_version
 from training import JIGSAW_LABELS
 from training.cli import main
 from training.data import DataError, load_dataset, split_dataset
@@ -251,6 +252,29 @@ def test_soft_target_loss_is_minimised_at_the_teacher() -> None:
     assert soft_target_loss(torch.zeros(1, 3), teacher, 2.0) > loss
 
 
+def test_training_imports_nothing_from_worker() -> None:
+    for path in (REPO / "training").glob("*.py"):
+        assert not re.search(r"^\s*(from|import)\s+worker\b", path.read_text(), re.M), path
+
+
+def test_portable_paths_name_sources_as_a_user_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.provenance import portable_command, portable_path
+
+    monkeypatch.chdir(tmp_path)
+    site = "/opt/venv/lib/python3.11/site-packages/some_model/model"
+    assert portable_path(site) == "some_model/model"
+    assert portable_path(tmp_path / "data" / "x.csv") == "data/x.csv"
+    assert portable_path(REPO / "runs" / "teacher") == "runs/teacher"
+    assert portable_path(REPO.parent / "shared" / "d.csv") == "../shared/d.csv"
+    assert portable_path(Path.home() / "x.csv").endswith("x.csv")
+    assert portable_path("google/bert_uncased_L-2_H-128_A-2") == "google/bert_uncased_L-2_H-128_A-2"
+    assert portable_path("runs/a") == "runs/a"
+    command = portable_command(["t", "--train", str(REPO / "a b.csv"), f"--val={REPO / 'v.csv'}"])
+    assert command == "t --train 'a b.csv' --val=v.csv"
+
+
 def test_no_pickle_loading_in_training_code() -> None:
     for path in (REPO / "training").glob("*.py"):
         source = path.read_text()
@@ -271,6 +295,11 @@ def test_fit_writes_a_complete_artifact(fitted: Path) -> None:
     assert set(config["label_thresholds"]) == set(JIGSAW_LABELS)
     assert all(0.0 < t <= 1.0 for t in config["label_thresholds"].values())
     assert re.fullmatch(r"[0-9a-f]{12}", config["model_version"])
+    # config.json carries exactly the artifact contract's entries, as the worker reads them
+    contract = ArtifactContract.from_config(config, default_name="-", default_version="-")
+    assert contract.config_entries() == {key: config[key] for key in contract.config_entries()}
+    assert contract.model_version == weights_version(model_dir / "model.safetensors")
+    assert contract.model_name == "model" and contract.labels == tuple(JIGSAW_LABELS)
     ckpt = fitted / "checkpoint"
     assert {p.name for p in ckpt.iterdir()} == {
         "model.safetensors",
@@ -284,6 +313,7 @@ def test_fit_writes_a_complete_artifact(fitted: Path) -> None:
     assert "mean ROC-AUC" in (model_dir / "README.md").read_text()
     info = json.loads((model_dir / "training_info.json").read_text())
     assert info["command"].startswith("moderation-train fit --base-model ")  # how it was made
+    assert info["train_data"] == str(fitted.parent / "train.csv.gz")  # outside the checkout
 
 
 def test_resume_reproduces_an_uninterrupted_run(
@@ -492,6 +522,42 @@ def test_distill_rejects_mismatched_teacher_labels(
     )
     assert code == 1
     assert "lacks label(s) spam" in capsys.readouterr().err
+
+
+# -- default-model recipe ----------------------------------------------------------------------
+def test_default_model_recipe_runs_end_to_end_on_tiny_data(
+    work: Path, tiny_model: Path, data_file: Path, fitted: Path
+) -> None:
+    """The recipe's function calls fit together (the real run takes an hour): baseline, a
+    mean-pooled teacher, the distilled student, export and re-evaluation."""
+    from training.default_model import Recipe, build
+
+    out = work / "recipe-artifact"
+    recipe = Recipe(
+        data=data_file,
+        work_dir=work / "recipe",
+        output=out,
+        teacher_base=str(fitted / "model"),  # stands in for MiniLM (weights + tokenizer)
+        student_config=str(tiny_model),
+        seed=3,
+        teacher_epochs=1,
+        student_epochs=1,
+        augment=1,
+    )
+    summary = build(recipe, "python -m training.default_model --tiny")
+    assert set(summary["seconds"]) == {"baseline", "teacher", "student", "export", "evaluate"}
+    validation = summary["validation"]
+    assert {"tfidf_lr", "teacher", "student", "exported_fp16"} <= set(validation)
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["command"] == "python -m training.default_model --tiny"
+    assert info["details"]["teacher_weights"] == [2.0, 1.0]
+    assert "reference_validation" in info and len(info["notes"]) == 5
+    teacher_info = json.loads(
+        (work / "recipe" / "teacher" / "model" / "training_info.json").read_text()
+    )
+    assert teacher_info["details"]["pooling"] == "mean"
+    card = (out / "README.md").read_text()
+    assert "bert-tiny-jigsaw-distilled" in card and "TF-IDF" in card
 
 
 # -- training-loop benchmark -------------------------------------------------------------------
