@@ -21,6 +21,14 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VERSION_CHARS = 12
 
+# The ONNX graphs beside the weights (written by `moderation-train export --onnx`): inputs are the
+# token arrays, the one output the per-label sigmoid; metadata ties the graph to its weights.
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_OUTPUT = "probabilities"
+ONNX_META_WEIGHTS = "weights_version"  # `weights_version` of model.safetensors
+ONNX_META_LABELS = "labels"  # JSON list: the order of the output columns
+
 
 class ArtifactError(ValueError):
     """The directory does not meet the contract; the message is one line."""

@@ -20,18 +20,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from schemas.artifact import CONFIG_FILE, MULTI_LABEL, WEIGHTS_FILE, weights_version
+from schemas.artifact import (
+    CONFIG_FILE,
+    MULTI_LABEL,
+    ONNX_FILES,
+    ONNX_INPUTS,
+    ONNX_META_LABELS,
+    ONNX_META_WEIGHTS,
+    ONNX_OUTPUT,
+    WEIGHTS_FILE,
+    weights_version,
+)
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-OUTPUT_NAME = "probabilities"
+ONNX_FILE = ONNX_FILES["fp32"]
+INT8_FILE = ONNX_FILES["int8"]
+INPUT_NAMES = ONNX_INPUTS
+OUTPUT_NAME = ONNX_OUTPUT
 DEFAULT_OPSET = 17
 # metadata written into the graph, checked by the worker's backend at load
-META_WEIGHTS = "weights_version"  # schemas.artifact.weights_version of model.safetensors
-META_LABELS = "labels"  # JSON list, the order of the output columns
+META_WEIGHTS = ONNX_META_WEIGHTS
+META_LABELS = ONNX_META_LABELS
 
 
 class ProbabilityHead(nn.Module):

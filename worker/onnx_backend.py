@@ -16,15 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from schemas.artifact import WEIGHTS_FILE, weights_version
+from schemas.artifact import (
+    ONNX_FILES,
+    ONNX_INPUTS,
+    ONNX_META_LABELS,
+    ONNX_META_WEIGHTS,
+    ONNX_OUTPUT,
+    WEIGHTS_FILE,
+    weights_version,
+)
 from worker.backend import ModelLoadError, TokenBatch
 
-# file names and metadata keys written by training/onnx_export.py (not imported: it needs torch)
-MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-OUTPUT_NAME = "probabilities"
-META_WEIGHTS = "weights_version"
-META_LABELS = "labels"
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_FILES = ONNX_FILES
+OUTPUT_NAME = ONNX_OUTPUT
+META_WEIGHTS = ONNX_META_WEIGHTS
+META_LABELS = ONNX_META_LABELS
+INPUT_NAMES = ONNX_INPUTS
 EXPORT_HINT = (
     "export it with training.onnx_export.export_onnx(model_dir)"
     " (and quantize_int8(model_dir / 'model.onnx') for int8)"
