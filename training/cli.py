@@ -9,6 +9,7 @@ exit 2 with argparse's message; bad data or files exit non-zero with a one-line 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -16,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from training import DEFAULT_BASE_MODEL
 from training.data import DataError, DataOptions
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # torch and transformers load only once a command runs
     from training.run import PosWeight, RunOptions
 
 log = logging.getLogger("training")
+T = TypeVar("T")
 
 
 def _label_list(value: str) -> list[str]:
@@ -307,46 +309,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(cls: type[T], args: argparse.Namespace, **explicit: Any) -> T:
+    """An options dataclass from the flags named like its fields, plus `explicit` values."""
+    names = {f.name for f in dataclasses.fields(cls)} - explicit.keys()  # type: ignore[arg-type]
+    return cls(**{name: getattr(args, name) for name in names if hasattr(args, name)}, **explicit)
+
+
 def _loop_config(args: argparse.Namespace) -> LoopConfig:
     from training.loop import LoopConfig
 
-    return LoopConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        seed=args.seed,
-        bf16=args.bf16,
-        checkpoint_every=args.checkpoint_every,
-        stop_after_steps=args.stop_after_steps,
-        progress=not args.no_progress,
-    )
-
-
-def _data_options(args: argparse.Namespace) -> DataOptions:
-    return DataOptions(
-        train=args.train,
-        val=args.val,
-        text_column=args.text_column,
-        label_columns=args.label_columns,
-        skip_bad_rows=args.skip_bad_rows,
-        test_size=args.test_size,
-        split_seed=args.split_seed,
-    )
+    return _options(LoopConfig, args, progress=not args.no_progress)
 
 
 def _run_options(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
     from training.run import RunOptions
 
-    return RunOptions(
-        output_dir=args.output_dir,
-        max_length=args.max_length,
-        thresholds=args.thresholds,
-        model_name=args.model_name,
+    return _options(
+        RunOptions,
+        args,
         fp16_export=args.fp16,
         resume=not args.no_resume,
-        threads=args.threads,
         command=portable_command(["moderation-train", *argv]),
     )
 
@@ -359,7 +341,7 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
 
         return functools.partial(
             fit,
-            _data_options(args),
+            _options(DataOptions, args),
             _run_options(args, argv),
             _loop_config(args),
             base_model=args.base_model,
@@ -371,63 +353,48 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
     if args.command == "distill":
         from training.distill import DistillOptions, distill
 
-        options = DistillOptions(
+        options = _options(
+            DistillOptions,
+            args,
             student=args.student or args.student_config,
             student_from_config=args.student_config is not None,
-            tokenizer=args.tokenizer,
-            init_embeddings=args.init_embeddings,
-            teachers=list(args.teacher),
-            tfidf_teacher=args.tfidf_teacher,
-            teacher_weights=args.teacher_weights,
-            teacher_cache=args.teacher_cache,
-            teacher_batch_size=args.teacher_batch_size,
-            teacher_bf16=args.teacher_bf16,
-            alpha=args.alpha,
-            temperature=args.temperature,
-            hidden_distill=args.hidden_distill,
-            unlabeled=list(args.unlabeled),
-            augment=args.augment,
-            pos_weight=args.pos_weight,
+            teachers=args.teacher,
         )
+        data = _options(DataOptions, args)
         return functools.partial(
-            distill, _data_options(args), _run_options(args, argv), _loop_config(args), options
+            distill, data, _run_options(args, argv), _loop_config(args), options
         )
     if args.command == "evaluate":
         from training.evaluate import evaluate_model
-        from training.export import resolve_model_dir
 
-        def evaluate() -> dict[str, Any]:
-            return evaluate_model(
-                resolve_model_dir(args.model),
-                args.data,
-                args.output_dir,
-                text_column=args.text_column,
-                label_columns=args.label_columns,
-                max_length=args.max_length,
-                batch_size=args.batch_size,
-                skip_bad_rows=args.skip_bad_rows,
-                history_path=args.history,
-            )
-
-        return evaluate
+        return functools.partial(
+            evaluate_model,
+            args.model,
+            args.data,
+            args.output_dir,
+            text_column=args.text_column,
+            label_columns=args.label_columns,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            skip_bad_rows=args.skip_bad_rows,
+            history_path=args.history,
+        )
     if args.command == "export":
         from training.export import export_model
 
-        def export() -> None:
-            export_model(
-                args.source,
-                args.output,
-                fp16=args.fp16,
-                metrics_path=args.metrics,
-                model_name=args.model_name,
-                model_version=args.model_version,
-            )
-
-        return export
+        return functools.partial(
+            export_model,
+            args.source,
+            args.output,
+            fp16=args.fp16,
+            metrics_path=args.metrics,
+            model_name=args.model_name,
+            model_version=args.model_version,
+        )
     if args.command == "baseline":
         from training.baseline import run_baseline
 
-        return functools.partial(run_baseline, _data_options(args), args.output_dir)
+        return functools.partial(run_baseline, _options(DataOptions, args), args.output_dir)
     raise AssertionError(args.command)
 
 
@@ -453,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"moderation-train: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    if metrics is not None:
+    if isinstance(metrics, dict):
         summary = {k: metrics.get(k) for k in ("mean_roc_auc", "bce", "mean_f1") if k in metrics}
         print(json.dumps(summary or metrics))
     return 0

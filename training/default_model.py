@@ -206,12 +206,7 @@ def build(recipe: Recipe, command: str) -> dict[str, Any]:
     _write_csv(val_file, val)
     started = time.perf_counter()
     exported = evaluate_model(
-        out,
-        val_file,
-        work / "eval-exported",
-        text_column="comment_text",
-        label_columns=None,
-        history_path=work / "student" / "history.json",
+        out, val_file, work / "eval-exported", history_path=work / "student" / "history.json"
     )
     steps.seconds["evaluate"] = round(time.perf_counter() - started, 1)
     steps.summary["validation"]["exported_fp16"] = _headline(exported)

@@ -196,24 +196,26 @@ def find_history(model_dir: Path) -> list[dict[str, float]] | None:
 
 
 def evaluate_model(
-    model_dir: Path,
+    model: Path,
     data_path: Path,
     out_dir: Path,
     *,
-    text_column: str,
-    label_columns: Sequence[str] | None,
+    text_column: str = "comment_text",
+    label_columns: Sequence[str] | None = None,
     max_length: int = 128,
     batch_size: int = 64,
     skip_bad_rows: bool = False,
     history_path: Path | None = None,
 ) -> Metrics:
-    """Score a labeled file with an exported artifact at its stored thresholds and write the
-    report (`write_report`) into `out_dir`; `label_columns` default to the model's labels."""
+    """Score a labeled file with an exported artifact (or a run directory's) at its stored
+    thresholds and write the report (`write_report`) into `out_dir`; `label_columns` default to
+    the model's labels."""
     from training.data import load_dataset
-    from training.export import read_contract
+    from training.export import read_contract, resolve_model_dir
     from training.modeling import load_classifier, load_tokenizer, predict
     from training.provenance import portable_path
 
+    model_dir = resolve_model_dir(model)
     contract = read_contract(model_dir)
     labels = list(contract.labels)
     dataset = load_dataset(

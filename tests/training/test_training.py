@@ -474,7 +474,6 @@ def test_mean_pooled_teacher_round_trips_and_teaches(
     """`fit --pooling mean` (for teachers): the artifact reloads to the same probabilities,
     distill learns from it, and the worker refuses to serve it."""
     from training.modeling import load_classifier, load_tokenizer, predict
-    from worker.infer import ModelLoadError, Scorer
 
     teacher = work / "mean-teacher"
     common = ["--train", str(data_file), "--max-length", "32", *COMMON]
@@ -493,6 +492,9 @@ def test_mean_pooled_teacher_round_trips_and_teaches(
     distill = ["distill", "--teacher", str(teacher), "--student-config", str(tiny_model)]
     assert main([*distill, "--hidden-distill", "0.5", "--output-dir", str(student), *common]) == 0
     assert (student / "model" / "model.safetensors").is_file()
+
+    from worker.infer import ModelLoadError, Scorer
+
     with pytest.raises(ModelLoadError, match="mean-pooled teacher"):
         Scorer.load(model_dir, device="cpu")
 
