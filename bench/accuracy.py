@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.corpus import validation_split
 from worker.config import Settings
-from worker.model import ServedModel, load_served_model
+from worker.model import ServedModel, load_from_settings
 
 SCORE_TOLERANCE = 0.01  # max abs difference of a probability from fp32 that a mode may show
 AUC_TOLERANCE = 0.002  # mean ROC-AUC drop from fp32 that a mode may show
@@ -43,9 +43,9 @@ def compare_precisions(
     reference: np.ndarray | None = None
     reference_val: np.ndarray | None = None
     for mode in ("fp32", *modes):
-        model = load_served_model(
-            settings.model, device="cpu" if mode == "int8" else settings.device,
-            precision=mode, max_length=settings.max_length, token_budget=settings.token_budget,
+        model = load_from_settings(
+            settings, backend="torch", precision=mode,
+            device="cpu" if mode == "int8" else settings.device,
         )  # fmt: skip
         scores, rate = _score(model, texts, settings.max_batch_size)
         entry: dict[str, Any] = {"comments_per_s": rate}

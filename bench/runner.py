@@ -14,8 +14,7 @@ from bench import accuracy, ceiling, end_to_end, naive, profile, report
 from bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to
 from testing.broker import broker_kind, kafka_broker
 from worker.config import Settings
-from worker.model import ServedModel, load_served_model
-from worker.torch_backend import configure_torch
+from worker.model import ServedModel, load_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +93,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     unique = load_texts(options.corpus)
     texts = repeat_to(unique, options.messages)
-    configure_torch(settings.torch_threads, settings.torch_interop_threads)
-    model = load_served_model(
-        settings.model, device=settings.device, precision=settings.precision,
-        max_length=settings.max_length, token_budget=settings.token_budget,
-    )  # fmt: skip
+    model = load_from_settings(settings)
     machine = machine_info(model)
     sample = unique[: min(len(unique), 5000)]
     token_lengths = [len(ids) for ids in model.tokenizer.encode(sample)]

@@ -33,7 +33,7 @@ from worker.consume import ConsumeLoop, IntakeLimits, build_consumer
 from worker.health import HealthServer
 from worker.inference import InferenceLoop
 from worker.metrics import Metrics
-from worker.model import ServedModel, load_served_model
+from worker.model import ServedModel, load_from_settings
 from worker.publish import Publisher, build_producer
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,10 @@ log = logging.getLogger(__name__)
 def load_and_warm_up(settings: Settings) -> ServedModel:
     """Straight-line start-up before anything connects: load (or refuse), then run every batch
     shape once so that no request pays a kernel's first use."""
-    from worker.torch_backend import configure_torch
-
-    configure_torch(settings.torch_threads, settings.torch_interop_threads)
     started = time.perf_counter()
-    model = load_served_model(
-        settings.model,
-        device=settings.device,
-        precision=settings.precision,
-        max_length=settings.max_length,
-        token_budget=settings.token_budget,
-    )
+    model = load_from_settings(settings)
+    for name, choice in model.runtime.describe().items():
+        log.info("%s: %s", name, choice)
     loaded = time.perf_counter()
     shapes = list(
         warm_up_shapes(settings.max_batch_size, settings.token_budget, settings.max_length)

@@ -76,14 +76,12 @@ def describe(settings: Settings, model: str | None) -> dict[str, Any]:
     import torch
     import transformers
 
-    from worker.model import DEFAULT_MODEL_DIR, load_served_model
+    from worker.hardware import SPEED_FLAGS
+    from worker.model import DEFAULT_MODEL_DIR, load_from_settings
 
-    served = load_served_model(
-        model or settings.model,
-        device=settings.device,
-        precision=settings.precision,
-        max_length=settings.max_length,
-    )
+    if model is not None:
+        settings = settings.model_copy(update={"model": model})
+    served = load_from_settings(settings)
     contract, backend = served.contract, served.backend
     return {
         "python": platform.python_version(),
@@ -94,6 +92,8 @@ def describe(settings: Settings, model: str | None) -> dict[str, Any]:
         "backend": backend.kind,
         "device": backend.device,
         "precision": backend.precision,
+        "chosen": served.runtime.describe(),
+        "cpu_flags": sorted(served.runtime.cpu.flags & SPEED_FLAGS),
         "default_model_dir": str(DEFAULT_MODEL_DIR),
         "model": {"name": contract.model_name, "version": contract.model_version},
         "labels": list(contract.labels),

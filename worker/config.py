@@ -73,9 +73,14 @@ class Settings(BaseSettings):
     max_length: Annotated[int, Field(ge=8, le=8192)] = 128
     max_text_bytes: Annotated[int, Field(ge=1)] = 65_536
     max_in_flight: Annotated[int, Field(ge=1)] = 2048
-    torch_threads: Annotated[int, Field(ge=0)] = 0
+    # Intra-op threads of the backend (torch or ONNX Runtime); auto (or 0): from the CPUs this
+    # process may use (affinity mask and cgroup quota), see worker/hardware.py.
+    torch_threads: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     torch_interop_threads: Annotated[int, Field(ge=0)] = 0
-    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
+    # auto: bf16 where the CPU computes it natively (or on a GPU), else fp32; ONNX: int8 where
+    # the artifact kept an int8 graph (it passed the accuracy rule at export). worker/runtime.py
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
     token_budget: Annotated[int, Field(ge=0)] = 2048
 
     # Service

@@ -28,6 +28,10 @@ T = TypeVar("T")
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+# the flags that decide speed here, reported beside every figure
+SPEED_FLAGS = frozenset(
+    {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", *NATIVE_BF16_FLAGS}
+)
 RESERVED_CPUS = 1  # left to the event loop and the tokenizer thread when there are >= 3
 RESERVE_FROM = 3
 

@@ -10,6 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from schemas.artifact import CONFIG_FILE, WEIGHTS_FILE, ArtifactContract, Artifa
 from schemas.artifact import weights_version as artifact_weights_version
 from worker.backend import Backend, ModelLoadError
 from worker.batching import forward_passes
+from worker.config import Settings
+from worker.runtime import Runtime, choose_runtime
 from worker.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ class ServedModel:
     tokenizer: TextTokenizer
     backend: Backend
     token_budget: int  # padded tokens per forward pass (see `worker.batching.forward_passes`)
+    runtime: Runtime  # what was chosen to serve it, and why
 
     def infer(self, sequences: list[list[int]]) -> np.ndarray:
         """(len(sequences), labels) probabilities, rows in the order given."""
@@ -86,16 +90,59 @@ def read_contract(model_dir: Path, name: str) -> ArtifactContract:
 def load_served_model(
     source: str | Path | None,
     *,
+    backend: str = "auto",
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
+    threads: int | str = "auto",
+    interop_threads: int = 0,
     max_length: int = 128,
     token_budget: int = 2048,
 ) -> ServedModel:
-    from worker.torch_backend import TorchBackend
-
+    """Load (or refuse) the artifact; `auto` settings are resolved by `choose_runtime`."""
     model_dir = resolve_source(source)
     name = model_dir.name if source is None or Path(source).exists() else str(source)
     contract = read_contract(model_dir, name)
     tokenizer = TextTokenizer.load(model_dir, max_length)
-    backend = TorchBackend.load(model_dir, contract.labels, device=device, precision=precision)
-    return ServedModel(contract, tokenizer, backend, token_budget)
+    runtime = choose_runtime(
+        model_dir, backend=backend, device=device, precision=precision, threads=threads
+    )
+    served: Backend
+    if runtime.backend.value == "onnx":
+        from worker.onnx_backend import OnnxBackend
+
+        served = OnnxBackend.load(
+            model_dir,
+            contract.labels,
+            threads=runtime.threads.value,
+            precision=runtime.precision.value,
+            device=runtime.device.value,
+        )
+    elif runtime.backend.value == "torch":
+        from worker.torch_backend import TorchBackend
+
+        served = TorchBackend.load(
+            model_dir,
+            contract.labels,
+            device=runtime.device.value,
+            precision=runtime.precision.value,
+            threads=runtime.threads.value,
+            interop_threads=interop_threads,
+        )
+    else:
+        raise ModelLoadError(f"unknown backend {runtime.backend.value!r}: use auto, torch or onnx")
+    return ServedModel(contract, tokenizer, served, token_budget, runtime)
+
+
+def load_from_settings(settings: Settings, **overrides: str | int) -> ServedModel:
+    """`load_served_model` with the worker's settings (`overrides` replace some, e.g. for a
+    benchmark comparing precisions)."""
+    options: dict[str, Any] = {
+        "backend": settings.backend,
+        "device": settings.device,
+        "precision": settings.precision,
+        "threads": settings.torch_threads,
+        "interop_threads": settings.torch_interop_threads,
+        "max_length": settings.max_length,
+        "token_budget": settings.token_budget,
+    }
+    return load_served_model(settings.model, **(options | overrides))

@@ -31,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def configure_torch(threads: int = 0, interop_threads: int = 0) -> None:
-    """Process-wide torch settings of the worker (0 keeps torch's default)."""
+    """Process-wide torch settings (0 keeps torch's default)."""
     if threads:
         torch.set_num_threads(threads)
     if interop_threads:
@@ -82,7 +82,14 @@ class TorchBackend:
 
     @classmethod
     def load(
-        cls, model_dir: Path, labels: tuple[str, ...], *, device: str, precision: str
+        cls,
+        model_dir: Path,
+        labels: tuple[str, ...],
+        *,
+        device: str,
+        precision: str,
+        threads: int = 0,
+        interop_threads: int = 0,
     ) -> TorchBackend:
         """Weights from safetensors only, never remote code. A checkpoint that lacks weights
         the classifier needs (a bare encoder, a teacher with a separate head) is refused
@@ -91,6 +98,7 @@ class TorchBackend:
         from transformers.utils import logging as hf_logging
 
         torch_device = resolve_device(device)
+        configure_torch(threads, interop_threads)
         hf_logging.disable_progress_bar()
         try:
             model, loading = AutoModelForSequenceClassification.from_pretrained(

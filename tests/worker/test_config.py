@@ -9,7 +9,6 @@ import pytest
 from worker.config import SettingsError, load_settings
 
 
-
 def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-1:9092,broker-2:9092")
     monkeypatch.setenv("MODERATION_MAX_BATCH_SIZE", "32")

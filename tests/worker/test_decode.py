@@ -9,7 +9,6 @@ from schemas import ErrorKind
 from worker.decode import InvalidMessage, decode_comment
 
 
-
 @pytest.mark.parametrize(
     ("value", "kind"),
     [

@@ -68,7 +68,7 @@ def test_scores_dead_letters_offsets_and_metrics(
 
     # Every good message scored exactly once, exactly as the model scores it alone.
     assert len(outputs) == len(good)
-    scorer = load_served_model(tiny_model_dir, device="cpu")
+    scorer = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     sent = {k: orjson.loads(v) for k, v in good}
     for record in outputs:
         message = ScoredComment.model_validate_json(record.value)

@@ -46,7 +46,7 @@ def settings_for(bootstrap: str, topics: Topics, **extra: object) -> Settings:
     return load_settings(
         bootstrap_servers=bootstrap, input_topic=topics.input, output_topic=topics.output,
         dlq_topic=topics.dlq, group_id=topics.group, device="cpu", metrics_host="127.0.0.1",
-        metrics_port=free_port(), commit_interval_ms=200, **extra,
+        metrics_port=free_port(), commit_interval_ms=200, precision="fp32", **extra,
     )  # fmt: skip
 
 
@@ -56,7 +56,7 @@ async def test_a_record_the_backend_fails_on_is_isolated_and_the_rest_scored(
     """Default batching settings: the 12 records arrive before the worker starts, so they share
     one batch; bisection dead-letters the poisoned one and scores the others as the model
     scores them alone."""
-    real = load_served_model(tiny_model_dir, device="cpu")
+    real = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     [[*_, poison_id, _]] = real.tokenizer.encode(["poison"])  # [CLS] ... poison [SEP]
     backend = FailsOnPoison(real.backend, poison_id)
     model = dataclasses.replace(real, backend=backend)
@@ -88,7 +88,7 @@ async def test_ready_only_while_joined_and_healthy(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path
 ) -> None:
     settings = settings_for(kafka_bootstrap, topics)
-    worker = Worker(settings, load_served_model(tiny_model_dir, device="cpu"))
+    worker = Worker(settings, load_served_model(tiny_model_dir, device="cpu", precision="fp32"))
     await worker.http.start(settings.metrics_host, settings.metrics_port)
     url = f"http://127.0.0.1:{worker.http.port}"
     try:
@@ -108,5 +108,5 @@ async def test_ready_only_while_joined_and_healthy(
 
 async def test_unreachable_broker_exits_nonzero(topics: Topics, tiny_model_dir: Path) -> None:
     settings = settings_for(f"127.0.0.1:{free_port()}", topics)
-    model: ServedModel = load_served_model(tiny_model_dir, device="cpu")
+    model: ServedModel = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1

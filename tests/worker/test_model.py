@@ -32,7 +32,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> ServedModel:
-    return load_served_model(tiny_model_dir, device="cpu", max_length=64, token_budget=256)
+    return load_served_model(
+        tiny_model_dir, device="cpu", precision="fp32", max_length=64, token_budget=256
+    )
 
 
 def test_batched_scores_equal_single_scores(model: ServedModel) -> None:
@@ -98,7 +100,7 @@ def test_refuses_a_single_label_model(tmp_path: Path, tiny_model_dir: Path) -> N
     config["problem_type"] = "single_label_classification"
     (target / "config.json").write_bytes(orjson.dumps(config))
     with pytest.raises(ModelLoadError, match="multi_label_classification"):
-        load_served_model(target, device="cpu")
+        load_served_model(target, device="cpu", precision="fp32")
 
 
 def test_refuses_missing_and_pickled_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -107,14 +109,14 @@ def test_refuses_missing_and_pickled_weights(tmp_path: Path, tiny_model_dir: Pat
     (target / "model.safetensors").unlink()
     torch.save(model.state_dict(), target / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match=r"no model\.safetensors"):
-        load_served_model(target, device="cpu")
+        load_served_model(target, device="cpu", precision="fp32")
 
 
 def test_refuses_corrupt_weights(tmp_path: Path, tiny_model_dir: Path) -> None:
     target = copy_artifact(tiny_model_dir, tmp_path / "corrupt")
     (target / "model.safetensors").write_bytes(b"\x00garbage" * 100)
     with pytest.raises(ModelLoadError, match="cannot load the weights"):
-        load_served_model(target, device="cpu")
+        load_served_model(target, device="cpu", precision="fp32")
 
 
 def test_refuses_a_checkpoint_without_its_classifier(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -129,7 +131,7 @@ def test_refuses_a_checkpoint_without_its_classifier(tmp_path: Path, tiny_model_
     }
     (target / "config.json").write_bytes(orjson.dumps(config))
     with pytest.raises(ModelLoadError, match="randomly initialized"):
-        load_served_model(target, device="cpu")
+        load_served_model(target, device="cpu", precision="fp32")
 
 
 def test_device_choice() -> None:
@@ -144,7 +146,7 @@ def test_device_choice() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (lent device only)")
 def test_cuda_scores_match_cpu(tiny_model_dir: Path) -> None:
-    cpu = load_served_model(tiny_model_dir, device="cpu").score(TEXTS)
+    cpu = load_served_model(tiny_model_dir, device="cpu", precision="fp32").score(TEXTS)
     gpu = load_served_model(tiny_model_dir, device="cuda").score(TEXTS)
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
 
