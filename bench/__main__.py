@@ -10,24 +10,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from worker.cli import RUN_FLAGS, OneLineErrorParser, configure_logging
 from worker.config import SettingsError, load_settings
 
-# flag -> (settings field, type): the worker settings the benchmark lets a flag override
-SETTING_FLAGS: dict[str, tuple[str, type]] = {
-    "--model": ("model", str),
-    "--device": ("device", str),
-    "--max-batch-size": ("max_batch_size", int),
-    "--max-wait-ms": ("max_wait_ms", float),
+# the worker settings a flag may override here (as for `moderation-worker run`)
+SETTING_FLAGS = {
+    flag: RUN_FLAGS[flag] for flag in ("--model", "--device", "--max-batch-size", "--max-wait-ms")
 }
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Argument errors as one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    level = logging.getLevelName(settings.log_level)
-    logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
+    configure_logging(settings.log_level)
     logging.getLogger("bench").setLevel(logging.INFO)
 
     from bench.corpus import CorpusError
