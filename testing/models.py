@@ -4,32 +4,49 @@ download: the tokenizer is the bundled default model's)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import worker
+from schemas.artifact import TOXICITY_LABELS
 
-LABELS = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+if TYPE_CHECKING:
+    from transformers import BertForSequenceClassification
+
+LABELS = list(TOXICITY_LABELS)
 DEFAULT_MODEL_DIR = Path(worker.__file__).resolve().parent / "default_model"
 
 
-def build_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """A random BERT multi-label classifier (hidden 32) with the real BERT-Tiny tokenizer, saved
-    with `save_pretrained` into `directory`; returns `directory`."""
+def tiny_bert(
+    seed: int = 0, vocab_size: int = 30522, max_position_embeddings: int = 512
+) -> BertForSequenceClassification:
+    """A random BERT multi-label classifier over the toxicity labels (hidden 32, 2 layers), its
+    logits spread so that scores differ visibly between texts; in eval mode."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512,
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=max_position_embeddings,
         problem_type="multi_label_classification",
         id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
     )  # fmt: skip
-    config.label_thresholds = {label: 0.5 for label in LABELS}
-    config.model_name = "tiny-test-bert"
-    config.model_version = f"seed-{seed}"
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config)
-    with torch.no_grad():  # spread the logits so that scores differ visibly between texts
+    with torch.no_grad():
         model.classifier.weight.mul_(50.0)
+    return model.eval()
+
+
+def build_tiny_model(directory: Path, seed: int = 0) -> Path:
+    """`tiny_bert(seed)` as a model directory the worker serves: thresholds 0.5, a name and
+    version, the real BERT-Tiny tokenizer; saved with `save_pretrained` into `directory`, which
+    it returns."""
+    from transformers import AutoTokenizer
+
+    model = tiny_bert(seed)
+    model.config.label_thresholds = {label: 0.5 for label in LABELS}
+    model.config.model_name = "tiny-test-bert"
+    model.config.model_version = f"seed-{seed}"
     model.save_pretrained(directory, safe_serialization=True)
     AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR).save_pretrained(directory)
     return directory

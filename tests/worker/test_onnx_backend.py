@@ -19,8 +19,9 @@ pytest.importorskip("onnx")
 
 # only the reference side (and the export) use torch
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
+from testing.models import tiny_bert
 from training.onnx_export import (
     INT8_FILE,
     ONNX_FILE,
@@ -37,18 +38,9 @@ SHAPES = [(1, 8), (3, 32), (8, 64), (5, 17), (16, 96)]
 
 
 def build_model(directory: Path, seed: int = 0) -> BertForSequenceClassification:
-    config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
-        problem_type="multi_label_classification",
-        id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():  # spread the logits so that probabilities differ between rows
-        model.classifier.weight.mul_(50.0)
+    model = tiny_bert(seed, vocab_size=VOCAB, max_position_embeddings=128)
     model.save_pretrained(directory, safe_serialization=True)
-    return model.eval()
+    return model
 
 
 def padded_batch(batch: int, length: int, rng: np.random.Generator) -> TokenBatch:
