@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # torch and transformers load only once a command runs
     from training.loop import LoopConfig
     from training.run import PosWeight, RunOptions
 
-log = logging.getLogger("training")
 T = TypeVar("T")
 
 
@@ -405,8 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         command = bind_command(args, argv)
-    except ValueError as exc:
-        parser.error(str(exc))
+    except ValueError as exc:  # option combinations: one line, like bad data
+        parser.exit(2, f"moderation-train: error: {exc}\n")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

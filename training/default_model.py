@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from training.run import PosWeight, RunOptions
 from training.teacher import combine
 
 log = logging.getLogger("training.default_model")
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"  # the project's shared data, beside the checkout
@@ -103,16 +104,17 @@ class Steps:
         )
         self.seconds: dict[str, float] = self.summary.setdefault("seconds", {})
 
-    def run(self, name: str, done: Path, action: Callable[[], object]) -> None:
-        """Run `action` unless its output `done` exists; record its wall time."""
-        if done.exists():
+    def run(self, name: str, action: Callable[[], T], *, done: Path | None = None) -> T | None:
+        """Run `action` and record its wall time, unless its output `done` exists already."""
+        if done is not None and done.exists():
             log.info("step %s: done already (%s)", name, done)
-            return
+            return None
         log.info("step %s", name)
         started = time.perf_counter()
-        action()
+        result = action()
         self.seconds[name] = round(time.perf_counter() - started, 1)
         self.save()
+        return result
 
     def save(self) -> None:
         self.file.write_text(json.dumps(self.summary, indent=2) + "\n")
@@ -128,12 +130,11 @@ def build(recipe: Recipe, command: str) -> dict[str, Any]:
 
     steps.run(
         "baseline",
-        work / "baseline" / "metrics.json",
         lambda: run_baseline(data, work / "baseline"),
+        done=work / "baseline" / "metrics.json",
     )
     steps.run(
         "teacher",
-        work / "teacher" / "model" / CONFIG_FILE,
         lambda: fit(
             data,
             RunOptions(output_dir=work / "teacher", model_name=TEACHER_NAME, command=command),
@@ -149,10 +150,10 @@ def build(recipe: Recipe, command: str) -> dict[str, Any]:
             base_model=recipe.teacher_base,
             pooling="mean",
         ),
+        done=work / "teacher" / "model" / CONFIG_FILE,
     )
     steps.run(
         "student",
-        work / "student" / "model" / CONFIG_FILE,
         lambda: distill(
             data,
             RunOptions(output_dir=work / "student", model_name=STUDENT_NAME, command=command),
@@ -181,39 +182,42 @@ def build(recipe: Recipe, command: str) -> dict[str, Any]:
                 pos_weight=recipe.pos_weight,
             ),
         ),
+        done=work / "student" / "model" / CONFIG_FILE,
     )
     _, val = split_dataset(load_dataset(recipe.data))
     _record_reference_figures(recipe, work, val, steps)
 
-    # Export into the worker's default model directory (fp16 storage keeps it under 10 MB).
-    started = time.perf_counter()
-    out = recipe.output
-    staging = work / "export"
+    steps.run("export", lambda: _export(work / "student", recipe.output, work / "export"))
+    val_file = _write_csv(work / "val.csv", val)
+    exported = steps.run(
+        "evaluate",  # the exported fp16 artifact, from its files, on the validation split
+        lambda: evaluate_model(
+            recipe.output,
+            val_file,
+            work / "eval-exported",
+            history_path=work / "student" / "history.json",
+        ),
+    )
+    assert exported is not None
+    steps.summary["validation"]["exported_fp16"] = _headline(exported)
+    steps.summary["artifact_bytes"] = (recipe.output / WEIGHTS_FILE).stat().st_size
+    steps.save()
+    print(json.dumps(steps.summary, indent=2))
+    return steps.summary
+
+
+def _export(run_dir: Path, out: Path, staging: Path) -> None:
+    """Export the student (fp16 storage keeps it under 10 MB) through `staging` into `out`:
+    weights, config, card and info; tokenizer files only where missing (they are the same)."""
     if staging.exists():
         shutil.rmtree(staging)
-    export_model(work / "student", staging, fp16=True, model_name=STUDENT_NAME)
+    export_model(run_dir, staging, fp16=True, model_name=STUDENT_NAME)
     out.mkdir(parents=True, exist_ok=True)
     for item in staging.iterdir():
-        # weights, config, card; tokenizer files only where missing (they are the same files)
         if item.name in ARTIFACT_FILES or (
             item.name in TOKENIZER_FILES and not (out / item.name).exists()
         ):
             shutil.copyfile(item, out / item.name)
-    steps.seconds["export"] = round(time.perf_counter() - started, 1)
-
-    # Re-evaluate the exported fp16 artifact on the validation split.
-    val_file = work / "val.csv"
-    _write_csv(val_file, val)
-    started = time.perf_counter()
-    exported = evaluate_model(
-        out, val_file, work / "eval-exported", history_path=work / "student" / "history.json"
-    )
-    steps.seconds["evaluate"] = round(time.perf_counter() - started, 1)
-    steps.summary["validation"]["exported_fp16"] = _headline(exported)
-    steps.summary["artifact_bytes"] = (out / WEIGHTS_FILE).stat().st_size
-    steps.save()
-    print(json.dumps(steps.summary, indent=2))
-    return steps.summary
 
 
 def _headline(metrics: Metrics) -> dict[str, Any]:
@@ -342,12 +346,15 @@ def _per_label(
     return [(label, m["roc_auc"], baseline[label]["roc_auc"]) for label, m in student.items()]
 
 
-def _write_csv(path: Path, dataset: TextDataset) -> None:
+def _write_csv(path: Path, dataset: TextDataset) -> Path:
+    """`dataset` as a Jigsaw-format CSV at `path`."""
+    assert dataset.labels is not None
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "comment_text", *dataset.label_names])
         for row_id, text, labels in zip(dataset.ids, dataset.texts, dataset.labels, strict=True):
             writer.writerow([row_id, text, *(int(v) for v in labels)])
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

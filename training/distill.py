@@ -85,8 +85,8 @@ class DistillOptions:
         members = len(self.teachers) + int(self.tfidf_teacher)
         if self.teacher_weights is not None and len(self.teacher_weights) != members:
             raise ValueError(
-                f"--teacher-weights needs {members} values: one per --teacher, "
-                "then one for --tfidf-teacher"
+                "--teacher-weights needs one value per --teacher, then one for --tfidf-teacher: "
+                f"{members}, got {len(self.teacher_weights)}"
             )
 
     def teacher_names(self) -> list[str]:
