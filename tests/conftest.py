@@ -37,7 +37,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-
 @pytest.fixture
 def worker_process(
     kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path
