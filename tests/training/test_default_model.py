@@ -43,7 +43,7 @@ def test_default_model_card_names_no_machine_paths() -> None:
 
 
 def test_default_model_pipeline_matches_worker_and_ranks_toxicity() -> None:
-    from worker.infer import Scorer
+    from worker.model import load_served_model
 
     clf = pipeline(
         "text-classification", model=str(MODEL_DIR), top_k=None, function_to_apply="sigmoid"
@@ -54,15 +54,15 @@ def test_default_model_pipeline_matches_worker_and_ranks_toxicity() -> None:
             for res in clf(TEXTS)
         ]
     )
-    scorer = Scorer.load(None, device="cpu")
-    assert scorer.labels == JIGSAW_LABELS and scorer.version != "untrained"
-    scores = scorer.score(TEXTS)
+    served = load_served_model(None, device="cpu", precision="fp32")
+    assert list(served.contract.labels) == JIGSAW_LABELS
+    scores = served.score(TEXTS)
     np.testing.assert_allclose(scores, pipe, rtol=1e-4, atol=1e-5)
     toxic, threat = JIGSAW_LABELS.index("toxic"), JIGSAW_LABELS.index("threat")
     assert min(scores[1, toxic], scores[2, toxic]) > max(scores[0, toxic], scores[3, toxic])
     assert scores[2, threat] > max(scores[0, threat], scores[1, threat], scores[3, threat])
-    assert scores[1, toxic] >= scorer.thresholds["toxic"]
-    assert scores[0, toxic] < scorer.thresholds["toxic"]
+    assert scores[1, toxic] >= served.contract.label_thresholds["toxic"]
+    assert scores[0, toxic] < served.contract.label_thresholds["toxic"]
 
 
 def test_default_model_beats_the_tfidf_baseline_on_the_validation_split() -> None:
@@ -71,7 +71,7 @@ def test_default_model_beats_the_tfidf_baseline_on_the_validation_split() -> Non
     from training.data import load_dataset, split_dataset
     from training.default_model import SHARED_DATA
     from training.evaluate import compute_metrics
-    from worker.infer import Scorer
+    from worker.model import load_served_model
 
     if not SHARED_DATA.is_file():
         pytest.skip(f"the Jigsaw rows are not at {SHARED_DATA}")
@@ -80,7 +80,7 @@ def test_default_model_beats_the_tfidf_baseline_on_the_validation_split() -> Non
     tfidf_roc = info["reference_validation"]["tfidf_lr"]["mean_roc_auc"]
     _, val = split_dataset(load_dataset(SHARED_DATA))
     assert len(val) == info["val_rows"]
-    scores = Scorer.load(None, device="cpu").score(val.texts)
+    scores = load_served_model(None, device="cpu", precision="fp32").score(val.texts)
     measured = compute_metrics(val.labels, scores, JIGSAW_LABELS)["mean_roc_auc"]
     assert abs(measured - card_roc) < 0.002  # fp16 storage vs the fp32 figure on the card
     assert measured > tfidf_roc + 0.005

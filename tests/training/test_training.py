@@ -393,16 +393,17 @@ def test_export_round_trips_through_pipeline_and_worker(work: Path, fitted: Path
         ]
     )
 
-    from worker.infer import Scorer
+    from worker.model import load_served_model
 
-    scorer = Scorer.load(out, device="cpu")
-    assert scorer.labels == JIGSAW_LABELS and scorer.name == "tiny-test"
-    assert scorer.thresholds == pytest.approx(config["label_thresholds"])
-    assert scorer.version == config["model_version"]
-    np.testing.assert_allclose(scorer.score(texts), pipe, rtol=1e-4, atol=1e-5)
+    served = load_served_model(out, device="cpu", precision="fp32")
+    contract = served.contract
+    assert list(contract.labels) == JIGSAW_LABELS and contract.model_name == "tiny-test"
+    assert contract.label_thresholds == pytest.approx(config["label_thresholds"])
+    assert contract.model_version == config["model_version"]
+    np.testing.assert_allclose(served.score(texts), pipe, rtol=1e-4, atol=1e-5)
 
     # fp16 storage changes scores by at most fp16 rounding of the weights
-    fp32 = Scorer.load(fitted / "model", device="cpu").score(texts)
+    fp32 = load_served_model(fitted / "model", device="cpu", precision="fp32").score(texts)
     np.testing.assert_allclose(fp32, pipe, atol=2e-3)
 
 
@@ -462,9 +463,9 @@ def test_distill_with_ensemble_teacher_augmentation_and_hidden_loss(
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["hidden_size"] == 32 and set(config["label_thresholds"]) == set(JIGSAW_LABELS)
 
-    from worker.infer import Scorer
+    from worker.model import load_served_model
 
-    probs = Scorer.load(out / "model", device="cpu").score(["hello there"])
+    probs = load_served_model(out / "model", device="cpu", precision="fp32").score(["hello there"])
     assert probs.shape == (1, 6) and np.all((probs >= 0) & (probs <= 1))
 
 
@@ -493,10 +494,11 @@ def test_mean_pooled_teacher_round_trips_and_teaches(
     assert main([*distill, "--hidden-distill", "0.5", "--output-dir", str(student), *common]) == 0
     assert (student / "model" / "model.safetensors").is_file()
 
-    from worker.infer import ModelLoadError, Scorer
+    from worker.backend import ModelLoadError
+    from worker.model import load_served_model
 
-    with pytest.raises(ModelLoadError, match="mean-pooled teacher"):
-        Scorer.load(model_dir, device="cpu")
+    with pytest.raises(ModelLoadError, match="randomly initialized"):  # no classifier weights
+        load_served_model(model_dir, device="cpu", precision="fp32")
 
 
 def test_distill_rejects_mismatched_teacher_labels(
