@@ -3,12 +3,13 @@
 An artifact is a Hugging Face `save_pretrained` directory (`config.json`, `model.safetensors`,
 tokenizer files). Training export writes the entries of `ArtifactContract` into `config.json`;
 the worker reads them back with `ArtifactContract.from_config`. Nothing here does I/O beyond
-hashing the weights file for a version.
+reading `config.json` and hashing the weights file for a version.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,3 +111,25 @@ def weights_version(weights: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:VERSION_CHARS]
+
+
+def read_contract(model_dir: Path, default_name: str | None = None) -> ArtifactContract:
+    """The contract an artifact directory states, with the defaults the worker applies
+    (name: `default_name` or the directory's name; version: a prefix of the weights' sha256).
+    Raises `ArtifactError` (one line) for a directory that is not a servable artifact."""
+    config_file, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
+    if not config_file.is_file():
+        raise ArtifactError(f"{model_dir} has no {CONFIG_FILE}: not a model artifact")
+    if not weights.is_file():
+        raise ArtifactError(
+            f"{model_dir} has no {WEIGHTS_FILE} (weights are served from safetensors only)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+        return ArtifactContract.from_config(
+            config,
+            default_name=default_name or model_dir.resolve().name,
+            default_version=weights_version(weights),
+        )
+    except ValueError as exc:  # bad JSON, or a contract field out of range
+        raise ArtifactError(f"{config_file}: {exc}") from None

@@ -210,8 +210,9 @@ def evaluate_model(
     """Score a labeled file with an exported artifact (or a run directory's) at its stored
     thresholds and write the report (`write_report`) into `out_dir`; `label_columns` default to
     the model's labels."""
+    from schemas.artifact import read_contract
     from training.data import load_dataset
-    from training.export import read_contract, resolve_model_dir
+    from training.export import resolve_model_dir
     from training.modeling import load_classifier, load_tokenizer, predict
     from training.provenance import portable_path
 

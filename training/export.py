@@ -17,6 +17,7 @@ from schemas.artifact import (
     DEFAULT_THRESHOLD,
     WEIGHTS_FILE,
     ArtifactContract,
+    read_contract,
     weights_version,
 )
 from training.evaluate import format_metric
@@ -179,17 +180,6 @@ def resolve_model_dir(source: Path) -> Path:
     if (source / "model" / CONFIG_FILE).is_file():
         return source / "model"
     raise FileNotFoundError(f"{source}: neither an artifact nor a run directory (no config.json)")
-
-
-def read_contract(model_dir: Path) -> ArtifactContract:
-    """The contract an artifact's `config.json` states (defaults as the worker applies them)."""
-    config = json.loads((model_dir / CONFIG_FILE).read_text())
-    weights = model_dir / WEIGHTS_FILE
-    return ArtifactContract.from_config(
-        config,
-        default_name=model_dir.resolve().name,
-        default_version=weights_version(weights) if weights.is_file() else "unknown",
-    )
 
 
 def export_model(

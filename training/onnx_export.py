@@ -15,20 +15,18 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from schemas.artifact import (
-    CONFIG_FILE,
-    MULTI_LABEL,
     ONNX_FILES,
     ONNX_INPUTS,
     ONNX_META_LABELS,
     ONNX_META_WEIGHTS,
     ONNX_OUTPUT,
     WEIGHTS_FILE,
+    read_contract,
     weights_version,
 )
 
@@ -60,22 +58,6 @@ class ProbabilityHead(nn.Module):
         return torch.sigmoid(logits.float())
 
 
-def _read_config(model_dir: Path) -> dict[str, Any]:
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{model_dir} is not an artifact: needs {CONFIG_FILE} and {WEIGHTS_FILE}"
-        )
-    config: dict[str, Any] = json.loads(config_path.read_text())
-    problem = config.get("problem_type")
-    if problem != MULTI_LABEL:
-        raise ValueError(
-            f"{model_dir}: problem_type is {problem!r}; only {MULTI_LABEL!r} models are exported "
-            "(the graph ends in one sigmoid per label)"
-        )
-    return config
-
-
 def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
     import onnx
 
@@ -102,9 +84,7 @@ def export_onnx(model_dir: Path, out: Path | None = None, *, opset: int = DEFAUL
     from transformers import AutoModelForSequenceClassification
 
     model_dir = Path(model_dir)
-    config = _read_config(model_dir)
-    id2label = config.get("id2label") or {}
-    labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    labels = list(read_contract(model_dir).labels)  # refuses what the worker would not serve
     out = Path(out) if out is not None else model_dir / ONNX_FILE
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, use_safetensors=True, dtype=torch.float32, attn_implementation="eager"

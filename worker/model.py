@@ -6,7 +6,6 @@ multi-label, incomplete classifier) raises `ModelLoadError`: the worker refuses 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.artifact import CONFIG_FILE, WEIGHTS_FILE, ArtifactContract, ArtifactError
-from schemas.artifact import weights_version as artifact_weights_version
+from schemas.artifact import ArtifactContract, ArtifactError, read_contract
 from worker.backend import Backend, ModelLoadError
 from worker.batching import forward_passes
 from worker.config import Settings
@@ -70,21 +68,11 @@ def resolve_source(source: str | Path | None) -> Path:
         raise ModelLoadError(f"cannot fetch model {str(source)!r}: {exc}") from None
 
 
-def read_contract(model_dir: Path, name: str) -> ArtifactContract:
-    config_file, weights = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
-    if not config_file.is_file():
-        raise ModelLoadError(f"{model_dir} has no {CONFIG_FILE}: not a model artifact")
-    if not weights.is_file():
-        raise ModelLoadError(
-            f"{model_dir} has no {WEIGHTS_FILE} (weights are served from safetensors only)"
-        )
+def read_served_contract(model_dir: Path, name: str) -> ArtifactContract:
     try:
-        config = json.loads(config_file.read_text())
-        return ArtifactContract.from_config(
-            config, default_name=name, default_version=artifact_weights_version(weights)
-        )
-    except (ValueError, ArtifactError) as exc:
-        raise ModelLoadError(f"{model_dir / CONFIG_FILE}: {exc}") from None
+        return read_contract(model_dir, name)
+    except ArtifactError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def load_served_model(
@@ -101,7 +89,7 @@ def load_served_model(
     """Load (or refuse) the artifact; `auto` settings are resolved by `choose_runtime`."""
     model_dir = resolve_source(source)
     name = model_dir.name if source is None or Path(source).exists() else str(source)
-    contract = read_contract(model_dir, name)
+    contract = read_served_contract(model_dir, name)
     tokenizer = TextTokenizer.load(model_dir, max_length)
     runtime = choose_runtime(
         model_dir, backend=backend, device=device, precision=precision, threads=threads
