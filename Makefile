@@ -29,13 +29,11 @@ demo: install
 
 # Benchmark: model-only ceiling, worker end to end through a real broker (tansu unless
 # KAFKA_BOOTSTRAP_SERVERS is set), naive consumer; writes bench-results/bench.json + REPORT.md.
-# The worker runs with the environment's MODERATION_* settings; these defaults are the tuned
-# CPU ones (override on the command line, e.g. `make bench MODERATION_PRECISION=fp32`).
+# The worker runs with the environment's MODERATION_* settings, `auto` by default (backend,
+# precision and threads chosen from this machine); e.g. `make bench MODERATION_PRECISION=fp32`.
 BENCH_FLAGS ?=
 bench: install
-	HF_HUB_OFFLINE=1 MODERATION_TORCH_THREADS=$${MODERATION_TORCH_THREADS:-1} \
-		MODERATION_PRECISION=$${MODERATION_PRECISION:-bf16} \
-		$(PY) -m bench --output-dir bench-results $(BENCH_FLAGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench --output-dir bench-results $(BENCH_FLAGS)
 
 # Training loop: our plain loop vs the HF Trainer on the same BERT-Tiny workload, side by side;
 # writes bench-results/training-loop/bench.json + REPORT.md (~2-4 min on 2 cores).

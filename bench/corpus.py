@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data import TextDataset
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "jigsaw" / "train.csv.gz"
 TEXT_COLUMNS = ("comment_text", "text")
-LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 
 
 class CorpusError(RuntimeError):
@@ -54,19 +55,15 @@ def repeat_to(texts: list[str], n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def validation_split(path: Path = DEFAULT_CORPUS) -> tuple[list[str], np.ndarray] | None:
-    """The labelled validation split (train_test_split(test_size=0.2, random_state=42) over the
-    rows, as `moderation-train` does); None when the file has no label columns."""
-    from sklearn.model_selection import train_test_split
+def validation_split(path: Path = DEFAULT_CORPUS) -> TextDataset | None:
+    """The labelled validation split, as `moderation-train` makes it; None for a corpus
+    without the label columns."""
+    from training.data import DataError, DataOptions, load_split
 
-    fields, rows = _rows(path)
-    column = _text_column(fields, path)
-    if not set(LABELS) <= set(fields):
+    try:
+        return load_split(DataOptions(train=path))[1]
+    except DataError:
         return None
-    _, val_idx = train_test_split(np.arange(len(rows)), test_size=0.2, random_state=42)
-    texts = [rows[i][column] for i in val_idx]
-    labels = np.array([[float(rows[i][label]) for label in LABELS] for i in val_idx])
-    return texts, labels
 
 
 def length_stats(lengths: list[int] | np.ndarray) -> dict[str, float]:

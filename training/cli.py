@@ -297,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, default=None, help="metrics.json for the model card")
     p.add_argument("--model-name", default=None)
     p.add_argument("--model-version", default=None, help="default: sha256 of the weights")
+    p.add_argument(
+        "--onnx", action="store_true", help="also write model.onnx (needs the `onnx` extra)"
+    )
+    p.add_argument(
+        "--onnx-check-data",
+        type=Path,
+        default=None,
+        help="labeled CSV: model.int8.onnx is written only if it passes the accuracy rule on "
+        "its validation split (mean ROC-AUC drop <= 0.002, flag agreement >= 99.5%% per label)",
+    )
 
     p = sub.add_parser(
         "baseline",
@@ -389,6 +399,8 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             metrics_path=args.metrics,
             model_name=args.model_name,
             model_version=args.model_version,
+            onnx=args.onnx,
+            onnx_check=args.onnx_check_data,
         )
     if args.command == "baseline":
         from training.baseline import run_baseline

@@ -190,12 +190,16 @@ def export_model(
     metrics_path: Path | None = None,
     model_name: str | None = None,
     model_version: str | None = None,
+    onnx: bool = False,
+    onnx_check: Path | None = None,
 ) -> ArtifactContract:
     """Re-export a trained model (from a run or artifact directory) as a served artifact.
 
     Thresholds and training info carry over; the name carries over only when exporting in
     place (elsewhere it defaults to the new directory's name); the version is recomputed from
-    the weights written unless given.
+    the weights written unless given. With `onnx`, the ONNX graphs are written beside the
+    weights (`training.onnx_export.export_onnx_graphs`; int8 only if it passes the accuracy
+    rule on the validation split of the labeled file `onnx_check`).
     """
     from training.modeling import load_classifier, load_tokenizer
 
@@ -221,4 +225,11 @@ def export_model(
     history = model_dir / HISTORY_FILE
     if history.is_file() and not in_place:
         shutil.copyfile(history, out_dir / HISTORY_FILE)
+    if onnx:
+        from training.data import DataOptions, load_split
+        from training.onnx_export import export_onnx_graphs
+
+        check = load_split(DataOptions(train=onnx_check))[1] if onnx_check else None
+        info["onnx"] = export_onnx_graphs(out_dir, check)
+        (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return contract

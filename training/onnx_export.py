@@ -14,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +32,7 @@ from schemas.artifact import (
     read_contract,
     weights_version,
 )
+from training.data import TextDataset
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +142,59 @@ def quantize_int8(onnx_path: Path, out: Path | None = None) -> Path:
     _set_metadata(out, read_metadata(onnx_path))  # the same weights and labels, quantized
     log.info("quantized %s -> %s", onnx_path, out)
     return out
+
+
+def score_onnx(
+    path: Path, model_dir: Path, texts: Sequence[str], *, max_length: int = 128, batch: int = 64
+) -> np.ndarray:
+    """(len(texts), labels) probabilities of an exported graph, batches padded to the longest."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    rows = []
+    for start in range(0, len(texts), batch):
+        encoded = tokenizer(
+            list(texts[start : start + batch]),
+            padding="longest",
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        feeds = {k: v.astype(np.int64) for k, v in encoded.items() if k in names}
+        rows.append(session.run([OUTPUT_NAME], feeds)[0])
+    return np.vstack(rows).astype(np.float32)
+
+
+def export_onnx_graphs(model_dir: Path, check: TextDataset | None) -> dict[str, Any]:
+    """`model.onnx`, and `model.int8.onnx` only where it passes the accuracy rule on the labeled
+    `check` data (without data it is not written: int8 is never served unchecked). Returns the
+    figures for the model card / training_info.json."""
+    from training.precision_rule import check_precision
+
+    fp32 = export_onnx(model_dir)
+    result: dict[str, Any] = {"fp32": fp32.name}
+    (model_dir / INT8_FILE).unlink(missing_ok=True)
+    if check is None or check.labels is None:
+        result["int8"] = "not written: no labeled data to check it on (--onnx-check-data)"
+        return result
+    int8 = quantize_int8(fp32)
+    contract = read_contract(model_dir)
+    reference = score_onnx(fp32, model_dir, check.texts)
+    verdict = check_precision(
+        reference,
+        score_onnx(int8, model_dir, check.texts),
+        check.labels,
+        contract.labels,
+        contract.label_thresholds,
+    )
+    result["int8_check"] = verdict.as_dict() | {"comments": len(check.texts)}
+    if verdict.passed:
+        result["int8"] = int8.name
+    else:
+        int8.unlink()
+        result["int8"] = "not written: it failed the accuracy rule"
+    log.info("ONNX export of %s: %s", model_dir, result)
+    return result
