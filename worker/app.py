@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -39,23 +42,50 @@ from worker.publish import Publisher, build_producer
 log = logging.getLogger(__name__)
 
 
-def load_and_warm_up(settings: Settings) -> ServedModel:
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; elsewhere since the first call)."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _FIRST_CALL
+
+
+_FIRST_CALL = time.monotonic()
+
+
+@dataclass
+class StartupClock:
+    """Seconds spent in each start-up phase, from process start to ready."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=lambda: 0.0)
+
+    def lap(self, phase: str) -> None:
+        now = process_age_s()
+        self.phases[phase] = round(now - self._last, 3)
+        self._last = now
+
+
+def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
     """Straight-line start-up before anything connects: load (or refuse), then run every batch
     shape once so that no request pays a kernel's first use."""
-    started = time.perf_counter()
+    clock.lap("imports")  # interpreter, worker package, settings
     model = load_from_settings(settings)
     for name, choice in model.runtime.describe().items():
         log.info("%s: %s", name, choice)
-    loaded = time.perf_counter()
+    clock.lap("model_load")  # includes importing the backend's libraries
     shapes = list(
         warm_up_shapes(settings.max_batch_size, settings.token_budget, settings.max_length)
     )
     model.backend.warm_up(shapes)
+    clock.lap("warm_up")
     contract, backend = model.contract, model.backend
     log.info(
-        "model %s (version %s) on %s, %s, %s: loaded in %.1f s, %d shapes warmed up in %.1f s",
+        "model %s (version %s) on %s, %s, %s; %d shapes warmed up; start-up so far %s",
         contract.model_name, contract.model_version, backend.device, backend.precision,
-        backend.kind, loaded - started, len(shapes), time.perf_counter() - loaded,
+        backend.kind, len(shapes), clock.phases,
     )  # fmt: skip
     return model
 
@@ -64,9 +94,12 @@ class Worker:
     """One worker process: `await Worker(settings, model).run()` returns the exit code.
     Construct it inside the running event loop (the Kafka clients bind to it)."""
 
-    def __init__(self, settings: Settings, model: ServedModel) -> None:
+    def __init__(
+        self, settings: Settings, model: ServedModel, clock: StartupClock | None = None
+    ) -> None:
         self.settings = settings
         self.model = model
+        self.clock = clock or StartupClock()
         self.metrics = Metrics()
         self.metrics.init_labels(settings.input_topic)
         contract, backend = model.contract, model.backend
@@ -126,6 +159,11 @@ class Worker:
         self._stop_requested.set()
 
     def _joined(self, _: set[TopicPartition]) -> None:
+        if not self.joined:
+            self.clock.lap("kafka_join")
+            for phase, seconds in self.clock.phases.items():
+                self.metrics.startup.labels(phase).set(seconds)
+            log.info("ready: start-up phases (s) %s", self.clock.phases)
         self.joined = True
         self.metrics.ready.set(1 if self.is_ready() else 0)
 
@@ -140,6 +178,7 @@ class Worker:
             except KafkaError as exc:
                 log.error("cannot reach Kafka at %s: %r", settings.bootstrap_servers, exc)
                 return 1
+            self.clock.lap("kafka_connect")
             self.consumer.subscribe(
                 [settings.input_topic], listener=CheckpointListener(self.checkpoint, self._joined)
             )
@@ -201,9 +240,9 @@ class Worker:
         return drained
 
 
-async def serve(settings: Settings, model: ServedModel) -> int:
+async def serve(settings: Settings, model: ServedModel, clock: StartupClock) -> int:
     """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code."""
-    worker = Worker(settings, model)
+    worker = Worker(settings, model, clock)
     install_signal_handlers(worker)
     return await worker.run()
 

@@ -130,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key}: {value}")
             return 0
         log.info("starting with %s", settings.redacted())
-        from worker.app import load_and_warm_up, serve
+        from worker.app import StartupClock, load_and_warm_up, serve
 
-        model = load_and_warm_up(settings)
-        return asyncio.run(serve(settings, model))
+        clock = StartupClock()
+        model = load_and_warm_up(settings, clock)
+        return asyncio.run(serve(settings, model, clock))
     except ModelLoadError as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,10 @@ class Metrics:
             "moderation_ready", "1 when the worker is ready (as /readyz).", registry=r
         )
         self.model_info = Info("moderation_model", "The model being served.", registry=r)
+        self.startup = Gauge(
+            "moderation_startup_seconds", "Seconds spent in each start-up phase, once ready.",
+            ["phase"], registry=r,
+        )  # fmt: skip
 
     def init_labels(self, input_topic: str) -> None:
         """Export every known label value at 0 from the start, so rates see the first event."""
