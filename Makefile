@@ -85,3 +85,14 @@ default-model: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+# GPU check, in two halves. Here (network): the CPython 3.12 wheels the lent GPU machine lacks,
+# and the bench corpus, into .gpu-wheels/ (gitignored, ~25 MiB). There (offline, .gpu-wheels
+# carried along): install them into .gpu-site/, run the CUDA tests and the GPU bench, results in
+# $$OUT or gpu-results/ (< 8 min). Here, or with GPU_CHECK_DRY_RUN=1, gpu-check is a CPU dry run.
+.PHONY: gpu-wheels gpu-check
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
+
+gpu-check:
+	bash scripts/gpu_check.sh
