@@ -64,7 +64,11 @@ COPY worker/ worker/
 COPY schemas/ schemas/
 # Non-editable install: the worker package and its data (the default model) land in site-packages.
 # training/ is not in the image, so the `moderation-train` console script would be a dead link.
-RUN pip install . \
+# The CPU image also serves the bundled int8 ONNX graph (auto picks it where the CPU has no native
+# bf16; see worker/runtime.py); the GPU image serves with torch. The extra's floor is in
+# pyproject.toml, as for every other runtime dependency.
+# hadolint ignore=DL3013
+RUN if [ "$VARIANT" = "cpu" ]; then pip install ".[onnx]"; else pip install .; fi \
  && rm -f "$VIRTUAL_ENV/bin/moderation-train" \
  && python -m compileall -q "$VIRTUAL_ENV" \
  && test -d "$(python -c 'import worker, pathlib; print(pathlib.Path(worker.__file__).parent / "default_model")')" \

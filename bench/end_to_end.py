@@ -108,6 +108,15 @@ def running_worker(
         worker.stop()
 
 
+def startup_phases(values: dict[str, float]) -> dict[str, float]:
+    """The worker's start-up phases (`moderation_startup_seconds{phase}`), and the total to
+    ready without the consumer-group join (which the broker, not the worker, decides)."""
+    prefix = "moderation_startup_seconds{phase="
+    phases = {k[len(prefix) : -1]: v for k, v in values.items() if k.startswith(prefix)}
+    phases["ready_minus_join"] = round(sum(phases.values()) - phases.get("kafka_join", 0.0), 3)
+    return phases
+
+
 def _done(values: dict[str, float]) -> float:
     return values.get("moderation_messages_scored_total", 0.0) + values.get(
         "moderation_messages_dead_lettered_total", 0.0
@@ -178,6 +187,7 @@ def run_saturation(
         "distinct_outputs": outputs,
         "worker_exit_code": exit_code,
         "stages": _stage_summary(first, values, elapsed),
+        "startup_s": startup_phases(values),
         "profiler_log": profiler_log.strip()[-500:],
     }
 

@@ -58,6 +58,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"real comments): p50 {r['single_comment']['p50_ms']:.2f} ms, p99 "
         f"{r['single_comment']['p99_ms']:.2f} ms (the 2021 write-up: ~6 ms; GPU goal ≤ 2 ms).",
         "",
+        "Start-up (s, from process start; `moderation_startup_seconds`): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in b.get("startup_s", {}).items())
+        + " (goal: ready minus the group join ≤ 5 s on CPU).",
+        "",
         "Goals: " + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in goals.items()),
         "",
         "## Settings",

@@ -151,6 +151,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         }
     else:
         goals |= {"b >= 8c": b_over_c >= 8, "p99 <= 100 ms": latency["p99_ms"] <= 100}
+        goals["start-up minus join <= 5 s"] = b["startup_s"]["ready_minus_join"] <= 5
         if compared is not None:
             best = compared["variants"][compared["best"]]["vs_torch_fp32"]
             goals["best backend >= 1.3x torch fp32 (model-only)"] = best >= 1.3

@@ -34,15 +34,17 @@ def metric_sum(body: str, name: str) -> float:
 
 def metric_values(body: str) -> dict[str, float]:
     """Every sample of a Prometheus text exposition as {name: sum over its label sets}, except
-    that histogram buckets keep their bound: `name_bucket{le=0.005}`."""
+    that histogram buckets keep their bound and start-up times their phase:
+    `name_bucket{le=0.005}`, `moderation_startup_seconds{phase=warm_up}`."""
     values: dict[str, float] = {}
     for line in body.splitlines():
         if not line or line.startswith("#"):
             continue
         name_part, _, value = line.rpartition(" ")
         name = name_part.split("{", 1)[0]
-        if 'le="' in name_part:
-            bound = name_part.split('le="', 1)[1].split('"', 1)[0]
-            name = f"{name}{{le={bound}}}"
+        for label in ("le", "phase"):
+            if f'{label}="' in name_part:
+                kept = name_part.split(f'{label}="', 1)[1].split('"', 1)[0]
+                name = f"{name}{{{label}={kept}}}"
         values[name] = values.get(name, 0.0) + float(value)
     return values

@@ -183,13 +183,18 @@ def export_onnx_graphs(model_dir: Path, check: TextDataset | None) -> dict[str, 
     int8 = quantize_int8(fp32)
     contract = read_contract(model_dir)
     reference = score_onnx(fp32, model_dir, check.texts)
-    verdict = check_precision(
-        reference,
-        score_onnx(int8, model_dir, check.texts),
-        check.labels,
-        contract.labels,
-        contract.label_thresholds,
-    )
+    try:
+        verdict = check_precision(
+            reference,
+            score_onnx(int8, model_dir, check.texts),
+            check.labels,
+            contract.labels,
+            contract.label_thresholds,
+        )
+    except ValueError as exc:  # e.g. no label with both classes in the check data
+        int8.unlink()
+        result["int8"] = f"not written: the accuracy rule could not be applied ({exc})"
+        return result
     result["int8_check"] = verdict.as_dict() | {"comments": len(check.texts)}
     if verdict.passed:
         result["int8"] = int8.name

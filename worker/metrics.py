@@ -40,7 +40,7 @@ class Metrics:
             buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self.tokenization = Histogram(
-            "moderation_tokenization_seconds", "Tokenization time per batch.",
+            "moderation_tokenization_seconds", "Tokenizer time per fetched chunk of records.",
             buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self.inference = Histogram(

@@ -59,7 +59,7 @@ def choose_backend(
     if device.startswith("cuda"):
         return Choice("torch", "auto: on a GPU the torch backend serves")
     if not has_onnx:
-        return Choice("torch", f"auto: the artifact has no {ONNX_FILES['fp32']}")
+        return Choice("torch", "auto: the artifact has no ONNX graph")
     if not onnx_installed:
         return Choice("torch", "auto: onnxruntime is not installed (extra `onnx`)")
     if cpu.native_bf16:
@@ -97,7 +97,7 @@ def _choose_runtime(
         backend,
         chosen_device.value,
         cpu,
-        has_onnx=(model_dir / ONNX_FILES["fp32"]).is_file(),
+        has_onnx=any((model_dir / name).is_file() for name in ONNX_FILES.values()),
         onnx_installed=onnxruntime_installed(),
     )
     if chosen_backend.value == "onnx":

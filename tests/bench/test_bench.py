@@ -12,6 +12,7 @@ import pytest
 
 from bench.profile import categorize, summarize
 from testing.worker_process import REPO_ROOT as REPO
+from worker.hardware import read_cpu
 
 TEXTS = [
     "ok",
@@ -75,8 +76,19 @@ def test_bench_quick_writes_every_figure(
     assert set(report["ratios"]) == {"b_over_a", "b_over_c"}
     assert {"cpu", "cores", "torch", "transformers", "device"} <= set(report["machine"])
     assert report["settings_worker"]["model"] == str(tiny_model_dir)
-    assert set(report["precision"]["variants"]) == {"fp32", "bf16", "int8"}
+    compared = report["variants"]
+    assert {"torch fp32", "torch int8", "onnx fp32"} <= set(compared["variants"])
+    assert compared["variants"]["torch fp32"]["vs_torch_fp32"] == 1.0
+    assert all(v["comments_per_s"] > 0 for v in compared["variants"].values())
+    native_bf16 = bool(read_cpu().native_bf16)
+    assert ("torch bf16" in compared["variants"]) == native_bf16
+    assert ("torch bf16" in compared["skipped"]) != native_bf16
+    startup = report["end_to_end"]["startup_s"]
+    assert {"imports", "model_load", "warm_up", "kafka_join", "ready_minus_join"} <= set(startup)
+    assert 0 < startup["ready_minus_join"] < sum(startup.values())
+    assert set(report["runtime"]) == {"backend", "device", "precision", "threads", "cpu"}
     assert "profile" in report
     markdown = (out / "REPORT.md").read_text()
-    for needle in ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single"):
+    needles = ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single")
+    for needle in (*needles, "Backends and precisions", "Start-up", "Chosen at start"):
         assert needle in markdown

@@ -237,11 +237,11 @@ def test_catalog_verdicts_without_a_broker() -> None:
 async def test_dead_letter_of_a_keyless_tombstone_is_publishable() -> None:
     """aiokafka (like Kafka) refuses a record with neither key nor value: the dead letter of a
     key-less tombstone gets an empty value instead of stopping the worker."""
+    from aiokafka import TopicPartition
     from aiokafka.structs import ConsumerRecord
 
-    from worker.config import Settings
+    from worker.checkpoint import Checkpoint
     from worker.metrics import Metrics
-    from worker.offsets import OffsetTracker
     from worker.publish import Publisher
     from worker.records import InFlight
 
@@ -259,14 +259,19 @@ async def test_dead_letter_of_a_keyless_tombstone_is_publishable() -> None:
             pass
 
     fatal: list[BaseException] = []
-    tracker = OffsetTracker()
-    publisher = Publisher(Producer(), Settings(), tracker, Metrics(), fatal.append)  # type: ignore[arg-type]
+    checkpoint = Checkpoint(consumer=None, metrics=Metrics(), drain_timeout_s=1)  # type: ignore[arg-type]
+    publisher = Publisher(
+        Producer(),  # type: ignore[arg-type]
+        output_topic="out",
+        dlq_topic="dlq",
+        checkpoint=checkpoint,
+        metrics=Metrics(),
+        on_fatal=fatal.append,
+    )
     record = ConsumerRecord("in", 0, 7, 0, 0, None, None, None, -1, -1, [])
-    from aiokafka import TopicPartition
-
-    item = InFlight(record=record, offsets=tracker.track(TopicPartition("in", 0), 7))
+    item = InFlight(record=record, ticket=checkpoint.track(TopicPartition("in", 0), 7))
     publisher.dead_letter_soon(item, ErrorKind.NOT_AN_OBJECT, "record has no value (tombstone)")
     await publisher.flush()
     await asyncio.sleep(0)
     assert not fatal and sent == [(None, b"")]
-    assert tracker.in_flight() == 0
+    assert checkpoint.in_flight() == 0

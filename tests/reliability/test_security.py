@@ -256,7 +256,8 @@ async def test_sasl_and_tls_settings_reach_the_aiokafka_clients(
 
 def test_model_loading_runs_no_remote_code(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A model directory asking for custom code (auto_map) never gets it executed."""
-    from worker.infer import ModelLoadError, Scorer
+    from worker.backend import ModelLoadError
+    from worker.model import load_served_model
 
     model = tmp_path / "custom-code-model"
     shutil.copytree(tiny_model_dir, model)
@@ -271,5 +272,5 @@ def test_model_loading_runs_no_remote_code(tmp_path: Path, tiny_model_dir: Path)
     }
     (model / "config.json").write_bytes(orjson.dumps(config))
     with contextlib.suppress(ModelLoadError):
-        Scorer.load(model, device="cpu")
+        load_served_model(model, device="cpu", precision="fp32")
     assert not marker.exists(), "custom code from the model directory was executed"

@@ -21,7 +21,7 @@ AVX2_EPYC = CpuInfo("AMD EPYC (Zen 3)", frozenset({"avx2", "fma"}))
         (AVX2_EPYC, "cpu", True, True, "onnx", "no native bf16"),
         (AMX_XEON, "cpu", True, True, "torch", "native bf16"),
         (AVX2_EPYC, "cuda", True, True, "torch", "GPU"),
-        (AVX2_EPYC, "cpu", False, True, "torch", "no model.onnx"),
+        (AVX2_EPYC, "cpu", False, True, "torch", "no ONNX graph"),
         (AVX2_EPYC, "cpu", True, False, "torch", "not installed"),
     ],
 )
