@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from worker.backend import ModelLoadError, TokenBatch
+from worker.cuda_graphs import CudaGraphRunner
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,12 @@ class TorchBackend:
     kind = "torch"
 
     def __init__(
-        self, model: torch.nn.Module, labels: tuple[str, ...], device: torch.device, precision: str
+        self,
+        model: torch.nn.Module,
+        labels: tuple[str, ...],
+        device: torch.device,
+        precision: str,
+        cuda_graphs: bool = True,
     ) -> None:
         self.labels = labels
         self._device = device
@@ -79,6 +85,11 @@ class TorchBackend:
         self._model = apply_precision(model.float().eval().to(device), precision, device)
         forward = inspect.signature(self._model.forward).parameters
         self._uses_token_types = "token_type_ids" in forward
+        self.graphs: CudaGraphRunner | None = None  # on CUDA: one graph per batch shape
+        if cuda_graphs and device.type == "cuda":
+            self.graphs = CudaGraphRunner(
+                self._model, device, uses_token_types=self._uses_token_types
+            )
 
     @classmethod
     def load(
@@ -117,11 +128,16 @@ class TorchBackend:
         return cls(model, labels, torch_device, precision)
 
     def warm_up(self, shapes: Iterable[tuple[int, int]]) -> None:
+        shapes = list(shapes)
+        if self.graphs is not None:
+            self.graphs.capture(shapes)
         for batch, length in shapes:
             ids = np.zeros((batch, length), dtype=np.int64)
             self.infer(TokenBatch(ids, np.ones_like(ids), ids))
 
     def infer(self, batch: TokenBatch) -> np.ndarray:
+        if self.graphs is not None:
+            return self.graphs.infer(batch)
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if self._uses_token_types:
             inputs["token_type_ids"] = batch.token_type_ids
