@@ -174,7 +174,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         },
         "machine": machine,
         "corpus": {
-            "path": str(options.corpus),
+            "path": os.path.relpath(options.corpus),  # as a user would type it here
             "unique_texts": len(unique),
             "messages": len(texts),
             "tokens": length_stats(token_lengths),
