@@ -170,7 +170,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             k: v for k, v in settings.model_dump(mode="json").items() if k in REPORTED_SETTINGS
         },
         "settings_bench": {
-            k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()
+            k: os.path.relpath(v) if isinstance(v, Path) else v for k, v in asdict(options).items()
         },
         "machine": machine,
         "corpus": {
