@@ -10,9 +10,10 @@ The rules, in one place:
 * precision "auto": CUDA -> bf16 where the GPU supports it, else fp16. CPU -> bf16 only where
   the CPU computes it natively (AMX-BF16 or AVX512-BF16 in the flags), else fp32. int8 is never
   chosen automatically (it changes the scores; it has to be asked for).
-* threads "auto": with 3 or more usable CPUs, all but one (that one is left for the event loop
-  and the tokenizer thread); with fewer, all of them (at least 1). "Usable" is the smaller of
-  the CPUs this process may run on and the cgroup CPU quota.
+* threads "auto": with 2 or more usable CPUs, all but one (that one is left for the event loop
+  and the tokenizer thread); with fewer, one. "Usable" is the smaller of the CPUs this process
+  may run on and the cgroup CPU quota. On 2 cores, 2 threads measured a faster model alone but a
+  slower worker end to end than 1 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 SPEED_FLAGS = frozenset(
     {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", *NATIVE_BF16_FLAGS}
 )
-RESERVED_CPUS = 1  # left to the event loop and the tokenizer thread when there are >= 3
-RESERVE_FROM = 3
+RESERVED_CPUS = 1  # left to the event loop and the tokenizer thread when there are >= 2
+RESERVE_FROM = 2
 
 CPUINFO = Path("/proc/cpuinfo")
 CGROUP = Path("/sys/fs/cgroup")

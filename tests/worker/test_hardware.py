@@ -208,15 +208,15 @@ def test_usable_cpus_real_machine() -> None:
         (0.5, 1),
         (1.0, 1),
         (1.5, 1),
-        (2.0, 2),
-        (2.9, 2),
+        (2.0, 1),
+        (2.9, 1),
         (3.0, 2),
         (4.0, 3),
         (8.0, 7),
         (16.5, 15),
     ],
 )
-def test_auto_threads_leave_one_cpu_from_three(usable: float, expected: int) -> None:
+def test_auto_threads_leave_one_cpu_from_two(usable: float, expected: int) -> None:
     choice = choose_threads("auto", usable)
     assert choice.value == expected
     assert choice.reason.startswith("auto")
@@ -225,7 +225,8 @@ def test_auto_threads_leave_one_cpu_from_three(usable: float, expected: int) -> 
 def test_auto_thread_reasons() -> None:
     assert "one left for the event loop" in choose_threads("auto", 8).reason
     assert "8 usable CPUs" in choose_threads("auto", 8).reason
-    assert "too few" in choose_threads("auto", 2).reason
+    assert "one left for the event loop" in choose_threads("auto", 2).reason
+    assert "too few" in choose_threads("auto", 1.5).reason
 
 
 @pytest.mark.parametrize("requested", [1, 3, 64, "4"])
