@@ -13,6 +13,18 @@ if TYPE_CHECKING:
     from transformers import BertForSequenceClassification
 
 LABELS = list(TOXICITY_LABELS)
+# comments of every length class, scripts and emptiness, for scoring tests
+SAMPLE_TEXTS = [
+    "ok",
+    "You are a complete idiot and everybody here knows it, go away now.",
+    "a much longer comment about the history of the river " * 30,
+    "Ünïcödé 🎉",
+    "",
+    "Hello, WORLD!!! ça va? 日本語のテキスト",
+    " \t\n ",
+    "medium length comment, nothing special in it at all",
+    "short one",
+]
 DEFAULT_MODEL_DIR = Path(worker.__file__).resolve().parent / "default_model"
 
 

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from testing.models import SAMPLE_TEXTS
 from worker.backend import TokenBatch
 from worker.batching import forward_passes, padded_length, warm_up_shapes
 from worker.cuda_graphs import (
@@ -25,16 +26,7 @@ from worker.cuda_graphs import (
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (lent device only)")
 
-TEXTS = [
-    "ok",
-    "You are a complete idiot and everybody here knows it, go away now.",
-    "a much longer comment about the history of the river " * 30,
-    "Ünïcödé 🎉",
-    "",
-    "Hello, WORLD!!! ça va? 日本語のテキスト",
-    "medium length comment, nothing special in it at all",
-    "short one",
-]
+TEXTS = SAMPLE_TEXTS
 
 
 # --- bucket set (CPU) ---

@@ -13,21 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from testing.models import LABELS
+from testing.models import LABELS, SAMPLE_TEXTS
 from testing.worker_process import REPO_ROOT as REPO
 from worker.backend import ModelLoadError
 from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_served_model
 from worker.torch_backend import resolve_device
 
-TEXTS = [
-    "ok",
-    "You are a complete idiot and everybody here knows it, go away now.",
-    "a much longer comment about the history of the river " * 30,
-    "Ünïcödé 🎉",
-    "",
-    "Hello, WORLD!!! ça va? 日本語のテキスト",
-    " \t\n ",
-]
+TEXTS = SAMPLE_TEXTS
 
 
 @pytest.fixture(scope="module")
