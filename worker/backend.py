@@ -16,6 +16,11 @@ import numpy as np
 SHAPE_MULTIPLE = 32  # sequence lengths are padded to a multiple of this: few distinct shapes
 
 
+def padded_length(n_tokens: int, multiple: int = SHAPE_MULTIPLE) -> int:
+    """The length a sequence of `n_tokens` is padded to."""
+    return -(-n_tokens // multiple) * multiple
+
+
 class ModelLoadError(RuntimeError):
     """The model cannot be served (missing, corrupt, not multi-label); one line, fit to print."""
 

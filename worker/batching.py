@@ -16,12 +16,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from worker.backend import SHAPE_MULTIPLE
+from worker.backend import SHAPE_MULTIPLE, padded_length
 from worker.records import InFlight
-
-
-def padded_length(n_tokens: int, multiple: int = SHAPE_MULTIPLE) -> int:
-    return -(-n_tokens // multiple) * multiple
 
 
 @dataclass(slots=True)

@@ -14,13 +14,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from worker.backend import SHAPE_MULTIPLE, ModelLoadError, TokenBatch
+from worker.backend import SHAPE_MULTIPLE, ModelLoadError, TokenBatch, padded_length
 
 TOKENIZER_FILE = "tokenizer.json"
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def _special_token(config: dict[str, Any], name: str, default: str) -> str:
@@ -71,13 +67,10 @@ class TextTokenizer:
     def pad(self, sequences: list[list[int]], multiple: int = SHAPE_MULTIPLE) -> TokenBatch:
         """Right-pad to the longest sequence, rounded up to `multiple`: the kernels then see a
         few shapes again and again (and warm-up can run them all at start)."""
-        width = _round_up(max(len(ids) for ids in sequences), multiple)
+        width = padded_length(max(len(ids) for ids in sequences), multiple)
         input_ids = np.full((len(sequences), width), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
         for row, ids in enumerate(sequences):
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
         return TokenBatch(input_ids, attention_mask, np.zeros_like(input_ids))
-
-    def padded_length(self, n_tokens: int, multiple: int = SHAPE_MULTIPLE) -> int:
-        return _round_up(n_tokens, multiple)
