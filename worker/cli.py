@@ -7,11 +7,19 @@ import asyncio
 import logging
 import platform
 import sys
+from importlib import metadata
 from typing import Any, NoReturn
 
 import orjson
 
-from worker.config import Settings, SettingsError, load_settings
+from worker.config import (
+    Settings,
+    SettingsError,
+    default_text,
+    env_names,
+    load_settings,
+    unknown_variables,
+)
 
 log = logging.getLogger("worker")
 
@@ -47,18 +55,40 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="consume, score and publish until SIGTERM",
         description="Flags override the environment (KAFKA_BOOTSTRAP_SERVERS, MODERATION_*).",
+        epilog=other_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    variables = {field: name for name, field in reversed(env_names().items())}
     for flag, (field, kind) in RUN_FLAGS.items():
-        env = (
-            "KAFKA_BOOTSTRAP_SERVERS"
-            if field == "bootstrap_servers"
-            else f"MODERATION_{field.upper()}"
+        run.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            default=None,
+            help=f"env {variables[field]} (default: {default_text(field)})",
         )
-        run.add_argument(flag, dest=field, type=kind, default=None, help=f"env {env}")
     info = commands.add_parser("info", help="versions, default model, labels and device")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--model", default=None, help="model to describe (default: bundled)")
     return parser
+
+
+def other_settings_epilog() -> str:
+    """The settings that have no flag, with their defaults (from the settings model)."""
+    flagged = {field for field, _ in RUN_FLAGS.values()}
+    lines = [
+        f"  {name}={default_text(field)}"
+        for name, field in env_names().items()
+        if field not in flagged and name.startswith("MODERATION_")
+        and name != "MODERATION_BOOTSTRAP_SERVERS"
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            "settings without a flag (environment only), with their defaults:",
+            *lines,
+            "what each one means: docs/CONTRACTS.md (section Configuration)",
+        ]
+    )
 
 
 def configure_logging(level: str) -> None:
@@ -70,30 +100,50 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
-def describe(settings: Settings, model: str | None) -> dict[str, Any]:
-    """What `info` prints: versions, the model and its labels, the device that would be used."""
-    import aiokafka
-    import torch
-    import transformers
+def package_version(name: str) -> str | None:
+    """An installed distribution's version, read without importing it (torch and transformers
+    take seconds to import); None if it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
+
+def cuda_available() -> bool:
+    """Whether torch sees a GPU; without any trace of a GPU driver it cannot, and torch is not
+    imported to ask."""
+    from worker.runtime import gpu_may_be_present
+
+    if not gpu_may_be_present() or package_version("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def describe(settings: Settings, model: str | None) -> dict[str, Any]:
+    """What `info` prints: versions, the model and its labels, what would serve it and why.
+    The artifact is checked (as at start-up) but its weights are not loaded, so neither torch
+    nor transformers is imported unless the device is a GPU."""
     from worker.hardware import SPEED_FLAGS
-    from worker.model import DEFAULT_MODEL_DIR, load_from_settings
+    from worker.model import DEFAULT_MODEL_DIR, plan_from_settings
 
     if model is not None:
         settings = settings.model_copy(update={"model": model})
-    served = load_from_settings(settings)
-    contract, backend = served.contract, served.backend
+    plan = plan_from_settings(settings)
+    contract, runtime = plan.contract, plan.runtime
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "aiokafka": aiokafka.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "backend": backend.kind,
-        "device": backend.device,
-        "precision": backend.precision,
-        "chosen": served.runtime.describe(),
-        "cpu_flags": sorted(served.runtime.cpu.flags & SPEED_FLAGS),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
+        "onnxruntime": package_version("onnxruntime"),
+        "aiokafka": package_version("aiokafka"),
+        "cuda_available": cuda_available(),
+        "backend": runtime.backend.value,
+        "device": runtime.device.value,
+        "precision": runtime.precision.value,
+        "chosen": runtime.describe(),
+        "cpu_flags": sorted(runtime.cpu.flags & SPEED_FLAGS),
         "default_model_dir": str(DEFAULT_MODEL_DIR),
         "model": {"name": contract.model_name, "version": contract.model_version},
         "labels": list(contract.labels),
@@ -118,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    for warning in unknown_variables():
+        log.warning("%s", warning)
     from worker.backend import ModelLoadError
 
     try:
@@ -130,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key}: {value}")
             return 0
         log.info("starting with %s", settings.redacted())
+        from worker.model import plan_from_settings
+
+        plan_from_settings(settings)  # path, artifact and device: refused in well under 1 s
         from worker.app import StartupClock, load_and_warm_up, serve
 
         clock = StartupClock()

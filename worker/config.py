@@ -7,14 +7,33 @@ override the environment. A bad value fails fast with one line naming the settin
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MODERATION_"
+BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+# Variables of earlier versions, ignored now: what a user who still sets one should know.
+RETIRED_VARIABLES = {
+    "MODERATION_OVERLAP_TOKENIZATION": "removed in issue 11: every record is tokenized once, "
+    "on arrival, overlapping inference",
+}
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 address
+_BROKER = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[^:]*)$")
 
 
 class SettingsError(ValueError):
@@ -22,8 +41,14 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
+    """Each field's docstring is its line in docs/CONTRACTS.md (`make settings-table`)."""
+
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, populate_by_name=True, extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
     )
 
     # Kafka
@@ -31,63 +56,114 @@ class Settings(BaseSettings):
         str,
         Field(
             min_length=1,
-            validation_alias=AliasChoices(
-                "KAFKA_BOOTSTRAP_SERVERS", "MODERATION_BOOTSTRAP_SERVERS"
-            ),
-            description="Comma-separated host:port list (env KAFKA_BOOTSTRAP_SERVERS).",
+            validation_alias=AliasChoices(BOOTSTRAP_ENV, "MODERATION_BOOTSTRAP_SERVERS"),
         ),
     ] = "localhost:9092"
+    """Brokers, comma-separated host:port (also read from MODERATION_BOOTSTRAP_SERVERS)."""
     input_topic: Annotated[str, Field(min_length=1)] = "comments"
+    """Topic of the comments to score."""
     output_topic: Annotated[str, Field(min_length=1)] = "comment-scores"
+    """Topic of the scores, same key as the comment."""
     dlq_topic: Annotated[str, Field(min_length=1)] = "comments-dlq"
+    """Dead-letter topic: bad records, untouched, with the reason in headers."""
     group_id: Annotated[str, Field(min_length=1)] = "moderation-worker"
+    """Consumer group; workers with the same group share the input partitions."""
     client_id: str = "moderation-worker"
+    """Kafka client id of the consumer and the producer (broker logs and quotas)."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a new consumer group starts."""
     commit_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000
+    """How often the acknowledged prefix of each partition is committed."""
     session_timeout_ms: Annotated[int, Field(ge=1000)] = 30_000
+    """Consumer group session timeout: how soon a dead worker's partitions move on."""
     max_poll_records: Annotated[int, Field(ge=1)] = 1000
+    """Records per fetch, at most."""
     fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 20
+    """Longest a fetch waits for data; low keeps latency low on brokers that hold fetches."""
     producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
+    """How long the producer waits to fill a batch."""
     producer_max_batch_bytes: Annotated[int, Field(ge=1024)] = 262_144
+    """Producer batch size in bytes, per partition."""
     producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    """Compression of outputs and dead letters."""
     producer_idempotence: bool = False
+    """Idempotent producer (no duplicates from the producer's own retries)."""
 
     # Kafka security (passed through to aiokafka)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Kafka security protocol."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL."""
     sasl_username: str | None = None
+    """SASL user name."""
     sasl_password: SecretStr | None = None
+    """SASL password (masked in logs); or use MODERATION_SASL_PASSWORD_FILE."""
     sasl_password_file: Path | None = None
+    """File holding the SASL password (e.g. a mounted secret)."""
     ssl_cafile: Path | None = None
+    """CA bundle that verifies the brokers (default: the system's)."""
     ssl_certfile: Path | None = None
+    """Client certificate for mutual TLS (with MODERATION_SSL_KEYFILE)."""
     ssl_keyfile: Path | None = None
+    """Client key for mutual TLS (with MODERATION_SSL_CERTFILE)."""
 
     # Model and batching
-    model: str | None = Field(
-        default=None, description="Hub id or local directory; None = bundled."
-    )
+    model: str | None = None
+    """Artifact directory or Hugging Face hub id; unset: the bundled worker/default_model."""
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
+    """auto (a GPU where an NVIDIA driver is present), cpu, cuda or cuda:N."""
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
-    # How long the backend, once free, waits for a fuller batch (0: it takes what is queued).
+    """Records per batch, at most."""
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0
+    """How long the backend, once free, waits for a fuller batch (0: it takes what is queued)."""
     max_length: Annotated[int, Field(ge=8, le=8192)] = 128
+    """Tokens per text; longer texts are truncated."""
     max_text_bytes: Annotated[int, Field(ge=1)] = 65_536
+    """Larger texts are dead-lettered (text_too_large)."""
     max_in_flight: Annotated[int, Field(ge=1)] = 2048
-    # Intra-op threads of the backend (torch or ONNX Runtime); auto (or 0): from the CPUs this
-    # process may use (affinity mask and cgroup quota), see worker/hardware.py.
+    """Records consumed but not yet acknowledged, at most; at the limit the partitions pause."""
     torch_threads: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
+    """Intra-op threads of the backend (torch or ONNX Runtime); auto or 0: from the CPUs this
+    process may use (affinity mask and cgroup quota), see worker/hardware.py."""
     torch_interop_threads: Annotated[int, Field(ge=0)] = 0
-    # auto: bf16 where the CPU computes it natively (or on a GPU), else fp32; ONNX: int8 where
-    # the artifact kept an int8 graph (it passed the accuracy rule at export). worker/runtime.py
+    """torch inter-op threads (0: torch's default)."""
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    """auto: bf16 where the CPU computes it natively (or on a GPU), else fp32; ONNX: int8 where
+    the artifact kept an int8 graph (it passed the accuracy rule at export). fp16: CUDA only;
+    int8 (torch): CPU only. Scores stay float32 sigmoids."""
     backend: Literal["auto", "torch", "onnx"] = "auto"
+    """auto: torch on a GPU or a CPU with native bf16, else ONNX Runtime where the artifact has
+    a graph and onnxruntime is installed (worker/runtime.py)."""
     token_budget: Annotated[int, Field(ge=0)] = 2048
+    """Padded tokens per forward pass: a batch is sorted by length and cut into passes of at
+    most this many (0: off)."""
 
     # Service
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 25
+    """On SIGTERM: how long in-flight work may take to finish and commit."""
     metrics_host: str = "0.0.0.0"
+    """Address of the HTTP endpoints (/metrics, /healthz, /readyz)."""
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9000
+    """Port of the HTTP endpoints (0: any free port)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level (logs never carry comment text)."""
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap_servers(cls, value: str) -> str:
+        """A comma-separated list of host:port, checked here rather than by the Kafka client
+        (which would fail much later, with a traceback or a DNS error)."""
+        for entry in value.split(","):
+            broker = entry.strip()
+            if "://" in broker:
+                raise ValueError(f"{broker!r}: give host:port, without a scheme such as http://")
+            match = _BROKER.match(broker)
+            if match is None:
+                raise ValueError(f"{broker!r} is not host:port (e.g. localhost:9092)")
+            port = match["port"]
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{broker!r}: the port {port!r} is not a number in 1..65535")
+        return value
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
@@ -146,8 +222,56 @@ class Settings(BaseSettings):
 
 def _env_name(field: str) -> str:
     if field == "bootstrap_servers":
-        return "KAFKA_BOOTSTRAP_SERVERS"
+        return BOOTSTRAP_ENV
     return ENV_PREFIX + field.upper()
+
+
+def default_text(field: str) -> str:
+    """A setting's default as help and docs show it."""
+    default = Settings.model_fields[field].default
+    if default is None:
+        return "bundled model" if field == "model" else "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default)
+
+
+def env_names() -> dict[str, str]:
+    """Every environment variable the settings read -> its field."""
+    names = {_env_name(field): field for field in Settings.model_fields}
+    return names | {ENV_PREFIX + "BOOTSTRAP_SERVERS": "bootstrap_servers"}
+
+
+def _field_of(loc: str) -> str | None:
+    """The settings field an error location names (a field or one of its variables)."""
+    if loc in Settings.model_fields:
+        return loc
+    return env_names().get(loc.upper())
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    if error["type"] == "string_too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per `MODERATION_*` variable no setting reads (a typo is otherwise silently
+    ignored), naming the closest known setting where one is close."""
+    environ = os.environ if environ is None else environ
+    known = env_names()
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        if name in RETIRED_VARIABLES:
+            warnings.append(f"{name} is ignored: {RETIRED_VARIABLES[name]}")
+            continue
+        suffixes = {known_name.removeprefix(ENV_PREFIX): known_name for known_name in known}
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1)
+        hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
+        warnings.append(f"unknown setting {name} is ignored{hint} (settings: docs/CONTRACTS.md)")
+    return warnings
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -160,8 +284,7 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        loc = ".".join(str(p) for p in error["loc"])
-        field = loc if loc in Settings.model_fields else None
+        field = _field_of(".".join(str(p) for p in error["loc"]))
         where = f"{field} ({_env_name(field)})" if field else "settings"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise SettingsError(f"invalid {where}: {error['msg']}{more}") from None
+        raise SettingsError(f"invalid {where}: {_message(error)}{more}") from None

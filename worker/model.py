@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+# A tokenizer: the fast one's file, or a slow one's vocabulary (converted at load)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What would be served and how, checked without importing the backend's libraries
+    (torch, transformers, onnxruntime): the cheap checks that let a bad model, path or device
+    fail in well under a second, before anything else starts."""
+
+    model_dir: Path
+    contract: ArtifactContract
+    runtime: Runtime
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,19 @@ def resolve_source(source: str | Path | None) -> Path:
 
         return Path(snapshot_download(str(source), allow_patterns=HUB_FILES))
     except Exception as exc:
-        raise ModelLoadError(f"cannot fetch model {str(source)!r}: {exc}") from None
+        reason = " ".join(str(exc).split())
+        raise ModelLoadError(
+            f"model {str(source)!r} is not a local directory, and as a Hugging Face hub id it "
+            f"cannot be fetched: {reason}"
+        ) from None
+
+
+def check_tokenizer_files(model_dir: Path) -> None:
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{model_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): "
+            "not a complete model artifact"
+        )
 
 
 def read_served_contract(model_dir: Path, name: str) -> ArtifactContract:
@@ -73,6 +98,27 @@ def read_served_contract(model_dir: Path, name: str) -> ArtifactContract:
         return read_contract(model_dir, name)
     except ArtifactError as exc:
         raise ModelLoadError(str(exc)) from None
+
+
+def plan_served_model(
+    source: str | Path | None,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | str = "auto",
+) -> ModelPlan:
+    """The artifact's directory and contract and the runtime choices, or `ModelLoadError`
+    (one line): missing path, not an artifact, no weights or tokenizer, CUDA asked for on a
+    machine without a GPU driver."""
+    model_dir = resolve_source(source)
+    name = model_dir.name if source is None or Path(source).exists() else str(source)
+    contract = read_served_contract(model_dir, name)
+    check_tokenizer_files(model_dir)
+    runtime = choose_runtime(
+        model_dir, backend=backend, device=device, precision=precision, threads=threads
+    )
+    return ModelPlan(model_dir, contract, runtime)
 
 
 def load_served_model(
@@ -87,13 +133,11 @@ def load_served_model(
     token_budget: int = 2048,
 ) -> ServedModel:
     """Load (or refuse) the artifact; `auto` settings are resolved by `choose_runtime`."""
-    model_dir = resolve_source(source)
-    name = model_dir.name if source is None or Path(source).exists() else str(source)
-    contract = read_served_contract(model_dir, name)
-    tokenizer = TextTokenizer.load(model_dir, max_length)
-    runtime = choose_runtime(
-        model_dir, backend=backend, device=device, precision=precision, threads=threads
+    plan = plan_served_model(
+        source, backend=backend, device=device, precision=precision, threads=threads
     )
+    model_dir, contract, runtime = plan.model_dir, plan.contract, plan.runtime
+    tokenizer = TextTokenizer.load(model_dir, max_length)
     served: Backend
     if runtime.backend.value == "onnx":
         from worker.onnx_backend import OnnxBackend
@@ -119,6 +163,17 @@ def load_served_model(
     else:
         raise ModelLoadError(f"unknown backend {runtime.backend.value!r}: use auto, torch or onnx")
     return ServedModel(contract, tokenizer, served, token_budget, runtime)
+
+
+def plan_from_settings(settings: Settings) -> ModelPlan:
+    """`plan_served_model` with the worker's settings."""
+    return plan_served_model(
+        settings.model,
+        backend=settings.backend,
+        device=settings.device,
+        precision=settings.precision,
+        threads=settings.torch_threads,
+    )
 
 
 def load_from_settings(settings: Settings, **overrides: str | int) -> ServedModel:

@@ -19,6 +19,13 @@ from worker.backend import ModelLoadError
 from worker.hardware import Choice, CpuInfo, choose_precision, choose_threads, read_cpu, usable_cpus
 
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
+# Any of these says a GPU may be reachable (WSL2 has /dev/dxg and no /proc/driver/nvidia);
+# with none, an explicit `cuda` is refused at once, before torch is imported.
+GPU_MARKERS = (NVIDIA_DRIVER, Path("/dev/nvidiactl"), Path("/dev/dxg"))
+
+
+def gpu_may_be_present() -> bool:
+    return any(marker.exists() for marker in GPU_MARKERS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,15 @@ def onnxruntime_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def choose_device(requested: str, gpu_present: bool) -> Choice[str]:
+def choose_device(
+    requested: str, gpu_present: bool, *, gpu_may_be_present: bool = True
+) -> Choice[str]:
+    """`ValueError` for an explicit CUDA device on a machine with no trace of a GPU driver."""
+    if requested.startswith("cuda") and not gpu_may_be_present:
+        raise ValueError(
+            f"device {requested!r} requested but this machine has no NVIDIA GPU driver "
+            f"({NVIDIA_DRIVER} is missing); use --device cpu or auto"
+        )
     if requested != "auto":
         return Choice(requested, "set explicitly")
     if gpu_present:
@@ -92,7 +107,9 @@ def _choose_runtime(
     model_dir: Path, *, backend: str, device: str, precision: str, threads: int | str
 ) -> Runtime:
     cpu = read_cpu()
-    chosen_device = choose_device(device, NVIDIA_DRIVER.exists())
+    chosen_device = choose_device(
+        device, NVIDIA_DRIVER.exists(), gpu_may_be_present=gpu_may_be_present()
+    )
     chosen_backend = choose_backend(
         backend,
         chosen_device.value,

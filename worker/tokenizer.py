@@ -50,7 +50,10 @@ class TextTokenizer:
                 converted = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
                 tokenizer = Tokenizer.from_str(converted.backend_tokenizer.to_str())
         except Exception as exc:
-            raise ModelLoadError(f"cannot load the tokenizer of {model_dir}: {exc}") from exc
+            first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
+            raise ModelLoadError(
+                f"cannot load the tokenizer of {model_dir}: {type(exc).__name__}: {first_line}"
+            ) from exc
         if config.get("padding_side", "right") != "right" or (
             config.get("truncation_side", "right") != "right"
         ):
