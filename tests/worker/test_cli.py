@@ -86,9 +86,7 @@ def test_a_bad_model_is_refused_before_the_heavy_imports(
         model = str(tmp_path)
     elif model == "NO_TOKENIZER":
         model = str(_copy_without(tmp_path, "tokenizer.json", "vocab.txt"))
-    code, lines, imported = run_cli(
-        "run", "--model", model, "--bootstrap-servers", "127.0.0.1:1"
-    )
+    code, lines, imported = run_cli("run", "--model", model, "--bootstrap-servers", "127.0.0.1:1")
     assert code == 2
     assert len(lines) == 2, lines  # the "starting with" log line, then the error
     assert lines[-1].startswith("moderation-worker: ") and message in lines[-1]
@@ -111,14 +109,13 @@ def test_info_describes_the_model_without_importing_torch_or_transformers() -> N
 
 
 def test_unknown_moderation_variables_are_named_with_the_closest_setting() -> None:
-    code, lines, _ = run_cli(
-        "info", env={"MODERATION_MAX_BATCHSIZE": "5", "MODERATION_ZZZ": "1"}
-    )
+    code, lines, _ = run_cli("info", env={"MODERATION_MAX_BATCHSIZE": "5", "MODERATION_ZZZ": "1"})
     assert code == 0
     warnings = [line for line in lines if "unknown setting" in line]
     assert len(warnings) == 2, lines
-    assert "MODERATION_MAX_BATCHSIZE is ignored; did you mean MODERATION_MAX_BATCH_SIZE?" in (
-        warnings[0]
+    assert (
+        "MODERATION_MAX_BATCHSIZE is ignored; did you mean MODERATION_MAX_BATCH_SIZE?"
+        in (warnings[0])
     )
     assert "MODERATION_ZZZ is ignored (settings: docs/CONTRACTS.md)" in warnings[1]
 
