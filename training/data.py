@@ -80,11 +80,14 @@ def _parse_label(value: object, column: str) -> float:
         try:
             number = float(value.strip())
         except ValueError:
-            raise ValueError(f"label {column!r} is {value!r}, not a number in [0, 1]") from None
+            raise ValueError(f"label {column!r} is {value!r}, not a number") from None
     else:
-        raise ValueError(f"label {column!r} is {value!r}, not a number in [0, 1]")
-    if math.isnan(number) or not 0.0 <= number <= 1.0:
-        raise ValueError(f"label {column!r} is {value!r}, not a number in [0, 1]")
+        raise ValueError(f"label {column!r} is {value!r}, not a number")
+    if math.isnan(number):
+        raise ValueError(f"label {column!r} is {value!r}, not a number")
+    if not 0.0 <= number <= 1.0:
+        shown = value.strip() if isinstance(value, str) else value
+        raise ValueError(f"label {column!r} is {shown}, outside [0, 1]")
     return number
 
 

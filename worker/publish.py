@@ -109,10 +109,6 @@ class Publisher:
 
     async def send_dead_letter(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
         """Dead-letter the original key, value and headers, with the reason in headers."""
-        record = item.record
-        log.info(
-            "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, kind
-        )
         await self._send(self._dead_letter(item, kind, detail, stripped=False))
 
     def dead_letter_soon(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
@@ -128,6 +124,10 @@ class Publisher:
         self, item: InFlight, kind: ErrorKind, detail: str, *, stripped: bool
     ) -> _Message:
         record = item.record
+        if not stripped:  # one line per record; its smaller re-send (stripped) is not logged
+            log.info(
+                "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, kind
+            )
         headers = DeadLetterHeaders(
             error_kind=kind,
             error_detail=detail,

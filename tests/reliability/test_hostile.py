@@ -136,6 +136,9 @@ def test_hostile_catalog_through_the_real_worker(
     assert worker.proc.poll() is None, f"the worker died:\n{worker.log()}"
     assert "fatal" not in worker.log()
     assert worker.terminate() == 0
+    log = worker.log()
+    for offset in dead:  # one line per dead letter, even when a smaller one is re-sent
+        assert log.count(f"dead-lettering {topics.input}[0]@{offset}:") == 1, offset
 
 
 # --- the parser, fuzzed ------------------------------------------------------------------

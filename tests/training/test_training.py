@@ -142,7 +142,7 @@ def test_generic_jsonl_with_columns(tmp_path: Path) -> None:
             "id,comment_text,"
             + ",".join(JIGSAW_LABELS)
             + "\n1,ok,0,0,0,0,0,0\n2,bad,0,2,0,0,0,0\n",
-            r"row 2: label 'severe_toxic' is '2'",
+            r"row 2: label 'severe_toxic' is 2, outside \[0, 1\]$",
         ),
         (
             "id,comment_text," + ",".join(JIGSAW_LABELS) + "\n1,ok,0,0,0,0,0,0\n2,short,0\n"
@@ -155,7 +155,7 @@ def test_generic_jsonl_with_columns(tmp_path: Path) -> None:
         ),
         (
             "id,comment_text," + ",".join(JIGSAW_LABELS) + "\n1,x,0,0,yes,0,0,0\n",
-            r"row 1: label 'obscene' is 'yes'",
+            r"row 1: label 'obscene' is 'yes', not a number$",
         ),
     ],
 )
