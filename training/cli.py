@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from training import DEFAULT_BASE_MODEL
 from training.data import DataError, DataOptions
 from training.provenance import portable_command
+from training.sources import OFFLINE_RECIPE, UsageError, check_directory, check_model_source
 
 if TYPE_CHECKING:  # torch and transformers load only once a command runs
     from training.evaluate import ThresholdRule
@@ -155,7 +156,11 @@ def _add_loop_args(p: argparse.ArgumentParser, *, lr: float, epochs: float, batc
     )
     g.add_argument("--model-name", default=None, help="model_name stored in config.json")
     g.add_argument("--fp16", action="store_true", help="store fp16 weights in the artifact")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars (training, and transformers' weight loading and saving)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,11 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="fine-tune a model with BCE on labeled data",
         description="Fine-tune AutoModelForSequenceClassification (multi-label).",
+        epilog=f"Without network access the default base model cannot be downloaded: "
+        f"{OFFLINE_RECIPE}.",
     )
     p.add_argument(
         "--base-model",
         default=DEFAULT_BASE_MODEL,
-        help="hub id or local path (default %(default)s)",
+        help="hub id or local model directory (default %(default)s, from the hub; "
+        "offline: see below)",
     )
     p.add_argument("--tokenizer", default=None, help="tokenizer hub id or path (default: base)")
     p.add_argument(
@@ -294,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="run directory or artifact directory")
     p.add_argument("output", type=Path, help="artifact directory to write")
     p.add_argument("--fp16", action="store_true", help="store fp16 weights")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty directory that is not an earlier export of this model "
+        "(or into the source itself); the artifact files there are replaced",
+    )
     p.add_argument("--metrics", type=Path, default=None, help="metrics.json for the model card")
     p.add_argument("--model-name", default=None)
     p.add_argument("--model-version", default=None, help="default: sha256 of the weights")
@@ -340,6 +354,29 @@ def _run_options(args: argparse.Namespace, argv: Sequence[str]) -> RunOptions:
         resume=not args.no_resume,
         command=portable_command(["moderation-train", *argv]),
     )
+
+
+def check_sources(args: argparse.Namespace) -> None:
+    """The models and directories the command names exist or can be fetched (`UsageError`),
+    checked before torch and transformers are imported."""
+    if args.command == "fit":
+        check_model_source(args.base_model, "--base-model")
+        if args.tokenizer:
+            check_model_source(args.tokenizer, "--tokenizer")
+    elif args.command == "distill":
+        for teacher in args.teacher:
+            check_directory(teacher, "--teacher")
+        if args.student:
+            check_model_source(args.student, "--student")
+        if args.student_config:
+            check_model_source(args.student_config, "--student-config")
+        for flag in ("init_embeddings", "tokenizer"):
+            if getattr(args, flag):
+                check_model_source(getattr(args, flag), "--" + flag.replace("_", "-"))
+    elif args.command == "evaluate":
+        check_directory(args.model, "--model")
+    elif args.command == "export":
+        check_directory(args.source, "source")
 
 
 def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], Any]:
@@ -401,6 +438,7 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             model_version=args.model_version,
             onnx=args.onnx,
             onnx_check=args.onnx_check_data,
+            force=args.force,
         )
     if args.command == "baseline":
         from training.baseline import run_baseline
@@ -409,29 +447,43 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
     raise AssertionError(args.command)
 
 
+def hide_progress_bars() -> None:
+    """`--no-progress` hides every bar: ours, and those of transformers ("Loading weights",
+    "Writing model shards") and of the hub client."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `moderation-train` and `python -m training`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_sources(args)
         command = bind_command(args, argv)
-    except ValueError as exc:  # option combinations: one line, like bad data
+    except ValueError as exc:  # missing models, option combinations: one line, like bad data
         parser.exit(2, f"moderation-train: error: {exc}\n")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if getattr(args, "no_progress", False):
+        hide_progress_bars()
     try:
         metrics = command()
-    except DataError as exc:
+    except (DataError, UsageError) as exc:
         print(f"moderation-train: error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"moderation-train: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if isinstance(metrics, dict):
-        summary = {k: metrics.get(k) for k in ("mean_roc_auc", "bce", "mean_f1") if k in metrics}
+        keys = ("mean_roc_auc", "bce", "mean_f1", "skipped_rows")
+        summary = {k: metrics.get(k) for k in keys if k in metrics}
         print(json.dumps(summary or metrics))
     return 0

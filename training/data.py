@@ -35,19 +35,21 @@ class TextDataset:
     labels: np.ndarray | None
     label_names: list[str]
     ids: list[str] = field(default_factory=list)
-    skipped_rows: int = 0
+    skipped_rows: int = 0  # bad rows left out when the file was read (`skip_bad_rows`)
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> TextDataset:
-        """Rows at `index`, in that order."""
+    def subset(self, index: Sequence[int] | np.ndarray, *, skipped_rows: int = 0) -> TextDataset:
+        """Rows at `index`, in that order; `skipped_rows` is the subset's share of the bad rows
+        (a split gives them all to one part, so that they are counted once)."""
         idx = np.asarray(index, dtype=np.int64)
         return TextDataset(
             texts=[self.texts[i] for i in idx],
             labels=None if self.labels is None else self.labels[idx],
             label_names=list(self.label_names),
             ids=[self.ids[i] for i in idx] if self.ids else [],
+            skipped_rows=skipped_rows,
         )
 
 
@@ -231,13 +233,14 @@ def load_dataset(
 def split_dataset(
     dataset: TextDataset, test_size: float = 0.2, random_state: int = 42
 ) -> tuple[TextDataset, TextDataset]:
-    """Train/validation split as in the original write-up (sklearn `train_test_split`)."""
+    """Train/validation split as in the original write-up (sklearn `train_test_split`); the
+    training part carries the file's count of skipped rows."""
     from sklearn.model_selection import train_test_split
 
     train_idx, val_idx = train_test_split(
         np.arange(len(dataset)), test_size=test_size, random_state=random_state
     )
-    return dataset.subset(train_idx), dataset.subset(val_idx)
+    return dataset.subset(train_idx, skipped_rows=dataset.skipped_rows), dataset.subset(val_idx)
 
 
 @dataclass
@@ -262,8 +265,14 @@ class DataOptions:
         )
 
 
+def skipped_total(*parts: TextDataset) -> int:
+    """Bad rows skipped in reading the files behind `parts` (each counted once)."""
+    return sum(part.skipped_rows for part in parts)
+
+
 def load_split(opts: DataOptions) -> tuple[TextDataset, TextDataset]:
-    """Training and validation sets: the validation file, or a split of the training file."""
+    """Training and validation sets: the validation file, or a split of the training file.
+    Rows skipped as bad are counted in `skipped_rows` (`skipped_total` adds the two up)."""
     train = load_dataset(
         opts.train, opts.text_column, opts.label_columns, skip_bad_rows=opts.skip_bad_rows
     )
@@ -271,10 +280,9 @@ def load_split(opts: DataOptions) -> tuple[TextDataset, TextDataset]:
         val = load_dataset(
             opts.val, opts.text_column, opts.label_columns, skip_bad_rows=opts.skip_bad_rows
         )
-        skipped = train.skipped_rows + val.skipped_rows
     else:
-        skipped = train.skipped_rows
         train, val = split_dataset(train, test_size=opts.test_size, random_state=opts.split_seed)
+    skipped = skipped_total(train, val)
     if skipped:
         log.warning("skipped %d bad rows", skipped)
     log.info("data: %d train rows, %d validation rows", len(train), len(val))

@@ -22,12 +22,31 @@ from schemas.artifact import (
 )
 from training.evaluate import format_metric
 from training.modeling import HEAD_FILE, MeanPooledClassifier
+from training.sources import UsageError
 
 log = logging.getLogger(__name__)
 
 INFO_FILE = "training_info.json"
 CARD_FILE = "README.md"
 HISTORY_FILE = "history.json"
+ARTIFACT_FILE_NAMES = frozenset(
+    {
+        CONFIG_FILE,
+        INFO_FILE,
+        CARD_FILE,
+        HISTORY_FILE,
+        f"{WEIGHTS_FILE}.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    }
+)
 
 
 def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[str, Any]) -> str:
@@ -59,6 +78,8 @@ def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[st
         f"- training data: {info.get('train_data', 'n/a')} ({info.get('train_rows', 'n/a')} rows)",
         f"- validation data: {info.get('val_data', 'n/a')} ({info.get('val_rows', 'n/a')} rows)",
     ]
+    if info.get("skipped_rows"):
+        lines.append(f"- bad rows skipped (`--skip-bad-rows`): {info['skipped_rows']}")
     for key, value in (info.get("details") or {}).items():
         lines.append(f"- {key}: {value}")
     if info.get("command"):
@@ -179,7 +200,58 @@ def resolve_model_dir(source: Path) -> Path:
         return source
     if (source / "model" / CONFIG_FILE).is_file():
         return source / "model"
-    raise FileNotFoundError(f"{source}: neither an artifact nor a run directory (no config.json)")
+    if not source.is_dir():
+        raise UsageError(f"{source}: no such directory")
+    raise UsageError(f"{source}: neither an artifact nor a run directory (no config.json)")
+
+
+def _exported_from(model_dir: Path) -> dict[str, str]:
+    """What an export records about its source, to recognise its own earlier exports."""
+    return {"weights_version": weights_version(model_dir / WEIGHTS_FILE)}
+
+
+def check_export_target(model_dir: Path, out_dir: Path, *, force: bool) -> None:
+    """`UsageError` unless `out_dir` is missing, empty, or an earlier export of the model in
+    `model_dir` (or `force`): export never mixes its files with another model's, nor rewrites
+    its own source, without being asked to."""
+    if force or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UsageError(f"{out_dir} is a file; give a directory to export into")
+    if out_dir.resolve() == model_dir.resolve():
+        raise UsageError(
+            f"{out_dir} is the source itself; export into a new directory "
+            "(or pass --force to rewrite it in place)"
+        )
+    present = sorted(item.name for item in out_dir.iterdir())
+    if not present:
+        return
+    info_file = out_dir / INFO_FILE
+    try:
+        earlier = json.loads(info_file.read_text()).get("exported_from") or {}
+    except (OSError, ValueError, AttributeError):
+        earlier = {}
+    if earlier.get("weights_version") == _exported_from(model_dir)["weights_version"]:
+        return
+    shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+    raise UsageError(
+        f"{out_dir} is not empty ({len(present)} entries: {shown}) and is not an earlier export "
+        f"of {model_dir}; export into a new or empty directory, or pass --force to replace the "
+        "artifact files there"
+    )
+
+
+def remove_artifact_files(out_dir: Path, *, keep: tuple[str, ...] = ()) -> None:
+    """Delete the files an export writes (weights, ONNX graphs, config, tokenizer, card, info,
+    history) from `out_dir`, so that none of an earlier model's is left beside the new one;
+    other files are left alone."""
+    if not out_dir.is_dir():
+        return
+    for item in out_dir.iterdir():
+        if item.name in keep or not item.is_file():
+            continue
+        if item.name in ARTIFACT_FILE_NAMES or item.suffix in (".safetensors", ".onnx"):
+            item.unlink()
 
 
 def export_model(
@@ -192,6 +264,7 @@ def export_model(
     model_version: str | None = None,
     onnx: bool = False,
     onnx_check: Path | None = None,
+    force: bool = False,
 ) -> ArtifactContract:
     """Re-export a trained model (from a run or artifact directory) as a served artifact.
 
@@ -200,10 +273,15 @@ def export_model(
     the weights written unless given. With `onnx`, the ONNX graphs are written beside the
     weights (`training.onnx_export.export_onnx_graphs`; int8 only if it passes the accuracy
     rule on the validation split of the labeled file `onnx_check`).
+
+    `out_dir` must be missing, empty or an earlier export of the same model; `force` allows
+    any directory, the source included (`check_export_target`). The artifact files of an
+    earlier model there are removed first, so that none is left beside the new ones.
     """
     from training.modeling import load_classifier, load_tokenizer
 
     model_dir = resolve_model_dir(source)
+    check_export_target(model_dir, out_dir, force=force)
     model = load_classifier(model_dir)
     tokenizer = load_tokenizer(model_dir)
     source_contract = read_contract(model_dir)
@@ -211,7 +289,9 @@ def export_model(
     info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if metrics_path is not None:
         info["metrics"] = json.loads(metrics_path.read_text())
+    info["exported_from"] = _exported_from(model_dir)
     in_place = out_dir.resolve() == model_dir.resolve()
+    remove_artifact_files(out_dir, keep=(HISTORY_FILE,) if in_place else ())
     contract = save_artifact(
         model,
         tokenizer,

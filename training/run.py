@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from training.data import DataOptions, TextDataset
+from training.data import DataOptions, TextDataset, skipped_total
 from training.evaluate import (
     Metrics,
     ThresholdRule,
@@ -136,6 +136,7 @@ def train_and_export(
         "val_data": data.describe_validation(),
         "train_rows": len(train),
         "val_rows": len(val),
+        "skipped_rows": skipped_total(train, val),
         "details": {
             **provenance.details,
             "epochs": loop.epochs,
@@ -167,6 +168,7 @@ def finish_run(
     )
     thresholds = choose_thresholds(val.labels, probs, labels, run.thresholds)
     metrics = compute_metrics(val.labels, probs, labels, thresholds)
+    metrics["skipped_rows"] = info.get("skipped_rows", 0)
     save_artifact(
         model,
         tokenizer,

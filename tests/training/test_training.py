@@ -407,6 +407,83 @@ def test_export_round_trips_through_pipeline_and_worker(work: Path, fitted: Path
     np.testing.assert_allclose(fp32, pipe, atol=2e-3)
 
 
+def test_export_refuses_a_directory_it_did_not_write_unless_forced(
+    work: Path, fitted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Export writes into a new, empty or earlier-export directory; anything else (another
+    model's artifact, the source itself, unrelated files) is one line and exit 2 unless
+    --force, and a forced export leaves no stale artifact file behind."""
+    out = work / "export-target"
+    assert main(["export", str(fitted), str(out)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(fitted), str(out), "--fp16"]) == 0  # its own earlier export
+    capsys.readouterr()
+
+    other = work / "other-model"  # another model's artifact: the bundled default
+    shutil.copytree(TOKENIZER_DIR, other)
+    for target, message in [
+        (other, "is not an earlier export of"),
+        (fitted / "model", "is the source itself"),
+    ]:
+        before = sorted(p.name for p in target.iterdir())
+        assert main(["export", str(fitted), str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err and "--force" in err, err
+        assert sorted(p.name for p in target.iterdir()) == before  # untouched
+
+    unrelated = work / "notes"
+    unrelated.mkdir()
+    (unrelated / "notes.txt").write_text("mine\n")
+    assert main(["export", str(fitted), str(unrelated)]) == 2
+    assert "1 entries: notes.txt" in capsys.readouterr().err
+
+    assert (other / "model.int8.onnx").is_file()
+    assert main(["export", str(fitted), str(other), "--force"]) == 0
+    assert not (other / "model.int8.onnx").exists(), "a stale graph of the other model was left"
+    assert not (other / "training_info.json").read_text().count("bert-tiny-jigsaw")
+    assert (unrelated / "notes.txt").is_file()
+
+
+def test_evaluate_and_export_of_a_missing_directory_exit_2_with_one_line(
+    work: Path, data_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = work / "no-such-run"
+    for argv in (
+        ["evaluate", "--model", str(missing), "--data", str(data_file), "--output-dir", "o"],
+        ["export", str(missing), str(work / "out-missing")],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err == f"moderation-train: error: {'--model' if argv[0] == 'evaluate' else 'source'}"
+            f" '{missing}': no such directory"
+        )
+
+
+def test_skipped_rows_are_counted_without_a_validation_file(
+    work: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--skip-bad-rows without --val: the count survives the split into the CLI's summary,
+    training_info.json and the model card."""
+    rows = _rows(40)
+    path = work / "with-bad-rows.csv"
+    _write_csv(path, rows)
+    with path.open("a") as handle:
+        handle.write("x1,too,few\n")
+        handle.write("x2,bad label,0,0,7,0,0,0\n")
+    out = work / "fit-skipped"
+    argv = ["fit", "--base-model", str(tiny_model), "--train", str(path), "--skip-bad-rows",
+            "--output-dir", str(out), "--max-length", "32", *COMMON]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["skipped_rows"] == 2
+    info = json.loads((out / "model" / "training_info.json").read_text())
+    assert info["skipped_rows"] == 2 and info["train_rows"] + info["val_rows"] == 40
+    assert "bad rows skipped (`--skip-bad-rows`): 2" in (out / "model" / "README.md").read_text()
+
+
 # -- distill -----------------------------------------------------------------------------------
 def test_distill_with_ensemble_teacher_augmentation_and_hidden_loss(
     work: Path, tiny_model: Path, data_file: Path, fitted: Path
