@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertConfig, pipeline
+from transformers.utils import logging as hf_logging
 
 from schemas.artifact import ArtifactContract, weights_version
 from training import JIGSAW_LABELS
@@ -476,12 +477,21 @@ def test_skipped_rows_are_counted_without_a_validation_file(
     out = work / "fit-skipped"
     argv = ["fit", "--base-model", str(tiny_model), "--train", str(path), "--skip-bad-rows",
             "--output-dir", str(out), "--max-length", "32", *COMMON]  # fmt: skip
+    assert "--no-progress" in argv
+    hf_logging.enable_progress_bar()  # as in a fresh process (other tests hid them)
     assert main(argv) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "Writing model shards" not in captured.err  # transformers' bars hidden too
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["skipped_rows"] == 2
     info = json.loads((out / "model" / "training_info.json").read_text())
     assert info["skipped_rows"] == 2 and info["train_rows"] + info["val_rows"] == 40
     assert "bad rows skipped (`--skip-bad-rows`): 2" in (out / "model" / "README.md").read_text()
+
+    hf_logging.enable_progress_bar()  # without --no-progress the same run shows them
+    argv = [arg for arg in argv if arg != "--no-progress"]
+    assert main([*argv, "--no-resume"]) == 0
+    assert "Writing model shards" in capsys.readouterr().err
 
 
 # -- distill -----------------------------------------------------------------------------------
