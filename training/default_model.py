@@ -40,7 +40,7 @@ from training.export import CARD_FILE, INFO_FILE, export_model
 from training.fit import fit
 from training.loop import LoopConfig
 from training.provenance import portable_command
-from training.run import PosWeight, RunOptions
+from training.run import PosWeight, RunOptions, label_positive_rates
 from training.teacher import combine
 
 log = logging.getLogger("training.default_model")
@@ -54,6 +54,16 @@ BERT_TINY_HUB = "google/bert_uncased_L-2_H-128_A-2"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 TEACHER_NAME = "minilm-l6-jigsaw-teacher"
 STUDENT_NAME = "bert-tiny-jigsaw-distilled"
+# Comments a reader expects flagged, checked whenever the model is built; those it misses are
+# recorded (`known_misses`) for the card's limitations. `make demo` shows the first.
+KNOWN_MISS_CHECKS = (
+    (
+        "I will find where you live and make you regret this.",
+        "threat",
+        "It is an indirect threat with no violent word in it, and most threat rows of the "
+        "training data name the violence (kill, die, shoot, ...).",
+    ),
+)
 # the int8 ONNX graph ships (4.5 MB, served where the CPU has no native bf16), the fp32 one
 # (17.6 MB) does not: `make bench` exports it when it compares backends
 ARTIFACT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, INFO_FILE, ONNX_FILES["int8"])
@@ -270,6 +280,11 @@ def _record_reference_figures(recipe: Recipe, work: Path, val: TextDataset, step
         "student_minus_tfidf_bootstrap": boot,
     }
     minilm_weight, tfidf_weight = recipe.teacher_weights
+    if "label_positive_rates" not in info:  # a student trained before they were recorded
+        info["label_positive_rates"] = label_positive_rates(
+            split_dataset(load_dataset(recipe.data))[0]
+        )
+    info["known_misses"] = known_misses(work / "student" / "model")
     info["notes"] = [
         "Reference figures on the same validation split, same run (`make default-model`): "
         f"TF-IDF word+char n-grams + logistic regression mean ROC-AUC "
@@ -301,6 +316,26 @@ def _record_reference_figures(recipe: Recipe, work: Path, val: TextDataset, step
     ]
     info_file.write_text(json.dumps(info, indent=2) + "\n")
     steps.save()
+
+
+def known_misses(model_dir: Path) -> list[dict[str, Any]]:
+    """The `KNOWN_MISS_CHECKS` the model in `model_dir` does not flag, with score and threshold."""
+    from schemas.artifact import read_contract
+    from training.modeling import load_classifier, load_tokenizer, predict
+
+    contract = read_contract(model_dir)
+    texts = [text for text, _, _ in KNOWN_MISS_CHECKS]
+    probs, _ = predict(load_classifier(model_dir), load_tokenizer(model_dir), texts)
+    misses = []
+    for row, (text, label, why) in zip(probs, KNOWN_MISS_CHECKS, strict=True):
+        score = float(row[contract.labels.index(label)])
+        threshold = contract.label_thresholds[label]
+        if score < threshold:
+            misses.append(
+                {"text": text, "label": label, "score": round(score, 4),
+                 "threshold": round(threshold, 4), "why": why}
+            )  # fmt: skip
+    return misses
 
 
 def _ensemble_roc_aucs(val: TextDataset, work: Path) -> dict[str, float]:

@@ -105,6 +105,7 @@ def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[st
         )
     for note in info.get("notes") or []:
         lines += ["", str(note)]
+    lines += limitations_section(info, contract)
     lines += [
         "",
         "## Usage",
@@ -121,6 +122,40 @@ def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[st
         "",
     ]
     return "\n".join(lines)
+
+
+RARE_LABEL = 0.05  # a label with fewer positives than this share of training rows is "rare"
+
+
+def limitations_section(info: dict[str, Any], contract: ArtifactContract) -> list[str]:
+    """The card's "Limitations": the rare labels of the training rows, and the known misses
+    recorded when the model was built (`known_misses` in the training info: text, label,
+    score, threshold). Empty when the info records neither."""
+    rates: dict[str, float] = info.get("label_positive_rates") or {}
+    misses: list[dict[str, Any]] = info.get("known_misses") or []
+    if not rates and not misses:
+        return []
+    lines = ["", "## Limitations", ""]
+    rare = {label: rate for label, rate in rates.items() if rate < RARE_LABEL}
+    if rates:
+        shares = ", ".join(f"{label} {rate:.1%}" for label, rate in rates.items())
+        lines.append(f"- Positive rows per label in the training data: {shares}.")
+    if rare:
+        lines.append(
+            "- Rare labels ("
+            + ", ".join(rare)
+            + ") are learned from few examples: expect misses there, above all phrasings "
+            "unlike the training rows (compare their PR-AUC and F1 above)."
+        )
+    for miss in misses:
+        label = str(miss["label"])
+        share = f" ({label} is {rates[label]:.1%} of the training rows)" if label in rates else ""
+        lines.append(
+            f'- Known miss: "{miss["text"]}" is a {label} the model does not flag: '
+            f"{label} {float(miss['score']):.3f} against a threshold of "
+            f"{float(miss['threshold']):.3f}{share}. {miss.get('why', '')}".rstrip()
+        )
+    return lines
 
 
 def save_artifact(

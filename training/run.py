@@ -86,6 +86,14 @@ def pos_weight_tensor(spec: PosWeight, labels: np.ndarray) -> torch.Tensor | Non
     return torch.tensor(values, dtype=torch.float32)
 
 
+def label_positive_rates(data: TextDataset) -> dict[str, float]:
+    """Share of positive rows per label (the model card's limitations name the rare ones)."""
+    assert data.labels is not None
+    rates = data.labels.mean(0) if len(data) else np.zeros(len(data.label_names))
+    pairs = zip(data.label_names, rates, strict=True)
+    return {label: round(float(rate), 4) for label, rate in pairs}
+
+
 def describe_pos_weight(spec: PosWeight) -> str | list[float]:
     """`spec` as the model card states it."""
     return "none" if spec is None else spec if isinstance(spec, str) else list(spec)
@@ -137,6 +145,7 @@ def train_and_export(
         "train_rows": len(train),
         "val_rows": len(val),
         "skipped_rows": skipped_total(train, val),
+        "label_positive_rates": label_positive_rates(train),
         "details": {
             **provenance.details,
             "epochs": loop.epochs,
