@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from training import DEFAULT_BASE_MODEL
 from training.data import DataError, DataOptions
 from training.provenance import portable_command
-from training.sources import OFFLINE_RECIPE, UsageError, check_directory, check_model_source
+from training.sources import (
+    OFFLINE_RECIPE,
+    UsageError,
+    check_directory,
+    check_file,
+    check_model_source,
+)
 
 if TYPE_CHECKING:  # torch and transformers load only once a command runs
     from training.evaluate import ThresholdRule
@@ -375,8 +381,13 @@ def check_sources(args: argparse.Namespace) -> None:
                 check_model_source(getattr(args, flag), "--" + flag.replace("_", "-"))
     elif args.command == "evaluate":
         check_directory(args.model, "--model")
+        if args.history:
+            check_file(args.history, "--history")
     elif args.command == "export":
         check_directory(args.source, "source")
+        for flag in ("metrics", "onnx_check_data"):
+            if getattr(args, flag):
+                check_file(getattr(args, flag), "--" + flag.replace("_", "-"))
 
 
 def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], Any]:

@@ -73,3 +73,9 @@ def check_directory(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {str(path)!r}: no such directory")
     if not path.is_dir():
         raise UsageError(f"{flag} {str(path)!r} is a file; give a directory")
+
+
+def check_file(path: Path, flag: str) -> None:
+    """`UsageError` unless `path` is an existing file."""
+    if not path.is_file():
+        raise UsageError(f"{flag} {str(path)!r}: no such file")
