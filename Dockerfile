@@ -100,7 +100,7 @@ ENV HOME=/tmp \
     MODERATION_METRICS_PORT=9000
 
 # Smoke test at build time: the console script exists and the baked-in model loads (on CPU).
-RUN MODERATION_DEVICE=cpu moderation-worker info --json > /dev/null \
+RUN MODERATION_DEVICE=cpu moderation-worker info --json --load > /dev/null \
  && rm -rf /tmp/* /tmp/.[!.]*
 
 USER 10001:10001

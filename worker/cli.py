@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, default model, labels and device")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--model", default=None, help="model to describe (default: bundled)")
+    info.add_argument(
+        "--load",
+        action="store_true",
+        help="also load the weights on the chosen backend and score one text, as `run` would "
+        "(slower: imports the backend's libraries)",
+    )
     return parser
 
 
@@ -121,17 +127,22 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def describe(settings: Settings, model: str | None) -> dict[str, Any]:
+def describe(settings: Settings, model: str | None, load: bool = False) -> dict[str, Any]:
     """What `info` prints: versions, the model and its labels, what would serve it and why.
-    The artifact is checked (as at start-up) but its weights are not loaded, so neither torch
-    nor transformers is imported unless the device is a GPU."""
+    The artifact is checked (as at start-up) but its weights are loaded only with `load`, so
+    neither torch nor transformers is imported otherwise (unless the device is a GPU)."""
     from worker.hardware import SPEED_FLAGS
-    from worker.model import DEFAULT_MODEL_DIR, plan_from_settings
+    from worker.model import DEFAULT_MODEL_DIR, load_from_settings, plan_from_settings
 
     if model is not None:
         settings = settings.model_copy(update={"model": model})
     plan = plan_from_settings(settings)
     contract, runtime = plan.contract, plan.runtime
+    loaded: dict[str, Any] = {}
+    if load:
+        served = load_from_settings(settings)
+        scores = served.score(["a smoke test of the loaded model"])
+        loaded = {"loaded": {"device": served.backend.device, "scores": scores[0].tolist()}}
     return {
         "python": platform.python_version(),
         "torch": package_version("torch"),
@@ -148,7 +159,7 @@ def describe(settings: Settings, model: str | None) -> dict[str, Any]:
         "model": {"name": contract.model_name, "version": contract.model_version},
         "labels": list(contract.labels),
         "thresholds": dict(contract.label_thresholds),
-    }
+    } | loaded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "info":
-            info = describe(settings, args.model)
+            info = describe(settings, args.model, load=args.load)
             if args.json:
                 sys.stdout.write(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode() + "\n")
             else:

@@ -144,3 +144,17 @@ def test_info_json_is_valid_with_versions_read_without_importing() -> None:
     assert result.returncode == 0, result.stderr
     info = orjson.loads(result.stdout)
     assert info["torch"] and info["transformers"] and info["aiokafka"]
+
+
+def test_info_load_scores_one_text_on_the_chosen_backend() -> None:
+    """What the image build runs as its smoke test (Dockerfile): the weights really load."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "info", "--json", "--load"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "MODERATION_DEVICE": "cpu"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    info = orjson.loads(result.stdout)
+    assert info["loaded"]["device"] == "cpu"
+    scores = info["loaded"]["scores"]
+    assert len(scores) == len(info["labels"]) and all(0 < p < 1 for p in scores)
