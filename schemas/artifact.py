@@ -47,6 +47,9 @@ class LabelCalibration(BaseModel):
         default=0.0, description="logit(label_base_rate) - logit(label_training_rate)"
     )
     positives: int = Field(ge=0, description="positive rows among those the map was fitted on")
+    fitted: bool = Field(
+        default=True, description="false: no usable fit (slope 1, intercept 0: only the shift)"
+    )
 
 
 class Calibration(BaseModel):

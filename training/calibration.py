@@ -13,6 +13,7 @@ lower the cross-fitted error enough to be worth a map the consumers would have t
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import numpy as np
 
 from schemas.artifact import Calibration, LabelCalibration
 from training.data import DataError
+
+log = logging.getLogger(__name__)
 
 ECE_BINS = 15
 CROSSFIT_FOLDS = 5
@@ -216,7 +219,9 @@ def crossfitted_probabilities(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def raw_logits(logits: np.ndarray, labels: Sequence[str], calibration: Calibration | None):
+def raw_logits(
+    logits: np.ndarray, labels: Sequence[str], calibration: Calibration | None
+) -> np.ndarray:
     """The uncalibrated head's logits, undoing a calibration folded into the head."""
     if calibration is None:
         return np.asarray(logits, dtype=np.float64)
@@ -232,6 +237,7 @@ class CalibrationFit:
     """A fitted calibration: what to store, and the affine change of the current head's logits
     (z_new = scale * z_current + offset, per label) that applies it."""
 
+    labels: tuple[str, ...]  # the head's order: `scale` and `offset` follow it
     calibration: Calibration
     base_rates: dict[str, float]
     training_rates: dict[str, float]
@@ -241,12 +247,11 @@ class CalibrationFit:
     def map_thresholds(self, thresholds: Mapping[str, float]) -> dict[str, float]:
         """Thresholds on the current probabilities mapped through the same increasing map:
         every flag decision stays as it was."""
-        labels = list(self.calibration.labels)
         return {
             label: round(
                 float(sigmoid(self.scale[j] * logit(thresholds[label]) + self.offset[j])), 9
             )
-            for j, label in enumerate(labels)
+            for j, label in enumerate(self.labels)
         }
 
 
@@ -254,16 +259,19 @@ def resolve_base_rates(
     labels: Sequence[str],
     training_rates: Mapping[str, float],
     requested: BaseRates,
+    current: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """The rates the calibrated probabilities will assume: `requested` per label, the full
-    Jigsaw rates by default (for the Jigsaw labels), else the training rate (no shift)."""
+    """The rates the calibrated probabilities will assume: `requested` per label; a label it
+    does not name keeps its `current` rate if given, else the full Jigsaw rate (Jigsaw labels),
+    else its training rate (no shift). `"training"`: the training rates for all."""
     if requested == "training":
         return {label: float(training_rates[label]) for label in labels}
-    chosen = dict(JIGSAW_BASE_RATES) if requested is None else dict(requested)
-    unknown = sorted(set(chosen) - set(labels))
-    if requested is not None and unknown:
+    requested = dict(requested or {})
+    unknown = sorted(set(requested) - set(labels))
+    if unknown:
         raise CalibrationError(f"--base-rates names label(s) the model does not have: {unknown}")
-    return {label: float(chosen.get(label, training_rates[label])) for label in labels}
+    fallback = {**training_rates, **JIGSAW_BASE_RATES, **(current or {})}
+    return {label: float(requested.get(label, fallback[label])) for label in labels}
 
 
 def fit_calibration(
@@ -277,7 +285,8 @@ def fit_calibration(
 ) -> CalibrationFit:
     """Fit Platt per label on the uncalibrated logits (`logits` are the current head's; a
     calibration already folded into it is undone first) and add the prior shift to
-    `base_rates`. A label whose rows hold one class keeps slope 1, intercept 0."""
+    `base_rates`. A label that cannot be fitted (one class in the rows, or scores that do not
+    increase with the label) keeps slope 1, intercept 0 (`fitted: false`), with a warning."""
     labels = list(labels)
     z = raw_logits(logits, labels, current)
     yb = np.asarray(y) >= 0.5
@@ -289,17 +298,23 @@ def fit_calibration(
     entries: dict[str, LabelCalibration] = {}
     scale, offset = np.ones(len(labels)), np.zeros(len(labels))
     for j, label in enumerate(labels):
-        platt = fit_platt(z[:, j], yb[:, j]) or Platt(1.0, 0.0)
-        if platt.slope <= 0:
-            raise CalibrationError(
-                f"label {label!r}: the model's scores do not increase with the label on the "
-                f"calibration rows (Platt slope {platt.slope:.4g}); refusing to calibrate"
+        platt = fit_platt(z[:, j], yb[:, j])
+        if platt is None or platt.slope <= 0:
+            log.warning(
+                "label %r: %s on the calibration rows; left uncalibrated (slope 1, "
+                "intercept 0), only the prior shift applies",
+                label,
+                "one class only"
+                if platt is None
+                else f"the scores do not increase with the label (Platt slope {platt.slope:.3g})",
             )
+        fitted = platt is not None and platt.slope > 0
         entry = LabelCalibration(
-            slope=platt.slope,
-            intercept=platt.intercept,
+            slope=platt.slope if fitted and platt else 1.0,
+            intercept=platt.intercept if fitted and platt else 0.0,
             prior_shift=prior_shift(targets[label], training_rates[label]),
             positives=int(yb[:, j].sum()),
+            fitted=fitted,
         )
         entries[label] = entry
         # z_raw = (z_current - c_old) / a_old; z_new = a * z_raw + b + shift
@@ -308,16 +323,17 @@ def fit_calibration(
         scale[j] = entry.slope / old_slope
         offset[j] = entry.intercept + entry.prior_shift - scale[j] * old_offset
     calibration = Calibration(fitted_on=fitted_on, rows=len(y), labels=entries)
-    return CalibrationFit(calibration, targets, training_rates, scale, offset)
+    return CalibrationFit(tuple(labels), calibration, targets, training_rates, scale, offset)
 
 
 def reshift(
     calibration: Calibration,
+    labels: Sequence[str],
     training_rates: Mapping[str, float],
     base_rates: Mapping[str, float],
 ) -> CalibrationFit:
-    """Move an artifact's calibrated probabilities to new base rates (no refit)."""
-    labels = list(calibration.labels)
+    """Move an artifact's calibrated probabilities to new base rates (no refit); `labels` in
+    the head's order."""
     entries, offset = {}, np.zeros(len(labels))
     for j, label in enumerate(labels):
         old = calibration.labels[label]
@@ -325,6 +341,7 @@ def reshift(
         entries[label] = old.model_copy(update={"prior_shift": shift})
         offset[j] = shift - old.prior_shift
     return CalibrationFit(
+        tuple(labels),
         calibration.model_copy(update={"labels": entries}),
         dict(base_rates),
         dict(training_rates),

@@ -341,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="label=rate,... the label rates the calibrated probabilities assume (default: the "
         "full Jigsaw train set's: toxic=0.096,severe_toxic=0.01,obscene=0.053,threat=0.003,"
-        "insult=0.049,identity_hate=0.009; other labels keep their training rate); 'training' "
-        "for no prior correction. Without --calibration-data: re-shift a calibrated source",
+        "insult=0.049,identity_hate=0.009; other labels: their training rate); labels not "
+        "named keep that default, or a calibrated source's rate; 'training' for no prior "
+        "correction. Without --calibration-data: re-shift a calibrated source, no refit",
     )
 
     p = sub.add_parser(

@@ -139,8 +139,13 @@ def _calibration_section(contract: ArtifactContract, fitted: dict[str, Any]) -> 
         entry, row = calibration.labels[label], table.get(label, {})
         lines.append(
             f"| {label} | {format_metric(training.get(label), 4)} "
-            f"| {format_metric(base.get(label), 4)} | {entry.slope:.3f} | {entry.intercept:+.3f} "
-            f"| {entry.prior_shift:+.3f} | {format_metric(row.get('ece_before'))} "
+            f"| {format_metric(base.get(label), 4)} "
+            + (
+                f"| {entry.slope:.3f} | {entry.intercept:+.3f} "
+                if entry.fitted
+                else "| not fitted | not fitted "
+            )
+            + f"| {entry.prior_shift:+.3f} | {format_metric(row.get('ece_before'))} "
             f"| {format_metric(row.get('ece_after'))} | {format_metric(row.get('ece_floor'))} |"
         )
     return lines
@@ -352,9 +357,8 @@ def calibrate(
                 "(its label_training_rates); give --calibration-data to fit one"
             )
         training = contract.label_training_rates
-        fit = reshift(
-            contract.calibration, training, resolve_base_rates(labels, training, base_rates)
-        )
+        targets = resolve_base_rates(labels, training, base_rates, contract.label_base_rates)
+        fit = reshift(contract.calibration, labels, training, targets)
         table = (info.get("calibration") or {}).get("table")
     else:
         options = DataOptions(train=data, label_columns=labels)
