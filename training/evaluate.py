@@ -186,6 +186,13 @@ def write_report(
             f"| {format_metric(m['pr_auc'])} | {m['threshold']:.3f} | {format_metric(m['f1'])} "
             f"| {format_metric(m['bce'])} | {format_metric(m.get('ece'))} |"
         )
+    if metrics.get("label_base_rates"):
+        lines += [
+            "",
+            "The model's probabilities assume its `label_base_rates` (prior correction), not "
+            "these rows' rates: the ECE column above measures them as served; the calibration "
+            "section's 'ECE served' moves them to these rows' rates first.",
+        ]
     lines += ["", "![precision-recall curves](pr_curves.png)", ""]
     if metrics.get("calibration"):
         lines += _calibration_lines(metrics["calibration"])
@@ -310,6 +317,8 @@ def evaluate_model(
             ece = expected_calibration_error(y[:, j] >= 0.5, served[:, j])
             table[label]["ece_at_data_rates"] = round(ece, 6)
     metrics["calibration"] = {"table": table, "bins": 15, "folds": 5}
+    if contract.label_base_rates is not None:
+        metrics["label_base_rates"] = dict(contract.label_base_rates)
     metrics["model"] = portable_path(model_dir)
     metrics["data"] = portable_path(data_path)
     metrics["skipped_rows"] = dataset.skipped_rows
