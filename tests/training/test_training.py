@@ -716,6 +716,9 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     assert teacher_info["details"]["pooling"] == "mean"
     card = (out / "README.md").read_text()
     assert "bert-tiny-jigsaw-distilled" in card and "TF-IDF" in card
+    config = json.loads((out / "config.json").read_text())  # calibrated in the export step
+    assert config["calibration"]["method"] == "platt" and "label_base_rates" in config
+    assert "## Calibration" in card and "calibration" in summary
 
 
 # -- training-loop benchmark -------------------------------------------------------------------
