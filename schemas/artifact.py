@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MULTI_LABEL = "multi_label_classification"
 TOXICITY_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
@@ -35,6 +35,57 @@ class ArtifactError(ValueError):
     """The directory does not meet the contract; the message is one line."""
 
 
+class LabelCalibration(BaseModel):
+    """One label's calibration, relative to the uncalibrated head's logit z:
+    p = sigmoid(slope * z + intercept + prior_shift). Already applied in the head's weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    slope: float = Field(gt=0, description="Platt slope a (> 0: the map is increasing)")
+    intercept: float = Field(description="Platt intercept b")
+    prior_shift: float = Field(
+        default=0.0, description="logit(label_base_rate) - logit(label_training_rate)"
+    )
+    positives: int = Field(ge=0, description="positive rows among those the map was fitted on")
+    fitted: bool = Field(
+        default=True, description="false: no usable fit (slope 1, intercept 0: only the shift)"
+    )
+
+
+class Calibration(BaseModel):
+    """Per-label calibration stored in `config.json` under `calibration`.
+
+    `folded: true` is the only kind there is: the maps are affine in logit space (Platt scaling
+    plus the prior shift) and are folded into the classifier head's weight and bias, so every
+    consumer's `sigmoid(logits)` is already the calibrated probability; these numbers document
+    the fit (and let training undo it). A method a consumer would have to apply itself is not
+    part of the contract, so such an artifact fails validation instead of being served raw.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    method: Literal["platt"] = "platt"
+    folded: Literal[True] = True
+    fitted_on: str = Field(min_length=1, description="the rows the maps were fitted on")
+    rows: int = Field(gt=0)
+    labels: dict[str, LabelCalibration]
+
+    def total_offset(self, label: str) -> float:
+        """intercept + prior_shift of `label`: the calibrated logit is slope * z + this."""
+        entry = self.labels[label]
+        return entry.intercept + entry.prior_shift
+
+
+def _check_rates(name: str, rates: dict[str, float] | None, labels: tuple[str, ...]) -> None:
+    if rates is None:
+        return
+    if set(rates) != set(labels):
+        raise ValueError(f"{name} must name every label, and only those")
+    bad = {label: rate for label, rate in rates.items() if not 0.0 < rate < 1.0}
+    if bad:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {bad}")
+
+
 class ArtifactContract(BaseModel):
     """The served model's identity and decision rule, as stored in `config.json`."""
 
@@ -45,14 +96,24 @@ class ArtifactContract(BaseModel):
     problem_type: Literal["multi_label_classification"] = MULTI_LABEL
     labels: tuple[str, ...] = Field(min_length=1)
     label_thresholds: dict[str, float]
-    calibration: dict[str, Any] | None = Field(
-        default=None, description="Reserved: per-label calibration maps, once training fits them."
+    calibration: Calibration | None = Field(
+        default=None, description="Per-label calibration, folded into the head (None: raw)."
+    )
+    label_base_rates: dict[str, float] | None = Field(
+        default=None, description="The label rates the probabilities assume (prior correction)."
+    )
+    label_training_rates: dict[str, float] | None = Field(
+        default=None, description="The label rates of the rows the probabilities were fitted to."
     )
 
     @model_validator(mode="after")
     def _thresholds_cover_labels(self) -> ArtifactContract:
         if set(self.label_thresholds) != set(self.labels):
             raise ValueError("label_thresholds must name every label, and only those")
+        _check_rates("label_base_rates", self.label_base_rates, self.labels)
+        _check_rates("label_training_rates", self.label_training_rates, self.labels)
+        if self.calibration is not None and set(self.calibration.labels) != set(self.labels):
+            raise ValueError("calibration.labels must name every label, and only those")
         return self
 
     @classmethod
@@ -81,6 +142,8 @@ class ArtifactContract(BaseModel):
                 label: float(configured.get(label, DEFAULT_THRESHOLD)) for label in labels
             },
             calibration=config.get("calibration"),
+            label_base_rates=config.get("label_base_rates"),
+            label_training_rates=config.get("label_training_rates"),
         )
 
     def config_entries(self) -> dict[str, Any]:
@@ -92,7 +155,11 @@ class ArtifactContract(BaseModel):
             "label_thresholds": dict(self.label_thresholds),
         }
         if self.calibration is not None:
-            entries["calibration"] = self.calibration
+            entries["calibration"] = self.calibration.model_dump(mode="json")
+        for key in ("label_base_rates", "label_training_rates"):
+            rates = getattr(self, key)
+            if rates is not None:
+                entries[key] = dict(rates)
         return entries
 
     def flagged(self, probabilities: Any) -> list[str]:
@@ -131,5 +198,11 @@ def read_contract(model_dir: Path, default_name: str | None = None) -> ArtifactC
             default_name=default_name or model_dir.resolve().name,
             default_version=weights_version(weights),
         )
-    except ValueError as exc:  # bad JSON, or a contract field out of range
+    except ValidationError as exc:  # a contract field out of range: one line per the contract
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'config'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ArtifactError(f"{config_file}: {problems}") from None
+    except ValueError as exc:  # bad JSON
         raise ArtifactError(f"{config_file}: {exc}") from None

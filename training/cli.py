@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -89,6 +90,25 @@ def parse_pos_weight(value: str) -> PosWeight:
         raise argparse.ArgumentTypeError(
             f"must be 'auto' or comma-separated numbers, got {value!r}"
         ) from None
+
+
+def parse_base_rates(value: str) -> dict[str, float] | str:
+    """`training`, or `label=rate,...` with each rate strictly between 0 and 1 (argparse type)."""
+    if value.strip() == "training":
+        return "training"
+    rates: dict[str, float] = {}
+    for item in (v.strip() for v in value.split(",")):
+        label, sep, rate = item.partition("=")
+        try:
+            number = float(rate)
+        except ValueError:
+            number = math.nan
+        if not sep or not label.strip() or not 0.0 < number < 1.0:
+            raise argparse.ArgumentTypeError(
+                f"expected 'training' or label=rate pairs with 0 < rate < 1, got {item!r}"
+            )
+        rates[label.strip()] = number
+    return rates
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -327,6 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="labeled CSV: model.int8.onnx is written only if it passes the accuracy rule on "
         "its validation split (mean ROC-AUC drop <= 0.002, flag agreement >= 99.5%% per label)",
     )
+    p.add_argument(
+        "--calibration-data",
+        type=Path,
+        default=None,
+        help="labeled CSV/JSONL: fit a per-label calibration (Platt scaling) on its validation "
+        "split (20%%, random_state 42) and fold it, with the prior correction to --base-rates, "
+        "into the classifier head; thresholds are mapped so that no flag decision changes",
+    )
+    p.add_argument(
+        "--base-rates",
+        type=parse_base_rates,
+        default=None,
+        help="label=rate,... the label rates the calibrated probabilities assume (default: the "
+        "full Jigsaw train set's: toxic=0.096,severe_toxic=0.01,obscene=0.053,threat=0.003,"
+        "insult=0.049,identity_hate=0.009; other labels: their training rate); labels not "
+        "named keep that default, or a calibrated source's rate; 'training' for no prior "
+        "correction. Without --calibration-data: re-shift a calibrated source, no refit",
+    )
 
     p = sub.add_parser(
         "baseline",
@@ -450,6 +488,8 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             onnx=args.onnx,
             onnx_check=args.onnx_check_data,
             force=args.force,
+            calibration_data=args.calibration_data,
+            base_rates=args.base_rates,
         )
     if args.command == "baseline":
         from training.baseline import run_baseline

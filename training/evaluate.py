@@ -1,4 +1,5 @@
-"""Metrics (BCE, ROC-AUC, PR-AUC, F1), threshold choice, and the evaluation report with plots."""
+"""Metrics (BCE, ROC-AUC, PR-AUC, F1, ECE), threshold choice, and the evaluation report with
+plots (precision-recall curves, reliability diagrams, training loss)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ ThresholdRule = Literal["f1"] | float
 """Per-label thresholds: max F1 on validation, or one fixed value for every label."""
 Metrics = dict[str, Any]
 """`compute_metrics`' result: `n`, `bce`, `mean_roc_auc`, `mean_pr_auc`, `mean_f1`, `labels`
-(per label: positives, roc_auc, pr_auc, threshold, f1, bce), plus what a caller adds."""
+(per label: positives, roc_auc, pr_auc, threshold, f1, bce, ece), plus what a caller adds."""
 
 
 def bce(y: np.ndarray, p: np.ndarray) -> float:
@@ -62,8 +63,11 @@ def compute_metrics(
     labels: Sequence[str],
     thresholds: dict[str, float] | None = None,
 ) -> Metrics:
-    """Mean BCE, per-label and mean ROC-AUC, PR-AUC (average precision) and F1 at thresholds."""
+    """Mean BCE, per-label and mean ROC-AUC, PR-AUC (average precision), F1 at thresholds and
+    expected calibration error (15 equal-mass bins)."""
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    from training.calibration import expected_calibration_error
 
     thresholds = thresholds or {}
     per_label: dict[str, dict[str, float | int | None]] = {}
@@ -79,6 +83,7 @@ def compute_metrics(
             "threshold": threshold,
             "f1": float(f1_score(yj, pj >= threshold, zero_division=0)),
             "bce": bce(y[:, j], pj),
+            "ece": expected_calibration_error(yj, pj),
         }
 
     def mean(key: str) -> float | None:
@@ -154,8 +159,11 @@ def write_report(
     *,
     title: str = "Evaluation",
     history: list[dict[str, float]] | None = None,
+    reliability: dict[str, np.ndarray] | None = None,
 ) -> list[Path]:
-    """Write metrics.json, report.md, pr_curves.png and (with a history) training_loss.png."""
+    """Write metrics.json, report.md, pr_curves.png, (with a history) training_loss.png and
+    (with `reliability` curves, name -> probabilities) reliability.png; the calibration table
+    in `metrics["calibration"]`, if any, goes into the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "metrics.json", out_dir / "report.md", out_dir / "pr_curves.png"]
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -169,22 +177,72 @@ def write_report(
         f"- mean PR-AUC: {format_metric(metrics['mean_pr_auc'])}",
         f"- mean F1 at thresholds: {format_metric(metrics['mean_f1'])}",
         "",
-        "| label | positives | ROC-AUC | PR-AUC | threshold | F1 | BCE |",
-        "|---|---|---|---|---|---|---|",
+        "| label | positives | ROC-AUC | PR-AUC | threshold | F1 | BCE | ECE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, m in metrics["labels"].items():
         lines.append(
             f"| {label} | {m['positives']} | {format_metric(m['roc_auc'])} "
             f"| {format_metric(m['pr_auc'])} | {m['threshold']:.3f} | {format_metric(m['f1'])} "
-            f"| {format_metric(m['bce'])} |"
+            f"| {format_metric(m['bce'])} | {format_metric(m.get('ece'))} |"
         )
+    if metrics.get("label_base_rates"):
+        lines += [
+            "",
+            "The model's probabilities assume its `label_base_rates` (prior correction), not "
+            "these rows' rates: the ECE column above measures them as served; the calibration "
+            "section's 'ECE served' moves them to these rows' rates first.",
+        ]
     lines += ["", "![precision-recall curves](pr_curves.png)", ""]
+    if metrics.get("calibration"):
+        lines += _calibration_lines(metrics["calibration"])
+    if reliability:
+        from training.calibration import plot_reliability
+
+        plot_reliability(y, reliability, labels, out_dir / "reliability.png")
+        written.append(out_dir / "reliability.png")
+        lines += ["![reliability diagrams](reliability.png)", ""]
     if history:
         _plot_loss(history, out_dir / "training_loss.png")
         written.append(out_dir / "training_loss.png")
         lines += ["![training loss](training_loss.png)", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
     return written
+
+
+def _calibration_lines(calibration: dict[str, Any]) -> list[str]:
+    """The report's calibration section (`evaluate_model`'s `metrics["calibration"]`)."""
+    table: dict[str, dict[str, Any]] = calibration["table"]
+    served = "ece_at_data_rates" in next(iter(table.values()), {})
+    lines = [
+        "## Calibration",
+        "",
+        "Expected calibration error (ECE), 15 equal-mass bins. before: the uncalibrated head's "
+        "probabilities; after: Platt scaling per label, 5-fold cross-fitted on these rows (fitted "
+        "on 4 folds, measured on the 5th, shifted from the fitting folds' label rate to the "
+        "held-out rows' own); isotonic: the same with isotonic regression (measured, not "
+        "shipped); floor: the ECE a perfectly calibrated model with the after-probabilities "
+        "would show on as many rows (sampling noise). BCE: mean binary cross-entropy."
+        + (
+            " served: the artifact's probabilities moved from its label_base_rates to these "
+            "rows' own rates (in-sample where these are its calibration rows)."
+            if served
+            else ""
+        ),
+        "",
+        "| label | rate | ECE before | ECE after | ECE isotonic | floor | BCE before | BCE after "
+        "| BCE isotonic |" + (" ECE served |" if served else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if served else ""),
+    ]
+    for label, row in table.items():
+        lines.append(
+            f"| {label} | {row['rate']:.4f} | {format_metric(row['ece_before'])} "
+            f"| {format_metric(row['ece_after'])} | {format_metric(row['ece_isotonic'])} "
+            f"| {format_metric(row['ece_floor'])} | {format_metric(row['bce_before'])} "
+            f"| {format_metric(row['bce_after'])} | {format_metric(row['bce_isotonic'])} |"
+            + (f" {format_metric(row.get('ece_at_data_rates'))} |" if served else "")
+        )
+    return [*lines, ""]
 
 
 def find_history(model_dir: Path) -> list[dict[str, float]] | None:
@@ -209,8 +267,18 @@ def evaluate_model(
 ) -> Metrics:
     """Score a labeled file with an exported artifact (or a run directory's) at its stored
     thresholds and write the report (`write_report`) into `out_dir`; `label_columns` default to
-    the model's labels."""
+    the model's labels. The report's calibration section fits Platt scaling on these rows,
+    cross-fitted (`training.calibration.calibration_table`); the artifact is not changed
+    (`export --calibration-data` stores a calibration)."""
     from schemas.artifact import read_contract
+    from training.calibration import (
+        calibration_table,
+        crossfitted_probabilities,
+        expected_calibration_error,
+        logit,
+        raw_logits,
+        sigmoid,
+    )
     from training.data import load_dataset
     from training.export import resolve_model_dir
     from training.modeling import load_classifier, load_tokenizer, predict
@@ -222,15 +290,35 @@ def evaluate_model(
     dataset = load_dataset(
         data_path, text_column, label_columns or labels, skip_bad_rows=skip_bad_rows
     )
-    probs, _ = predict(
+    logits, _ = predict(
         load_classifier(model_dir),
         load_tokenizer(model_dir),
         dataset.texts,
         max_length=max_length,
         batch_size=batch_size,
+        logits=True,
     )
+    probs = sigmoid(logits).astype(np.float32)
     assert dataset.labels is not None
-    metrics = compute_metrics(dataset.labels, probs, labels, contract.label_thresholds)
+    y = dataset.labels
+    metrics = compute_metrics(y, probs, labels, contract.label_thresholds)
+    raw = raw_logits(logits, labels, contract.calibration)
+    table = calibration_table(raw, y, labels)
+    reliability = {
+        "before (raw)": sigmoid(raw),
+        "after (Platt, cross-fitted)": crossfitted_probabilities(raw, y),
+    }
+    if contract.label_base_rates is not None:  # served probabilities, at these rows' rates
+        rates = np.clip((y >= 0.5).mean(axis=0), 1e-6, 1 - 1e-6)
+        base = np.array([contract.label_base_rates[label] for label in labels])
+        served = sigmoid(logits + logit(rates) - logit(base))
+        reliability["served, at these rows' rates"] = served
+        for j, label in enumerate(labels):
+            ece = expected_calibration_error(y[:, j] >= 0.5, served[:, j])
+            table[label]["ece_at_data_rates"] = round(ece, 6)
+    metrics["calibration"] = {"table": table, "bins": 15, "folds": 5}
+    if contract.label_base_rates is not None:
+        metrics["label_base_rates"] = dict(contract.label_base_rates)
     metrics["model"] = portable_path(model_dir)
     metrics["data"] = portable_path(data_path)
     metrics["skipped_rows"] = dataset.skipped_rows
@@ -243,6 +331,7 @@ def evaluate_model(
         out_dir,
         title=f"Evaluation of {model_dir.name} on {data_path.name}",
         history=history,
+        reliability=reliability,
     )
     log.info("mean ROC-AUC %s, BCE %.4f", format_metric(metrics["mean_roc_auc"]), metrics["bce"])
     return metrics

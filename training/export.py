@@ -17,9 +17,11 @@ from schemas.artifact import (
     DEFAULT_THRESHOLD,
     WEIGHTS_FILE,
     ArtifactContract,
+    Calibration,
     read_contract,
     weights_version,
 )
+from training.calibration import BaseRates, CalibrationFit
 from training.evaluate import format_metric
 from training.modeling import HEAD_FILE, MeanPooledClassifier
 from training.sources import UsageError
@@ -106,6 +108,7 @@ def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[st
     for note in info.get("notes") or []:
         lines += ["", str(note)]
     lines += limitations_section(info, contract)
+    lines += _calibration_section(contract, info.get("calibration") or {})
     lines += [
         "",
         "## Usage",
@@ -117,8 +120,13 @@ def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[st
         "```",
         "",
         "Flag a label when its probability is >= `label_thresholds[label]` in `config.json` "
-        "(chosen for max F1 on the validation split). Probabilities are not calibrated to real "
-        "traffic base rates.",
+        "(chosen for max F1 on the validation split"
+        + (
+            ", then mapped through the calibration, so every flag decision is unchanged). "
+            "The probabilities are calibrated for traffic at `label_base_rates`."
+            if contract.calibration is not None
+            else "). Probabilities are not calibrated to real traffic base rates."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -158,6 +166,47 @@ def limitations_section(info: dict[str, Any], contract: ArtifactContract) -> lis
     return lines
 
 
+def _calibration_section(contract: ArtifactContract, fitted: dict[str, Any]) -> list[str]:
+    """The card's calibration section: rates, parameters and the cross-fitted ECE."""
+    calibration = contract.calibration
+    if calibration is None:
+        return []
+    base = contract.label_base_rates or {}
+    training = contract.label_training_rates or {}
+    table: dict[str, dict[str, Any]] = fitted.get("table") or {}
+    lines = [
+        "",
+        "## Calibration",
+        "",
+        f"Platt scaling per label (p = sigmoid(a * z + b) on the head's logit z), fitted on "
+        f"{calibration.fitted_on} ({calibration.rows} rows), then a prior correction from the "
+        "label rates of those rows (training rate) to the base rate: the logit moves by "
+        "logit(base rate) - logit(training rate). Both are folded into the classifier head's "
+        "weight and bias, so `sigmoid(logits)` is the calibrated probability for traffic at "
+        "the base rates, in every consumer. ECE: expected calibration error, 15 equal-mass bins, "
+        "on the same rows, 5-fold cross-fitted (the map fitted on 4 folds, measured on the 5th, "
+        "shifted to the held-out rows' own rate); the floor is the ECE a perfectly calibrated "
+        "model would show on as many rows (sampling noise).",
+        "",
+        "| label | training rate | base rate | a | b | shift | ECE before | ECE after | floor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label in contract.labels:
+        entry, row = calibration.labels[label], table.get(label, {})
+        lines.append(
+            f"| {label} | {format_metric(training.get(label), 4)} "
+            f"| {format_metric(base.get(label), 4)} "
+            + (
+                f"| {entry.slope:.3f} | {entry.intercept:+.3f} "
+                if entry.fitted
+                else "| not fitted | not fitted "
+            )
+            + f"| {entry.prior_shift:+.3f} | {format_metric(row.get('ece_before'))} "
+            f"| {format_metric(row.get('ece_after'))} | {format_metric(row.get('ece_floor'))} |"
+        )
+    return lines
+
+
 def save_artifact(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -168,13 +217,17 @@ def save_artifact(
     model_name: str | None = None,
     model_version: str | None = None,
     fp16: bool = False,
+    calibration: Calibration | None = None,
+    base_rates: dict[str, float] | None = None,
+    training_rates: dict[str, float] | None = None,
 ) -> ArtifactContract:
     """Save weights (safetensors), tokenizer, `config.json` carrying the artifact contract,
-    `training_info.json` and the model card; returns the contract written.
+    `training_info.json` and the model card; returns the contract written. A `calibration`
+    must already be folded into `model`'s head (`training.calibration`).
 
     The name defaults to the directory's, the version to a hash of the weights written. fp16
-    stores half-precision weights while `config.dtype` stays float32, so stock loaders upcast
-    them (CPU inference in fp16 is slow).
+    stores half-precision weights (a calibrated head excepted) while `config.dtype` stays
+    float32, so stock loaders upcast them (CPU inference in fp16 is slow).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (WEIGHTS_FILE, f"{WEIGHTS_FILE}.index.json"):
@@ -183,7 +236,13 @@ def save_artifact(
     labels = tuple(config.id2label[i] for i in range(config.num_labels))
     info = {**info, "parameters": sum(p.numel() for p in model.parameters())}
     dtype = torch.float16 if fp16 else torch.float32
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    # a calibrated head stays float32 (a few KB): fp16 rounding of the folded weights would
+    # move the calibrated probabilities by up to ~2e-4
+    keep = _head_parameter_names(model) if fp16 and calibration is not None else set()
+    state = {
+        k: v.detach().to(torch.float32 if k in keep else dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     if isinstance(model, MeanPooledClassifier):  # a teacher: encoder directory + head file
         parts: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "classifier": {}}
         for key, value in state.items():
@@ -202,7 +261,13 @@ def save_artifact(
         label_thresholds={
             label: float(thresholds.get(label, DEFAULT_THRESHOLD)) for label in labels
         },
+        calibration=calibration,
+        label_base_rates=base_rates,
+        label_training_rates=training_rates,
     )
+    for key in ("calibration", "label_base_rates", "label_training_rates"):
+        if hasattr(config, key):  # a re-export without calibration drops the old entries
+            delattr(config, key)
     for key, value in contract.config_entries().items():
         setattr(config, key, value)
     config.dtype = "float32"
@@ -212,6 +277,15 @@ def save_artifact(
     (out_dir / CARD_FILE).write_text(model_card(info, contract, config_dict))
     log.info("exported %s (version %s)", out_dir, contract.model_version)
     return contract
+
+
+def _head_parameter_names(model: PreTrainedModel) -> set[str]:
+    """The state-dict keys of the classifier head's weight and bias."""
+    from training.modeling import classifier_head
+
+    head = classifier_head(model)
+    prefix = next(name for name, module in model.named_modules() if module is head)
+    return {f"{prefix}.weight", f"{prefix}.bias"}
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
@@ -300,14 +374,21 @@ def export_model(
     onnx: bool = False,
     onnx_check: Path | None = None,
     force: bool = False,
+    calibration_data: Path | None = None,
+    base_rates: BaseRates = None,
 ) -> ArtifactContract:
     """Re-export a trained model (from a run or artifact directory) as a served artifact.
 
     Thresholds and training info carry over; the name carries over only when exporting in
     place (elsewhere it defaults to the new directory's name); the version is recomputed from
-    the weights written unless given. With `onnx`, the ONNX graphs are written beside the
-    weights (`training.onnx_export.export_onnx_graphs`; int8 only if it passes the accuracy
-    rule on the validation split of the labeled file `onnx_check`).
+    the weights written unless given. With `calibration_data` (a labeled file), a per-label
+    calibration is fitted on its validation split and folded into the head, with the prior
+    correction to `base_rates` (default: the full Jigsaw rates; `"training"`: none); without
+    it, `base_rates` re-shifts an already calibrated source, and a source's calibration
+    carries over. Thresholds are mapped through the same increasing map (every flag decision
+    stays). With `onnx`, the ONNX graphs are written beside the weights
+    (`training.onnx_export.export_onnx_graphs`; int8 only if it passes the accuracy rule on the
+    validation split of the labeled file `onnx_check`).
 
     `out_dir` must be missing, empty or an earlier export of the same model; `force` allows
     any directory, the source included (`check_export_target`). The artifact files of an
@@ -325,17 +406,29 @@ def export_model(
     if metrics_path is not None:
         info["metrics"] = json.loads(metrics_path.read_text())
     info["exported_from"] = _exported_from(model_dir)
+    thresholds = dict(source_contract.label_thresholds)
+    calibration = source_contract.calibration
+    rates = (source_contract.label_base_rates, source_contract.label_training_rates)
+    if calibration_data is not None or base_rates is not None:
+        fit = calibrate(model, tokenizer, source_contract, calibration_data, base_rates, info)
+        thresholds = fit.map_thresholds(thresholds)
+        calibration, rates = fit.calibration, (fit.base_rates, fit.training_rates)
+        for label, entry in (info.get("metrics") or {}).get("labels", {}).items():
+            entry["threshold"] = thresholds.get(label, entry.get("threshold"))
     in_place = out_dir.resolve() == model_dir.resolve()
     remove_artifact_files(out_dir, keep=(HISTORY_FILE,) if in_place else ())
     contract = save_artifact(
         model,
         tokenizer,
         out_dir,
-        thresholds=source_contract.label_thresholds,
+        thresholds=thresholds,
         info=info,
         model_name=model_name or (source_contract.model_name if in_place else None),
         model_version=model_version,
         fp16=fp16,
+        calibration=calibration,
+        base_rates=rates[0],
+        training_rates=rates[1],
     )
     history = model_dir / HISTORY_FILE
     if history.is_file() and not in_place:
@@ -348,3 +441,70 @@ def export_model(
         info["onnx"] = export_onnx_graphs(out_dir, check)
         (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return contract
+
+
+def calibrate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    contract: ArtifactContract,
+    data: Path | None,
+    base_rates: BaseRates,
+    info: dict[str, Any],
+) -> CalibrationFit:
+    """Fit (on the validation split of `data`) or re-shift the calibration, fold it into
+    `model`'s head, and record it with its cross-fitted ECE table in `info["calibration"]`."""
+    from training.calibration import (
+        CalibrationError,
+        calibration_table,
+        fit_calibration,
+        raw_logits,
+        reshift,
+        resolve_base_rates,
+    )
+    from training.data import DataOptions, load_split
+    from training.modeling import fold_affine_into_head, predict
+
+    labels = list(contract.labels)
+    if data is None:
+        if contract.calibration is None or contract.label_training_rates is None:
+            raise CalibrationError(
+                "--base-rates without --calibration-data needs an already calibrated source "
+                "(its label_training_rates); give --calibration-data to fit one"
+            )
+        training = contract.label_training_rates
+        targets = resolve_base_rates(labels, training, base_rates, contract.label_base_rates)
+        fit = reshift(contract.calibration, labels, training, targets)
+        table = (info.get("calibration") or {}).get("table")
+    else:
+        options = DataOptions(train=data, label_columns=labels)
+        val = load_split(options)[1]
+        assert val.labels is not None
+        logits, _ = predict(model, tokenizer, val.texts, logits=True)
+        fitted_on = f"the validation split: {options.describe_validation()}"
+        fit = fit_calibration(
+            logits,
+            val.labels,
+            labels,
+            current=contract.calibration,
+            base_rates=base_rates,
+            fitted_on=fitted_on,
+        )
+        raw = raw_logits(logits, labels, contract.calibration)
+        table = calibration_table(raw, val.labels, labels)
+    fold_affine_into_head(model, fit.scale, fit.offset)
+    info["calibration"] = {
+        "method": fit.calibration.method,
+        "fitted_on": fit.calibration.fitted_on,
+        "rows": fit.calibration.rows,
+        "label_training_rates": fit.training_rates,
+        "label_base_rates": fit.base_rates,
+        "table": table,
+    }
+    log.info(
+        "calibration: %s",
+        ", ".join(
+            f"{label} a={e.slope:.3f} b={e.intercept:+.3f} shift={e.prior_shift:+.3f}"
+            for label, e in fit.calibration.labels.items()
+        ),
+    )
+    return fit

@@ -277,8 +277,10 @@ def predict(
     bf16: bool = False,
     pooled_layers: Sequence[int] = (),
     progress: bool = False,
+    logits: bool = False,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Sigmoid probabilities (n, n_labels) and, for `pooled_layers`, mean-pooled hidden states."""
+    """Sigmoid probabilities (n, n_labels) (with `logits`: the logits themselves) and, for
+    `pooled_layers`, mean-pooled hidden states."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -295,7 +297,8 @@ def predict(
         inputs = collate([ids[i] for i in batch], pad_id)
         with autocast(bf16):
             out = model(**inputs, output_hidden_states=bool(pooled_layers))
-        probs[batch] = torch.sigmoid(out.logits.float()).numpy()
+        scores = out.logits.float()
+        probs[batch] = (scores if logits else torch.sigmoid(scores)).numpy()
         for layer in pooled_layers:
             hidden = out.hidden_states[layer].float()
             pooled[layer][batch] = mean_pool(hidden, inputs["attention_mask"]).numpy()
@@ -305,3 +308,36 @@ def predict(
 def progress_interval() -> float:
     """tqdm refresh interval: lively on a terminal, sparse in logs."""
     return 0.5 if os.isatty(2) else 30.0
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The linear layer that produces the label logits: `classifier` (BERT and our
+    `MeanPooledClassifier`), `classifier.out_proj` (RoBERTa-style heads), else the one linear
+    layer with `num_labels` outputs."""
+    num_labels = model.config.num_labels
+    head = getattr(model, "classifier", None)
+    if isinstance(head, nn.Module) and not isinstance(head, nn.Linear):
+        head = getattr(head, "out_proj", None)
+    if not isinstance(head, nn.Linear):
+        found = [
+            m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels
+        ]
+        head = found[0] if len(found) == 1 else None
+    if head is None or head.out_features != num_labels or head.bias is None:
+        raise ValueError(
+            f"{type(model).__name__}: no linear classifier head with a bias and {num_labels} "
+            "outputs to fold a calibration into"
+        )
+    return head
+
+
+@torch.no_grad()
+def fold_affine_into_head(model: nn.Module, scale: np.ndarray, offset: np.ndarray) -> None:
+    """Make the model's logits `scale * logits + offset` (per label) by rewriting its head:
+    W' = diag(scale) W, b' = scale * b + offset."""
+    head = classifier_head(model)
+    s = torch.as_tensor(np.asarray(scale), dtype=torch.float64)
+    o = torch.as_tensor(np.asarray(offset), dtype=torch.float64)
+    weight, bias = head.weight.double(), head.bias.double()
+    head.weight.copy_((weight * s[:, None]).to(head.weight.dtype))
+    head.bias.copy_((bias * s + o).to(head.bias.dtype))

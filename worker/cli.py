@@ -159,6 +159,8 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
         "model": {"name": contract.model_name, "version": contract.model_version},
         "labels": list(contract.labels),
         "thresholds": dict(contract.label_thresholds),
+        # the label rates the probabilities are calibrated for (None: uncalibrated)
+        "label_base_rates": contract.label_base_rates,
     } | loaded
 
 

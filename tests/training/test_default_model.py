@@ -12,6 +12,7 @@ import pytest
 from transformers import pipeline
 
 from training import JIGSAW_LABELS
+from training.data import TextDataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODEL_DIR = Path(__file__).resolve().parents[2] / "worker" / "default_model"
@@ -65,22 +66,92 @@ def test_default_model_pipeline_matches_worker_and_ranks_toxicity() -> None:
     assert scores[0, toxic] < served.contract.label_thresholds["toxic"]
 
 
-def test_default_model_beats_the_tfidf_baseline_on_the_validation_split() -> None:
-    """The committed weights reproduce the card's validation figure and beat TF-IDF + LR on the
-    same split (both recorded by `make default-model` in training_info.json)."""
+@pytest.fixture(scope="module")
+def validation() -> tuple[TextDataset, np.ndarray]:
+    """The card's validation split and the served model's scores on it."""
     from training.data import load_dataset, split_dataset
     from training.default_model import SHARED_DATA
-    from training.evaluate import compute_metrics
     from worker.model import load_served_model
 
     if not SHARED_DATA.is_file():
         pytest.skip(f"the Jigsaw rows are not at {SHARED_DATA}")
+    _, val = split_dataset(load_dataset(SHARED_DATA))
+    return val, load_served_model(None, device="cpu", precision="fp32").score(val.texts)
+
+
+def test_default_model_beats_the_tfidf_baseline_on_the_validation_split(
+    validation: tuple[TextDataset, np.ndarray],
+) -> None:
+    """The committed weights reproduce the card's validation figure and beat TF-IDF + LR on the
+    same split (both recorded by `make default-model` in training_info.json)."""
+    from training.evaluate import compute_metrics
+
     info = json.loads((MODEL_DIR / "training_info.json").read_text())
     card_roc = info["metrics"]["mean_roc_auc"]
     tfidf_roc = info["reference_validation"]["tfidf_lr"]["mean_roc_auc"]
-    _, val = split_dataset(load_dataset(SHARED_DATA))
+    val, scores = validation
     assert len(val) == info["val_rows"]
-    scores = load_served_model(None, device="cpu", precision="fp32").score(val.texts)
     measured = compute_metrics(val.labels, scores, JIGSAW_LABELS)["mean_roc_auc"]
     assert abs(measured - card_roc) < 0.002  # fp16 storage vs the fp32 figure on the card
     assert measured > tfidf_roc + 0.005
+
+
+def test_default_model_is_calibrated_for_the_full_jigsaw_rates() -> None:
+    from schemas.artifact import ONNX_META_WEIGHTS, read_contract, weights_version
+    from training.onnx_export import read_metadata
+
+    contract = read_contract(MODEL_DIR)
+    assert contract.calibration is not None and contract.calibration.method == "platt"
+    assert all(entry.fitted for entry in contract.calibration.labels.values())
+    # the full Jigsaw train set's published label rates (../shared/data/jigsaw/README.md)
+    assert contract.label_base_rates == {
+        "toxic": 0.096,
+        "severe_toxic": 0.010,
+        "obscene": 0.053,
+        "threat": 0.003,
+        "insult": 0.049,
+        "identity_hate": 0.009,
+    }
+    assert contract.label_training_rates is not None
+    assert contract.label_training_rates["toxic"] == pytest.approx(0.295, abs=0.01)
+    card = (MODEL_DIR / "README.md").read_text()
+    assert "## Calibration" in card and "training rate" in card and "base rate" in card
+    for label in JIGSAW_LABELS:
+        base, training = contract.label_base_rates[label], contract.label_training_rates[label]
+        assert f"| {label} | {training:.4f} | {base:.4f} |" in card
+    # the int8 graph was re-exported from the calibrated weights (the worker checks this too)
+    graph = read_metadata(MODEL_DIR / "model.int8.onnx")
+    assert graph[ONNX_META_WEIGHTS] == weights_version(MODEL_DIR / "model.safetensors")
+
+
+def test_default_model_probabilities_are_calibrated_on_the_validation_split(
+    validation: tuple[TextDataset, np.ndarray],
+) -> None:
+    """ECE <= 0.02 per label on the validation rows once the served probabilities are shifted
+    to those rows' own rates, in-sample and 5-fold cross-fitted (the card's figures)."""
+    from schemas.artifact import read_contract
+    from training.calibration import (
+        calibration_table,
+        expected_calibration_error,
+        logit,
+        raw_logits,
+        sigmoid,
+    )
+
+    contract = read_contract(MODEL_DIR)
+    assert contract.calibration is not None and contract.label_base_rates is not None
+    val, scores = validation
+    y = val.labels
+    assert y is not None
+    rates = y.mean(axis=0)
+    base = np.array([contract.label_base_rates[label] for label in JIGSAW_LABELS])
+    assert (scores.mean(axis=0) < rates).all()  # served at the (lower) full-set rates
+    shifted = sigmoid(logit(scores) + logit(rates) - logit(base))
+    for j, label in enumerate(JIGSAW_LABELS):
+        assert expected_calibration_error(y[:, j], shifted[:, j]) <= 0.02, label
+    raw = raw_logits(logit(scores), JIGSAW_LABELS, contract.calibration)
+    table = calibration_table(raw, y, JIGSAW_LABELS)
+    recorded = json.loads((MODEL_DIR / "training_info.json").read_text())["calibration"]["table"]
+    for label in JIGSAW_LABELS:
+        assert table[label]["ece_after"] <= 0.02, label
+        assert table[label]["ece_after"] == pytest.approx(recorded[label]["ece_after"], abs=2e-3)

@@ -360,10 +360,16 @@ def test_evaluate_writes_metrics_report_and_plots(
     assert 0.0 <= metrics["mean_roc_auc"] <= 1.0 and metrics["bce"] > 0
     assert set(metrics["labels"]) == set(JIGSAW_LABELS)
     for label in metrics["labels"].values():
-        assert {"roc_auc", "pr_auc", "f1", "threshold"} <= set(label)
-    for png in ("pr_curves.png", "training_loss.png"):
+        assert {"roc_auc", "pr_auc", "f1", "threshold", "ece"} <= set(label)
+        assert 0.0 <= label["ece"] <= 1.0
+    for png in ("pr_curves.png", "training_loss.png", "reliability.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| toxic |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| toxic |" in report and "## Calibration" in report and "reliability.png" in report
+    table = metrics["calibration"]["table"]
+    assert set(table) == set(JIGSAW_LABELS)
+    assert table["toxic"]["ece_before"] == pytest.approx(metrics["labels"]["toxic"]["ece"])
+    assert table["toxic"]["ece_after"] is not None  # 40 positives: 5 folds can be cross-fitted
 
 
 def test_export_round_trips_through_pipeline_and_worker(work: Path, fitted: Path) -> None:
@@ -492,6 +498,154 @@ def test_skipped_rows_are_counted_without_a_validation_file(
     argv = [arg for arg in argv if arg != "--no-progress"]
     assert main([*argv, "--no-resume"]) == 0
     assert "Writing model shards" in capsys.readouterr().err
+
+
+# -- calibration -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated(work: Path, tiny_model: Path) -> tuple[Path, Path, Path]:
+    """A fitted model exported plain and calibrated (both with model.onnx), and the labeled
+    file whose validation split the calibration was fitted on."""
+    rows = _write_csv(work / "calibration.csv", _rows(400))
+    run = work / "calibration-run"  # trained long enough to have signal in every label
+    argv = ["fit", "--base-model", str(tiny_model), "--train", str(rows), "--output-dir", str(run)]
+    assert main([*argv, *COMMON, "--epochs", "4", "--lr", "5e-3", "--max-length", "32"]) == 0
+    plain, calibrated = work / "plain", work / "calibrated"
+    assert main(["export", str(run), str(plain), "--onnx"]) == 0
+    args = ["export", str(run), str(calibrated), "--onnx", "--calibration-data", str(rows)]
+    assert main(args) == 0
+    return plain, calibrated, rows
+
+
+def _pipeline_scores(model_dir: Path, texts: list[str]) -> np.ndarray:
+    clf = pipeline(
+        "text-classification",
+        model=str(model_dir),
+        top_k=None,
+        function_to_apply="sigmoid",
+        truncation=True,
+        max_length=128,
+    )
+    return np.array(
+        [
+            [next(r["score"] for r in res if r["label"] == label) for label in JIGSAW_LABELS]
+            for res in clf(texts)
+        ]
+    )
+
+
+def test_calibration_is_folded_into_the_head_for_every_consumer(
+    calibrated: tuple[Path, Path, Path],
+) -> None:
+    from schemas.artifact import read_contract
+    from training.calibration import JIGSAW_BASE_RATES, sigmoid
+    from training.modeling import load_classifier, load_tokenizer, predict
+    from worker.model import load_served_model
+
+    plain, folded, rows = calibrated
+    before, after = read_contract(plain), read_contract(folded)
+    assert before.calibration is None and before.label_base_rates is None  # old-style: valid
+    calibration = after.calibration
+    assert calibration is not None and calibration.method == "platt" and calibration.folded
+    assert after.label_base_rates == JIGSAW_BASE_RATES
+    _, val = split_dataset(load_dataset(rows))
+    assert val.labels is not None and calibration.rows == len(val) == 80
+    assert after.label_training_rates == pytest.approx(
+        dict(zip(JIGSAW_LABELS, val.labels.mean(axis=0).tolist(), strict=True)), abs=1e-6
+    )
+    config = json.loads((folded / "config.json").read_text())
+    assert config["label_base_rates"] == JIGSAW_BASE_RATES
+    assert set(config["label_training_rates"]) == set(config["calibration"]["labels"])
+
+    # the stock pipeline on the folded artifact gives sigmoid(a * z + b + shift) of the plain one
+    z, _ = predict(load_classifier(plain), load_tokenizer(plain), val.texts, logits=True)
+    slope = np.array([calibration.labels[label].slope for label in JIGSAW_LABELS])
+    offset = np.array([calibration.total_offset(label) for label in JIGSAW_LABELS])
+    expected = sigmoid(slope * z + offset)
+    assert not np.allclose(expected, sigmoid(z), atol=1e-2)  # the calibration does something
+    np.testing.assert_allclose(_pipeline_scores(folded, val.texts), expected, atol=1e-5)
+    # and so does the worker, torch and ONNX backends alike, with no calibration code of its own
+    for backend in ("torch", "onnx"):
+        served = load_served_model(folded, backend=backend, device="cpu", precision="fp32")
+        assert served.backend.kind == backend
+        np.testing.assert_allclose(served.score(val.texts), expected, atol=1e-4)
+
+    # thresholds mapped through the same increasing map: every flag decision stays, on all
+    # 400 rows (except within float rounding of a threshold)
+    texts = load_dataset(rows).texts
+    old = load_served_model(plain, backend="torch", device="cpu", precision="fp32").score(texts)
+    new = load_served_model(folded, backend="torch", device="cpu", precision="fp32").score(texts)
+    old_t = np.array([before.label_thresholds[label] for label in JIGSAW_LABELS])
+    new_t = np.array([after.label_thresholds[label] for label in JIGSAW_LABELS])
+    np.testing.assert_allclose(new_t, sigmoid(slope * logit_of(old_t) + offset), atol=1e-8)
+    clear = np.abs(old - old_t) > 1e-5
+    assert clear.mean() > 0.9
+    assert ((old >= old_t) == (new >= new_t))[clear].all()
+    assert (new >= new_t).any() and (new < new_t).any()
+
+    # fp16 storage keeps the calibrated head in float32 (fp16 rounding would move the scores)
+    half = folded.parent / "calibrated-fp16"
+    assert main(["export", str(folded), str(half), "--fp16"]) == 0
+    with safe_open(str(half / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+    assert dtypes.pop("classifier.weight") == dtypes.pop("classifier.bias") == torch.float32
+    assert set(dtypes.values()) == {torch.float16}
+    assert read_contract(half).calibration == calibration
+    np.testing.assert_allclose(_pipeline_scores(half, val.texts), expected, atol=2e-3)
+
+    card = (folded / "README.md").read_text()
+    assert "## Calibration" in card and "| toxic | " in card
+    assert "training rate" in card and "base rate" in card and "0.0960" in card
+    info = json.loads((folded / "training_info.json").read_text())
+    assert set(info["calibration"]["table"]) == set(JIGSAW_LABELS)
+    assert info["calibration"]["table"]["toxic"]["ece_after"] is not None
+
+
+def logit_of(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def test_base_rates_reshift_a_calibrated_artifact(
+    work: Path, calibrated: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from schemas.artifact import read_contract
+    from training.modeling import load_classifier, load_tokenizer, predict
+
+    plain, folded, rows = calibrated
+    moved = work / "moved"
+    assert main(["export", str(folded), str(moved), "--base-rates", "toxic=0.2"]) == 0
+    source, target = read_contract(folded), read_contract(moved)
+    assert target.label_base_rates is not None and source.label_base_rates is not None
+    assert target.label_base_rates["toxic"] == 0.2
+    assert target.label_base_rates["insult"] == source.label_base_rates["insult"]  # kept
+    assert target.label_training_rates == source.label_training_rates
+    texts = load_dataset(rows).texts[:40]
+    z_source, _ = predict(load_classifier(folded), load_tokenizer(folded), texts, logits=True)
+    z_target, _ = predict(load_classifier(moved), load_tokenizer(moved), texts, logits=True)
+    shift = z_target - z_source
+    toxic = JIGSAW_LABELS.index("toxic")
+    np.testing.assert_allclose(shift[:, toxic], logit_of(0.2) - logit_of(0.096), atol=1e-4)
+    np.testing.assert_allclose(np.delete(shift, toxic, axis=1), 0.0, atol=1e-5)
+
+    # usage errors: one line, exit 2
+    for argv, message in (
+        (
+            ["export", str(plain), str(work / "x"), "--base-rates", "toxic=0.2"],
+            "already calibrated",
+        ),
+        (
+            ["export", str(plain), str(work / "x"), "--calibration-data", str(rows),
+             "--base-rates", "spam=0.1"],
+            "names label(s) the model does not have: ['spam']",
+        ),
+    ):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+    for bad in ("toxic=1.5", "toxic", "toxic=abc"):
+        with pytest.raises(SystemExit) as exited:
+            main(["export", str(folded), str(work / "x"), "--base-rates", bad])
+        assert exited.value.code == 2
+    assert not (work / "x").exists()
 
 
 # -- distill -----------------------------------------------------------------------------------
@@ -649,6 +803,9 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     assert teacher_info["details"]["pooling"] == "mean"
     card = (out / "README.md").read_text()
     assert "bert-tiny-jigsaw-distilled" in card and "TF-IDF" in card
+    config = json.loads((out / "config.json").read_text())  # calibrated in the export step
+    assert config["calibration"]["method"] == "platt" and "label_base_rates" in config
+    assert "## Calibration" in card and "calibration" in summary
 
 
 # -- training-loop benchmark -------------------------------------------------------------------

@@ -160,6 +160,7 @@ def test_info_json_describes_the_default_model() -> None:
     assert info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert Path(info["default_model_dir"]) == DEFAULT_MODEL_DIR == REPO / "worker" / "default_model"
     assert {"torch", "transformers", "aiokafka", "model", "thresholds", "backend"} <= set(info)
+    assert info["label_base_rates"]["toxic"] == 0.096  # calibrated for the full Jigsaw rates
 
 
 def test_the_worker_refuses_to_start_without_model_weights(tmp_path: Path) -> None:
