@@ -24,7 +24,7 @@ from testing.topics import Topics
 from testing.worker_process import QUICK_ENV, REPO_ROOT, worker_env
 from tests.worker.test_in_process import settings_for
 from worker.app import Worker
-from worker.model import load_served_model
+from worker.model import DEFAULT_MODEL_DIR, load_served_model
 from worker.policy import (
     Policy,
     PolicyError,
@@ -332,3 +332,32 @@ def test_the_worker_refuses_to_start_with_a_bad_policy(
     assert result.returncode == 2, result.stderr[-2000:]
     [line] = [x for x in result.stderr.splitlines() if x.startswith("moderation-worker:")]
     assert needle in line and str(policy_file) in line
+
+
+def test_the_watcher_reloads_on_a_content_change_only(tmp_path: Path) -> None:
+    """Touching the file, or the same content under a new inode, reloads nothing; a change
+    reloads once; a file that disappears is a rejected reload, and so is an invalid one."""
+    from worker.metrics import Metrics
+    from worker.policy import PolicyWatcher
+
+    contract = read_contract(DEFAULT_MODEL_DIR)
+    path = tmp_path / "policy.json"
+    write_atomically(path, V1)
+    metrics = Metrics()
+    holder = PolicyHolder(contract, load_policy_file(path, contract.labels), metrics=metrics)
+    watcher = PolicyWatcher(path, holder, metrics, interval_s=1.0)
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert not watcher.check()
+    write_atomically(path, V1)  # same bytes, new inode
+    assert not watcher.check()
+    write_atomically(path, V2)
+    assert watcher.check() and holder.current.version == "v2"
+    assert not watcher.check()  # nothing changed since
+    path.unlink()
+    assert not watcher.check() and holder.current.version == "v2"
+    path.write_text('{"version": "v4", "thresholds": {"toxic": 2}}')
+    assert not watcher.check() and holder.current.version == "v2"
+    assert metrics.policy_reloads._value.get() == 1
+    assert metrics.policy_reload_failures._value.get() == 2
+    write_atomically(path, V1)
+    assert watcher.check() and holder.current.version == "v1"

@@ -8,6 +8,8 @@ import asyncio
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,12 @@ from schemas import DeadLetterHeaders, ScoredComment
 from testing.kafka import comment, committed_offsets, create_topics, produce, read_all
 from testing.models import LABELS, SAMPLE_TEXTS
 from testing.topics import Topics
+from testing.worker_process import QUICK_ENV, REPO_ROOT, worker_env
 from tests.worker.test_in_process import settings_for
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
 from worker.model import ServedModel, load_served_model
 from worker.shadow import same_tokenizer
-
-pytestmark = pytest.mark.integration
 
 BAD = [(b"bad-json", b"{not json"), (b"no-id", b'{"text": "hello"}')]
 
@@ -124,6 +125,7 @@ def check_primary(
     return parsed
 
 
+@pytest.mark.integration
 async def test_shadow_outputs_and_agreement_metrics(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, tiny_shadow_model_dir: Path
 ) -> None:
@@ -163,6 +165,7 @@ async def test_shadow_outputs_and_agreement_metrics(
     assert metrics.shadow_flip_rate_bound._value.get() == 0.05
 
 
+@pytest.mark.integration
 async def test_a_shadow_with_its_own_tokenizer_tokenizes_separately(
     kafka_bootstrap: str,
     topics: Topics,
@@ -194,6 +197,7 @@ async def test_a_shadow_with_its_own_tokenizer_tokenizes_separately(
     assert differs
 
 
+@pytest.mark.integration
 async def test_a_failing_shadow_leaves_the_primary_unchanged(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, tiny_shadow_model_dir: Path
 ) -> None:
@@ -215,6 +219,7 @@ async def test_a_failing_shadow_leaves_the_primary_unchanged(
     assert sum(offset or 0 for offset in committed.values()) == len(texts) + len(BAD)
 
 
+@pytest.mark.integration
 async def test_a_slow_shadow_is_dropped_not_waited_for(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, tiny_shadow_model_dir: Path
 ) -> None:
@@ -244,3 +249,31 @@ async def test_a_slow_shadow_is_dropped_not_waited_for(
     committed = await committed_offsets(kafka_bootstrap, topics.group, topics.input)
     assert sum(offset or 0 for offset in committed.values()) == len(texts)
     assert orjson.loads(outputs[0].value)["policy_version"] == "model"
+
+
+def test_the_worker_refuses_a_shadow_it_cannot_compare(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A shadow whose labels are not the primary's, or that does not exist: one line, exit 2."""
+    other = Path(shutil.copytree(tiny_model_dir, tmp_path / "other-labels"))
+    config = json.loads((other / "config.json").read_text())
+    config["id2label"]["0"] = "spam"
+    config["label2id"] = {v: int(k) for k, v in config["id2label"].items()}
+    config["label_thresholds"] = dict.fromkeys(config["label2id"], 0.5)
+    (other / "config.json").write_text(json.dumps(config))
+    for shadow, needle in (
+        (other, "are not the primary's"),
+        (tmp_path / "missing", "does not exist"),
+    ):
+        env = worker_env(
+            "127.0.0.1:9", Topics.fresh("refuse"), 0,
+            QUICK_ENV | {"MODERATION_MODEL": str(tiny_model_dir),
+                         "MODERATION_SHADOW_MODEL": str(shadow)},
+        )  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "worker", "run"], env=env, cwd=REPO_ROOT,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        [line] = [x for x in result.stderr.splitlines() if x.startswith("moderation-worker:")]
+        assert line.startswith("moderation-worker: shadow model: ") and needle in line, line
