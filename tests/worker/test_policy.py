@@ -361,3 +361,21 @@ def test_the_watcher_reloads_on_a_content_change_only(tmp_path: Path) -> None:
     assert metrics.policy_reload_failures._value.get() == 2
     write_atomically(path, V1)
     assert watcher.check() and holder.current.version == "v1"
+
+
+async def test_the_worker_reads_tenants_where_the_settings_say(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """MODERATION_TENANT_FIELD / MODERATION_TENANT_HEADER reach the policy the outputs follow
+    (the worker is only constructed: nothing connects)."""
+    policy_file = tmp_path / "policy.json"
+    write_atomically(policy_file, V2)
+    settings = settings_for(
+        "127.0.0.1:9", Topics.fresh("wiring"), policy_file=str(policy_file),
+        tenant_field="community", tenant_header="x-tenant",
+    )  # fmt: skip
+    worker = Worker(settings, load_served_model(tiny_model_dir, device="cpu", precision="fp32"))
+    policy = worker.policies.current.primary
+    assert policy.version == "v2"
+    assert policy.source == TenantSource(metadata_field="community", header="x-tenant")
+    assert worker.policy_watcher is not None and worker.shadow is None
