@@ -115,6 +115,7 @@ class ShadowScorer:
         self._closed = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self._last_log: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
 
     # --- the primary's side: never blocks, never raises -------------------------------------
 
@@ -219,10 +220,10 @@ class ShadowScorer:
 
     def _failed(self, stage: str, exc: BaseException) -> None:
         self._metrics.shadow_failures.labels(stage).inc()
+        self._failures[stage] = count = self._failures.get(stage, 0) + 1
         now = time.monotonic()
         if now - self._last_log.get(stage, -LOG_EVERY_S) >= LOG_EVERY_S:
             self._last_log[stage] = now
-            count = self._metrics.shadow_failures.labels(stage)._value.get()
             log.warning(
                 "shadow %s failed (%d so far; the primary is not affected): %r",
                 stage, count, exc,
