@@ -379,3 +379,47 @@ async def test_the_worker_reads_tenants_where_the_settings_say(
     assert policy.version == "v2"
     assert policy.source == TenantSource(metadata_field="community", header="x-tenant")
     assert worker.policy_watcher is not None and worker.shadow is None
+
+
+@pytest.mark.integration
+async def test_the_tenant_header_wins_over_metadata_on_the_real_broker(
+    kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """With MODERATION_TENANT_HEADER set, a record's header names its tenant; a record without
+    the header falls back to the metadata field."""
+    from aiokafka import AIOKafkaProducer
+
+    policy_file = tmp_path / "policy.json"
+    write_atomically(policy_file, V2)  # kids: every label; everyone else: toxic only
+    model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+    settings = settings_for(
+        kafka_bootstrap, topics, policy_file=str(policy_file), tenant_header="x-tenant"
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        cases = {  # key: (header tenant, metadata tenant, expected tenant)
+            "h-kids": (b"kids", "adults", "kids"),
+            "h-adults": (b"adults", "kids", "adults"),
+            "m-kids": (None, "kids", "kids"),
+            "none": (None, None, None),
+        }
+        for key, (header, meta, _) in cases.items():
+            _, value = comment(key, TEXTS[0], metadata={"tenant": meta} if meta else None)
+            headers = [("x-tenant", header)] if header else []
+            await producer.send_and_wait(topics.input, value, key=key.encode(), headers=headers)
+    finally:
+        await producer.stop()
+    worker = Worker(settings, model)
+    running = asyncio.create_task(worker.run())
+    try:
+        records = await read_all(kafka_bootstrap, topics.output, len(cases), settle=0.3)
+    finally:
+        worker.request_stop()
+        assert await asyncio.wait_for(running, 30) == 0
+    for record in records:
+        message = ScoredComment.model_validate_json(record.value)
+        tenant = cases[record.key.decode()][2]
+        thresholds = V2["thresholds"] | V2["tenants"].get(tenant, {}).get("thresholds", {})
+        assert message.flagged == expected_flags(message, thresholds), record.key
+        assert (message.flagged == LABELS) == (tenant == "kids"), record.key
