@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy")
     parser.add_argument("--no-precision-check", action="store_true", help="skip bf16/int8 check")
+    parser.add_argument(
+        "--no-shadow", action="store_true", help="skip (b) with a shadow model attached"
+    )
+    parser.add_argument(
+        "--shadow-model", default=None, help="the shadow for that run (default: the model)"
+    )
     for flag, (field, kind) in SETTING_FLAGS.items():
         parser.add_argument(
             flag, dest=field, type=kind, default=None, help=f"MODERATION_{field.upper()}"
@@ -65,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         given["profile"] = False
     if args.no_precision_check:
         given["precision_check"] = False
+    if args.no_shadow:
+        given["shadow"] = False
+    if args.shadow_model is not None:
+        given["shadow_model"] = args.shadow_model
     options = BenchOptions.quick(**given) if args.quick else BenchOptions(**given)
     try:
         run_bench(settings, options)

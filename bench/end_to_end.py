@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from testing.kafka import comment, produce, produce_paced, read_all
+from testing.kafka import comment, create_topics, produce, produce_paced, read_all
 from testing.topics import Topics, fresh_topics
 from testing.worker_process import WorkerProcess, start_worker
 from worker.config import Settings
@@ -148,10 +148,13 @@ def run_saturation(
     so that the bench's polling of the metrics endpoint (every `poll_s`, only to know when it
     is done) neither sets the clock nor loads the worker."""
     topics = fresh_topics(bootstrap, "bench-saturation", partitions, output_partitions=partitions)
+    if settings.shadow_model is not None:  # the worker's default shadow topic, for these topics
+        asyncio.run(create_topics(bootstrap, {f"{topics.output}-shadow": partitions}))
     produce_s = asyncio.run(produce_all(bootstrap, topics.input, texts))
     n = len(texts)
     profiler = None
-    with running_worker(settings, bootstrap, topics, work_dir / "worker-saturation.log") as worker:
+    log_name = "worker-saturation-shadow.log" if settings.shadow_model else "worker-saturation.log"
+    with running_worker(settings, bootstrap, topics, work_dir / log_name) as worker:
         if profile_path is not None:
             profiler = start_profiler(worker.pid, profile_path)
         deadline = time.monotonic() + timeout_s
@@ -182,6 +185,19 @@ def run_saturation(
         "stages": _stage_summary(first, values, max(polled_at[-1] - first_at, poll_s)),
         "startup_s": startup_phases(values),
         "profiler_log": profiler_log.strip()[-500:],
+        "shadow": None if settings.shadow_model is None else shadow_summary(values, n),
+    }
+
+
+def shadow_summary(values: dict[str, float], messages: int) -> dict[str, Any]:
+    """What the shadow did by the time the primary was done: comments it scored and compared,
+    skipped (it fell behind: its queue was full) and failed (worker/shadow.py)."""
+    scored = values.get("moderation_shadow_scored_total", 0.0)
+    return {
+        "scored": int(scored),
+        "dropped": int(values.get("moderation_shadow_dropped_total", 0.0)),
+        "failures": int(values.get("moderation_shadow_failures_total", 0.0)),
+        "coverage": scored / messages if messages else 0.0,
     }
 
 

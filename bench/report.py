@@ -38,6 +38,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| {_f(b['comments_per_s'])} |",
         f"| (c) naive consumer (one message at a time, `transformers.pipeline`, commit each) "
         f"| {_f(c['comments_per_s'], 1)} |",
+        *_shadow_row(r.get("shadow")),
         "",
         f"Best of {len(a.get('runs', [1]))} alternating runs each for (a) and (b): a runs "
         f"{a.get('runs')}, b runs {b.get('runs')}. "
@@ -58,6 +59,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"real comments): p50 {r['single_comment']['p50_ms']:.2f} ms, p99 "
         f"{r['single_comment']['p99_ms']:.2f} ms (the 2021 write-up: ~6 ms; GPU goal ≤ 2 ms).",
         "",
+        *_shadow_paragraph(r.get("shadow")),
         "Start-up (s, from process start; `moderation_startup_seconds`): "
         + ", ".join(f"{k} {v:.2f}" for k, v in b.get("startup_s", {}).items())
         + " (goal: ready minus the group join ≤ 5 s on CPU).",
@@ -141,6 +143,32 @@ def markdown(r: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _shadow_row(shadow: dict[str, Any] | None) -> list[str]:
+    if not shadow:
+        return []
+    return [
+        f"| (b) with a shadow model attached (`{shadow['shadow_model']}`, same batches) "
+        f"| {_f(shadow['with_comments_per_s'])} |"
+    ]
+
+
+def _shadow_paragraph(shadow: dict[str, Any] | None) -> list[str]:
+    if not shadow:
+        return []
+    covered = shadow["shadow"]
+    return [
+        f"Shadow scoring (`MODERATION_SHADOW_MODEL`): the primary's end-to-end rate is "
+        f"**{_f(shadow['with_comments_per_s'])}** comments/s with the shadow attached vs "
+        f"{_f(shadow['without_comments_per_s'])} without (best runs; with-shadow runs "
+        f"{shadow['runs']}): a cost of **{shadow['throughput_cost']:.0%}**. By the time the "
+        f"primary was done the shadow had scored {covered['scored']:,} comments "
+        f"({covered['coverage']:.0%}), skipped {covered['dropped']:,} (behind: its queue was "
+        f"full) and failed on {covered['failures']:,}. A shadow that cannot keep up skips "
+        "batches rather than slowing the primary, so read the cost together with the coverage.",
+        "",
+    ]
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:

@@ -3,10 +3,12 @@
 from schemas.artifact import ArtifactContract, ArtifactError
 from schemas.comment import Comment
 from schemas.dead_letter import DeadLetterHeaders, ErrorKind
+from schemas.policy import MODEL_POLICY_VERSION, TenantPolicy, ThresholdPolicy
 from schemas.registry import SCHEMA_FILES, json_schemas
 from schemas.scores import ModelRef, ScoredComment
 
 __all__ = [
+    "MODEL_POLICY_VERSION",
     "SCHEMA_FILES",
     "ArtifactContract",
     "ArtifactError",
@@ -15,5 +17,7 @@ __all__ = [
     "ErrorKind",
     "ModelRef",
     "ScoredComment",
+    "TenantPolicy",
+    "ThresholdPolicy",
     "json_schemas",
 ]

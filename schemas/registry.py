@@ -1,4 +1,5 @@
-"""The JSON Schema documents generated from the models, and the files they are committed as."""
+"""The JSON Schema documents generated from the models (messages and the threshold policy file),
+and the files they are committed as."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ from pydantic import BaseModel
 
 from schemas.comment import Comment
 from schemas.dead_letter import DeadLetterHeaders
+from schemas.policy import ThresholdPolicy
 from schemas.scores import ScoredComment
 
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "comment.schema.json": Comment,
     "scored-comment.schema.json": ScoredComment,
     "dead-letter-headers.schema.json": DeadLetterHeaders,
+    "threshold-policy.schema.json": ThresholdPolicy,
 }
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """File name -> JSON Schema (draft 2020-12) of each message."""
+    """File name -> JSON Schema (draft 2020-12) of each message and of the policy file."""
     out: dict[str, dict[str, Any]] = {}
     for filename, model in SCHEMA_FILES.items():
         schema = model.model_json_schema(by_alias=True)

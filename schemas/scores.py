@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.policy import MODEL_POLICY_VERSION
+
 
 class ModelRef(BaseModel):
     """Which model produced the scores."""
@@ -29,8 +31,21 @@ class ScoredComment(BaseModel):
         dict[str, Probability], Field(description="Sigmoid probability of every model label.")
     ]
     flagged: Annotated[
-        list[str], Field(description="Labels whose score is at or above their threshold.")
+        list[str],
+        Field(
+            description="Labels whose score is at or above their threshold (the policy's for "
+            "the comment's tenant; else the model's)."
+        ),
     ]
     model: ModelRef
+    policy_version: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="Version of the threshold policy `flagged` follows; `model` when the "
+            "thresholds are the model's own (no policy file). Written on every output; outputs "
+            "from before policies existed read as `model`, which is what they followed.",
+        ),
+    ] = MODEL_POLICY_VERSION
     scored_at: Annotated[int, Field(description="Epoch milliseconds when the score was made.")]
     metadata: dict[str, Any] | None = None

@@ -37,6 +37,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_shadow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny model (seed 1: other weights, version `seed-1`), to attach as a shadow."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-shadow-model"), seed=1)
+
+
 @pytest.fixture
 def worker_process(
     kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path

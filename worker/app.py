@@ -30,6 +30,7 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from schemas import ThresholdPolicy
 from worker.batching import BatchQueue, warm_up_shapes
 from worker.checkpoint import Checkpoint, CheckpointListener
 from worker.config import Settings
@@ -38,9 +39,13 @@ from worker.health import HealthServer
 from worker.inference import InferenceLoop
 from worker.metrics import Metrics
 from worker.model import ServedModel, load_from_settings
+from worker.policy import PolicyHolder, PolicyWatcher, TenantSource, load_policy_file
 from worker.publish import Publisher, build_producer
+from worker.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
+
+SHADOW_DRAIN_S = 2.0  # at shutdown, after the primary: for the shadow queue, then its flush
 
 
 def process_age_s() -> float:
@@ -101,8 +106,16 @@ class Worker:
     Construct it inside the running event loop (the Kafka clients bind to it)."""
 
     def __init__(
-        self, settings: Settings, model: ServedModel, clock: StartupClock | None = None
+        self,
+        settings: Settings,
+        model: ServedModel,
+        clock: StartupClock | None = None,
+        *,
+        shadow: ServedModel | None = None,
+        policy: ThresholdPolicy | None = None,
     ) -> None:
+        """`policy`: the policy file already read (else it is read here from `policy_file`;
+        `PolicyError` if it is not valid for the model); `shadow`: a loaded shadow model."""
         self.settings = settings
         self.model = model
         self.clock = clock or StartupClock()
@@ -112,6 +125,34 @@ class Worker:
         self.metrics.set_model(
             contract.model_name, contract.model_version, backend.device, list(contract.labels)
         )
+        if policy is None and settings.policy_file is not None:
+            policy = load_policy_file(settings.policy_file, contract.labels)
+        self.policies = PolicyHolder(
+            contract,
+            policy,
+            shadow=shadow.contract if shadow is not None else None,
+            source=TenantSource(settings.tenant_field, settings.tenant_header),
+            metrics=self.metrics,
+        )
+        self.policy_watcher = (
+            None
+            if settings.policy_file is None
+            else PolicyWatcher(
+                settings.policy_file, self.policies, self.metrics, settings.policy_poll_interval_s
+            )
+        )
+        self.shadow: ShadowScorer | None = None
+        self.shadow_producer = None
+        if shadow is not None:
+            self.shadow_producer = build_producer(settings)
+            self.shadow = ShadowScorer(
+                shadow, model, self.shadow_producer, settings.shadow_output_topic, self.metrics,
+                settings.shadow_queue_batches,
+            )  # fmt: skip
+            self.metrics.set_shadow(
+                shadow.contract.model_name, shadow.contract.model_version, list(contract.labels),
+                settings.shadow_flip_rate_alert,
+            )  # fmt: skip
         self.consumer = build_consumer(settings)
         self.producer = build_producer(settings)
         self.checkpoint = Checkpoint(self.consumer, self.metrics, settings.shutdown_grace_s)
@@ -139,8 +180,10 @@ class Worker:
             ),
         )
         self.inference_loop = InferenceLoop(
-            self.queue, model, self.inference_thread, self.publisher, self.metrics
-        )
+            self.queue, model, self.inference_thread, self.publisher, self.metrics,
+            policies=self.policies, shadow=self.shadow,
+        )  # fmt: skip
+        self._side_tasks: dict[str, asyncio.Task[None]] = {}
         self.http = HealthServer(self.metrics, self.is_ready)
         self.joined = False
         self.fatal: BaseException | None = None
@@ -198,6 +241,7 @@ class Worker:
             }
             for task in tasks.values():
                 task.add_done_callback(self._task_done)
+            await self._start_side_tasks()
             await self._stop_requested.wait()
             drained = await self._drain(tasks)
             return 1 if self.fatal is not None or not drained else 0
@@ -207,9 +251,52 @@ class Worker:
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+            await self._stop_side_tasks()
             await self.http.stop()
             self.inference_thread.shutdown(wait=False, cancel_futures=True)
             self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def _start_side_tasks(self) -> None:
+        """The policy watcher and the shadow: tasks the primary never waits on or fails with."""
+        if self.policy_watcher is not None:
+            self._side_tasks["policy"] = asyncio.create_task(
+                self.policy_watcher.run(), name="policy"
+            )
+        if self.shadow is not None and self.shadow_producer is not None:
+            try:
+                await self.shadow_producer.start()
+            except Exception as exc:
+                log.error("shadow scoring off: its producer cannot start: %r", exc)
+                self.metrics.shadow_failures.labels("publish").inc()
+                self.shadow.close()
+                return
+            self._side_tasks["shadow"] = asyncio.create_task(self.shadow.run(), name="shadow")
+        for task in self._side_tasks.values():
+            task.add_done_callback(self._side_task_done)
+
+    def _side_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s task ended: %r (the primary goes on)", task.get_name(), task.exception())
+
+    async def _stop_side_tasks(self) -> None:
+        """After the primary drained: the shadow finishes what is queued (within
+        SHADOW_DRAIN_S) and flushes; then both tasks are cancelled."""
+        if self.policy_watcher is not None:
+            self.policy_watcher.stop()
+        shadow_task = self._side_tasks.get("shadow")
+        if self.shadow is not None:
+            self.shadow.close()
+            if shadow_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(shadow_task), SHADOW_DRAIN_S)
+                await self.shadow.flush(SHADOW_DRAIN_S)
+            self.shadow.shutdown()
+        for task in self._side_tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._side_tasks.values(), return_exceptions=True)
+        if self.shadow_producer is not None:
+            with contextlib.suppress(Exception):
+                await self.shadow_producer.stop()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -246,9 +333,16 @@ class Worker:
         return drained
 
 
-async def serve(settings: Settings, model: ServedModel, clock: StartupClock) -> int:
+async def serve(
+    settings: Settings,
+    model: ServedModel,
+    clock: StartupClock,
+    *,
+    shadow: ServedModel | None = None,
+    policy: ThresholdPolicy | None = None,
+) -> int:
     """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code."""
-    worker = Worker(settings, model, clock)
+    worker = Worker(settings, model, clock, shadow=shadow, policy=policy)
     install_signal_handlers(worker)
     return await worker.run()
 

@@ -35,6 +35,8 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--max-batch-size": ("max_batch_size", int),
     "--max-wait-ms": ("max_wait_ms", float),
     "--metrics-port": ("metrics_port", int),
+    "--policy-file": ("policy_file", str),
+    "--shadow-model": ("shadow_model", str),
 }
 
 
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in unknown_variables():
         log.warning("%s", warning)
     from worker.backend import ModelLoadError
+    from worker.policy import PolicyError
 
     try:
         if args.command == "info":
@@ -202,8 +205,19 @@ def main(argv: list[str] | None = None) -> int:
 
         clock = StartupClock()
         model = load_and_warm_up(settings, clock)
-        return asyncio.run(serve(settings, model, clock))
-    except ModelLoadError as exc:
+        policy = None
+        if settings.policy_file is not None:
+            from worker.policy import load_policy_file
+
+            policy = load_policy_file(settings.policy_file, model.contract.labels)
+            log.info("threshold policy %s from %s", policy.version, settings.policy_file)
+        shadow = None
+        if settings.shadow_model is not None:
+            from worker.shadow import load_shadow
+
+            shadow = load_shadow(settings, model)
+        return asyncio.run(serve(settings, model, clock, shadow=shadow, policy=policy))
+    except (ModelLoadError, PolicyError) as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
 

@@ -138,6 +138,22 @@ class Settings(BaseSettings):
     """Padded tokens per forward pass: a batch is sorted by length and cut into passes of at
     most this many (0: off)."""
 
+    # Threshold policy (worker/policy.py): a YAML or JSON file, re-read when it changes
+    policy_file: Path | None = Field(
+        default=None, description="Threshold policy file; None = the model's thresholds."
+    )
+    policy_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    tenant_field: Annotated[str, Field(min_length=1)] = "tenant"  # key in a comment's metadata
+    tenant_header: Annotated[str, Field(min_length=1)] | None = None  # Kafka header; wins if set
+
+    # Shadow scoring (worker/shadow.py): a second model on the same batches, off the primary path
+    shadow_model: str | None = Field(
+        default=None, description="Hub id or local directory of a shadow model; None = none."
+    )
+    shadow_topic: Annotated[str, Field(min_length=1)] | None = None  # None: <output_topic>-shadow
+    shadow_queue_batches: Annotated[int, Field(ge=1, le=1024)] = 4
+    shadow_flip_rate_alert: Annotated[float, Field(gt=0, le=1)] = 0.05
+
     # Service
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 25
     """On SIGTERM: how long in-flight work may take to finish and commit."""
@@ -180,9 +196,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}: file {path} does not exist")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.policy_file is not None and not self.policy_file.is_file():
+            raise ValueError(f"policy_file: file {self.policy_file} does not exist")
         if self.max_in_flight < self.max_batch_size:
             raise ValueError("max_in_flight must be at least max_batch_size")
         return self
+
+    @property
+    def shadow_output_topic(self) -> str:
+        """Where shadow scores go: `shadow_topic`, else `<output_topic>-shadow`."""
+        return self.shadow_topic or f"{self.output_topic}-shadow"
 
     def password(self) -> str | None:
         """The SASL password, from the environment or the mounted file (never logged)."""

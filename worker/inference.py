@@ -3,6 +3,8 @@
 One task, one inference thread. Publishing batch n (on the event loop) overlaps the forward
 pass of batch n+1 (on the thread). A batch the backend fails on is bisected until the records
 it fails on alone are found: those are dead-lettered (`inference_failed`), the rest scored.
+Each batch follows one threshold policy (read once; worker/policy.py) and, with a shadow model
+attached, is handed to it without waiting (worker/shadow.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from schemas import ErrorKind
 from worker.batching import BatchQueue, Tokenized
 from worker.metrics import Metrics
 from worker.model import ServedModel
+from worker.policy import Policy, PolicyHolder
 from worker.publish import Publisher, encode_output
+from worker.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +37,17 @@ class InferenceLoop:
         executor: Executor,
         publisher: Publisher,
         metrics: Metrics,
+        *,
+        policies: PolicyHolder | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self._queue = queue
         self._model = model
         self._executor = executor
         self._publisher = publisher
         self._metrics = metrics
+        self._policies = policies or PolicyHolder(model.contract)
+        self._shadow = shadow  # handed each scored batch; never waited on
 
     async def run(self) -> None:
         """Until the queue is closed and empty."""
@@ -48,9 +57,12 @@ class InferenceLoop:
             for entry in batch:
                 self._metrics.queue_wait.observe(now - entry.enqueued_at)
             outcomes = await self._score(batch)
+            policies = self._policies.current  # one policy per batch: reloads swap between
+            if self._shadow is not None:
+                self._shadow.submit(batch, outcomes, policies)
             if publishing is not None:
                 await publishing
-            publishing = asyncio.create_task(self._publish(batch, outcomes))
+            publishing = asyncio.create_task(self._publish(batch, outcomes, policies.primary))
         if publishing is not None:
             await publishing
 
@@ -76,14 +88,16 @@ class InferenceLoop:
         self._metrics.batch_size.observe(len(batch))
         return probabilities
 
-    async def _publish(self, batch: list[Tokenized], outcomes: list[Outcome]) -> None:
+    async def _publish(
+        self, batch: list[Tokenized], outcomes: list[Outcome], policy: Policy
+    ) -> None:
         scored_at = int(time.time() * 1000)
         for entry, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 await self._dead_letter(entry, outcome)
                 continue
             try:
-                value = encode_output(entry.item, outcome, self._model.contract, scored_at)
+                value = encode_output(entry.item, outcome, self._model.contract, scored_at, policy)
             except ValueError as exc:  # e.g. a NaN score, which the output schema refuses
                 await self._dead_letter(entry, exc)
                 continue

@@ -11,6 +11,9 @@ STAGE_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+SCORE_DIFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+FLIP_DIRECTIONS = ("shadow_only", "primary_only")  # which model flags the label, the other not
+SHADOW_FAILURE_STAGES = ("infer", "publish")
 
 
 class Metrics:
@@ -76,6 +79,47 @@ class Metrics:
             ["phase"], registry=r,
         )  # fmt: skip
 
+        # threshold policy (worker/policy.py)
+        self.policy_info = Info(
+            "moderation_policy", "The threshold policy in force (version; `model`: none).",
+            registry=r,
+        )  # fmt: skip
+        self.policy_reloads = Counter(
+            "moderation_policy_reloads", "Policy files put in force by a reload.", registry=r
+        )
+        self.policy_reload_failures = Counter(
+            "moderation_policy_reload_failures",
+            "Changed policy files rejected (the previous policy stays in force).", registry=r,
+        )  # fmt: skip
+        # shadow scoring (worker/shadow.py): exported once a shadow model is attached
+        self.shadow_model_info = Info(
+            "moderation_shadow_model", "The shadow model scored beside the primary.", registry=r
+        )
+        self.shadow_scored = Counter(
+            "moderation_shadow_scored", "Comments scored by the shadow and compared.", registry=r
+        )
+        self.shadow_dropped = Counter(
+            "moderation_shadow_dropped",
+            "Comments the shadow skipped because it fell behind the primary.", registry=r,
+        )  # fmt: skip
+        self.shadow_failures = Counter(
+            "moderation_shadow_failures", "Shadow batches that failed, by stage (infer, publish).",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self.shadow_flips = Counter(
+            "moderation_shadow_flag_flips",
+            "Comments whose flag for a label differs between primary and shadow, by direction.",
+            ["label", "direction"], registry=r,
+        )  # fmt: skip
+        self.shadow_score_diff = Histogram(
+            "moderation_shadow_score_difference", "|primary - shadow| score per comment and label.",
+            ["label"], buckets=SCORE_DIFF_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.shadow_flip_rate_bound = Gauge(
+            "moderation_shadow_flip_rate_bound",
+            "Flag flip rate per label above which the shadow alert fires (a setting).", registry=r,
+        )  # fmt: skip
+
     def init_labels(self, input_topic: str) -> None:
         """Export every known label value at 0 from the start, so rates see the first event."""
         from schemas import ErrorKind
@@ -91,3 +135,16 @@ class Metrics:
         self.model_info.info(
             {"name": name, "version": version, "device": device, "labels": ",".join(labels)}
         )
+
+    def set_shadow(
+        self, name: str, version: str, labels: list[str], flip_rate_bound: float
+    ) -> None:
+        """A shadow is attached: its identity, the alert bound, every label series at 0."""
+        self.shadow_model_info.info({"name": name, "version": version})
+        self.shadow_flip_rate_bound.set(flip_rate_bound)
+        for label in labels:
+            self.shadow_score_diff.labels(label)
+            for direction in FLIP_DIRECTIONS:
+                self.shadow_flips.labels(label, direction)
+        for stage in SHADOW_FAILURE_STAGES:
+            self.shadow_failures.labels(stage)

@@ -22,10 +22,18 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from schemas import ArtifactContract, DeadLetterHeaders, ErrorKind, ModelRef, ScoredComment
+from schemas import (
+    MODEL_POLICY_VERSION,
+    ArtifactContract,
+    DeadLetterHeaders,
+    ErrorKind,
+    ModelRef,
+    ScoredComment,
+)
 from worker.checkpoint import Checkpoint
 from worker.config import Settings
 from worker.metrics import Metrics
+from worker.policy import Policy
 from worker.records import InFlight
 
 log = logging.getLogger(__name__)
@@ -49,17 +57,25 @@ def build_producer(settings: Settings) -> AIOKafkaProducer:
 
 
 def encode_output(
-    item: InFlight, probabilities: np.ndarray, contract: ArtifactContract, scored_at_ms: int
+    item: InFlight,
+    probabilities: np.ndarray,
+    contract: ArtifactContract,
+    scored_at_ms: int,
+    policy: Policy | None = None,
 ) -> bytes:
-    """The `ScoredComment` of one comment, encoded once as JSON."""
+    """The `ScoredComment` of one comment, encoded once as JSON; `flagged` follows `policy`
+    (the item's tenant's thresholds; None: the model's own, `policy_version` `model`)."""
     comment = item.comment
     assert comment is not None
     scores = dict(zip(contract.labels, probabilities.tolist(), strict=True))
     output = ScoredComment(
         id=comment.id,
         scores=scores,
-        flagged=contract.flagged(probabilities),
+        flagged=contract.flagged(probabilities)
+        if policy is None
+        else policy.flagged(item, probabilities),
         model=ModelRef(name=contract.model_name, version=contract.model_version),
+        policy_version=MODEL_POLICY_VERSION if policy is None else policy.version,
         scored_at=scored_at_ms,
         metadata=comment.metadata,
     )

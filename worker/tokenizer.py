@@ -61,6 +61,11 @@ class TextTokenizer:
         pad_id = tokenizer.token_to_id(_special_token(config, "pad_token", "[PAD]"))
         return cls(tokenizer, max_length, pad_id if pad_id is not None else 0)
 
+    def serialized(self) -> str:
+        """The whole tokenizer as JSON (vocabulary, normalization, truncation): equal strings
+        give equal ids."""
+        return self._tokenizer.to_str()
+
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, special tokens included, cut at `max_length`."""
         if not texts:

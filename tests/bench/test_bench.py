@@ -83,6 +83,15 @@ def test_bench_quick_writes_every_figure(
     native_bf16 = bool(read_cpu().native_bf16)
     assert ("torch bf16" in compared["variants"]) == native_bf16
     assert ("torch bf16" in compared["skipped"]) != native_bf16
+    shadow = report["shadow"]  # (b) again with a shadow (the same tiny model) attached
+    assert (REPO / shadow["shadow_model"]).resolve() == tiny_model_dir.resolve()
+    assert shadow["with_comments_per_s"] > 0 and len(shadow["runs"]) == 1
+    assert shadow["without_comments_per_s"] == report["end_to_end"]["comments_per_s"]
+    assert shadow["run"]["distinct_outputs"] == 300
+    covered = shadow["shadow"]
+    assert covered["failures"] == 0 and covered["scored"] + covered["dropped"] <= 300
+    assert covered["scored"] > 0
+    assert report["end_to_end"]["shadow"] is None
     startup = report["end_to_end"]["startup_s"]
     assert {"imports", "model_load", "warm_up", "kafka_join", "ready_minus_join"} <= set(startup)
     assert 0 < startup["ready_minus_join"] < sum(startup.values())
@@ -90,5 +99,5 @@ def test_bench_quick_writes_every_figure(
     assert "profile" in report
     markdown = (out / "REPORT.md").read_text()
     needles = ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single")
-    for needle in (*needles, "Backends and precisions", "Start-up", "Chosen at start"):
+    for needle in (*needles, "Backends and precisions", "Start-up", "Chosen at start", "Shadow"):
         assert needle in markdown

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 import pytest
 
+from testing.kafka import create_topics
 from tests.deploy.promql import (
     ALERTS,
     JOB,
@@ -170,9 +171,24 @@ def evaluate_all(prometheus: Prometheus) -> tuple[list[str], int]:
 
 
 def test_dashboard_and_alert_queries_return_data_from_a_live_worker(
-    kafka_bootstrap: str, topics: Any, worker_process: Any, tmp_path: Path
+    kafka_bootstrap: str,
+    topics: Any,
+    worker_process: Any,
+    tmp_path: Path,
+    tiny_shadow_model_dir: Path,
 ) -> None:
-    worker = worker_process(topics)
+    """The worker runs with a shadow model and a policy file, so that the shadow and policy
+    panels and the shadow alert have data too."""
+    asyncio.run(create_topics(kafka_bootstrap, {f"{topics.output}-shadow": 1}))
+    policy = tmp_path / "policy.json"
+    policy.write_bytes(orjson.dumps({"version": "live", "thresholds": {"toxic": 0.7}}))
+    worker = worker_process(
+        topics,
+        extra_env={
+            "MODERATION_SHADOW_MODEL": str(tiny_shadow_model_dir),
+            "MODERATION_POLICY_FILE": str(policy),
+        },
+    )
     producer = TrickleProducer(kafka_bootstrap, topics.input)
     producer.start()
     try:
@@ -189,6 +205,7 @@ def test_dashboard_and_alert_queries_return_data_from_a_live_worker(
                 " > 0",
                 f"sum(rate(moderation_batch_size_count{{{selector}}}[{RATE_INTERVAL}])) > 0",
                 f"count(delta(moderation_consumer_lag{{{selector}}}[{RATE_INTERVAL}])) > 0",
+                f"sum(rate(moderation_shadow_scored_total{{{selector}}}[{RATE_INTERVAL}])) > 0",
             ]
             try:
                 prometheus.wait_until(

@@ -38,7 +38,7 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
 }
 OVERLAYS = ("cpu", "gpu")
-COMPONENTS = ("kafka-sasl-ssl", "custom-model")
+COMPONENTS = ("kafka-sasl-ssl", "custom-model", "threshold-policy")
 
 
 # ----------------------------------------------------------------------------- building
@@ -125,12 +125,17 @@ def validate(resource: dict[str, Any]) -> None:
 
 
 def patch_files() -> set[Path]:
-    """Files used as patches by a kustomization (partial objects, not manifests)."""
+    """Files used as patches by a kustomization (partial objects, not manifests), or as the
+    content of a generated ConfigMap (e.g. a threshold policy)."""
     patches = set()
     for kustomization in DEPLOY.rglob("kustomization.yaml"):
-        for patch in yaml.safe_load(kustomization.read_text()).get("patches", []):
+        spec = yaml.safe_load(kustomization.read_text())
+        for patch in spec.get("patches", []):
             if "path" in patch:
                 patches.add((kustomization.parent / patch["path"]).resolve())
+        for generator in spec.get("configMapGenerator", []):
+            for entry in generator.get("files", []):
+                patches.add((kustomization.parent / entry.rpartition("=")[2]).resolve())
     return patches
 
 
@@ -355,6 +360,33 @@ def test_custom_model_component(builds: dict[str, Any], overlay: str) -> None:
     mount = mounts[model.parent]
     assert mount["readOnly"] is True
     assert "MODERATION_MODEL" not in configmap(builds[overlay]), "default: the baked-in model"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_threshold_policy_component(builds: dict[str, Any], overlay: str) -> None:
+    """The policy file is mounted as a directory of the ConfigMap (a subPath mount would never
+    see an update), under the name the ConfigMap keeps (no hash suffix: an edit is hot-reloaded,
+    not rolled out), and it is a valid policy for the bundled model."""
+    from schemas.artifact import read_contract
+    from worker.model import DEFAULT_MODEL_DIR
+    from worker.policy import parse_policy
+
+    resources = builds[f"{overlay}+components"]
+    policy_file = Path(configmap(resources)["MODERATION_POLICY_FILE"])
+    mount = {Path(m["mountPath"]): m for m in container(resources)["volumeMounts"]}[
+        policy_file.parent
+    ]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    volume = next(
+        v for v in find(resources, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == mount["name"]
+    )  # fmt: skip
+    policy_map = find(resources, "ConfigMap", volume["configMap"]["name"])
+    assert policy_map["metadata"]["name"] == "moderation-policy"
+    labels = read_contract(DEFAULT_MODEL_DIR).labels
+    policy = parse_policy(policy_map["data"][policy_file.name].encode(), policy_file.name, labels)
+    assert policy.version and policy.tenants
+    assert "MODERATION_POLICY_FILE" not in configmap(builds[overlay]), "default: model thresholds"
 
 
 def test_every_resource_is_namespaced_by_the_overlays(builds: dict[str, Any]) -> None:

@@ -84,3 +84,35 @@ def test_committed_json_schemas_match_the_models() -> None:
     for name, schema in generated.items():
         committed = orjson.loads((SCHEMA_DIR / name).read_bytes())
         assert committed == orjson.loads(orjson.dumps(schema)), f"{name} drifted: run make schemas"
+
+
+def test_the_policy_json_schema_accepts_the_documented_shape_and_refuses_mistakes() -> None:
+    """The committed schema is usable without our code (e.g. to check a ConfigMap in CI)."""
+    import jsonschema
+
+    schema = orjson.loads((SCHEMA_DIR / "threshold-policy.schema.json").read_bytes())
+    example = {
+        "version": "2026-12-01",
+        "thresholds": {"toxic": 0.8, "threat": 0.5},
+        "tenants": {"kids": {"thresholds": {"toxic": 0.3}}},
+    }
+    jsonschema.validate(example, schema)
+    for mistake in (
+        {"thresholds": {"toxic": 0.8}},  # no version
+        example | {"thresholds": {"toxic": 1.2}},
+        example | {"tenants": {"kids": {"thresholds": {"toxic": -0.1}}}},
+        example | {"tenants": {"kids": {"toxic": 0.3}}},  # not under `thresholds`
+        example | {"threshold": {}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(mistake, schema)
+
+
+def test_scored_comment_policy_version_defaults_to_model_for_older_outputs() -> None:
+    older = {"id": "1", "scores": {"toxic": 0.1}, "flagged": [], "scored_at": 1}
+    older["model"] = {"name": "m", "version": "v"}
+    assert ScoredComment.model_validate(older).policy_version == "model"
+    assert (
+        "policy_version"
+        in orjson.loads((SCHEMA_DIR / "scored-comment.schema.json").read_bytes())["properties"]
+    )
