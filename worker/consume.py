@@ -116,7 +116,8 @@ class ConsumeLoop:
         """Track and decode one record (synchronously: tracked before a rebalance can
         interleave); a record that cannot be scored is dead-lettered and None returned."""
         self._metrics.consumed.labels(tp.topic).inc()
-        item = InFlight(record=record, ticket=self._checkpoint.track(tp, record.offset))
+        ticket = self._checkpoint.track(tp, record.offset, record.timestamp)
+        item = InFlight(record=record, ticket=ticket)
         try:
             item.comment = decode_comment(record.value, self._limits.max_text_bytes)
         except InvalidMessage as bad:
