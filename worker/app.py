@@ -38,6 +38,7 @@ from worker.inference import InferenceLoop
 from worker.metrics import Metrics
 from worker.model import ServedModel, load_from_settings
 from worker.publish import Publisher, build_producer
+from worker.tracing import Tracing, tracing_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,18 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
 
 class Worker:
     """One worker process: `await Worker(settings, model).run()` returns the exit code.
-    Construct it inside the running event loop (the Kafka clients bind to it)."""
+    Construct it inside the running event loop (the Kafka clients bind to it). `tracing`:
+    OpenTelemetry hooks (default: from the settings, None unless `MODERATION_OTEL`)."""
 
     def __init__(
-        self, settings: Settings, model: ServedModel, clock: StartupClock | None = None
+        self,
+        settings: Settings,
+        model: ServedModel,
+        clock: StartupClock | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing if tracing is not None else tracing_from_settings(settings)
         self.model = model
         self.clock = clock or StartupClock()
         self.metrics = Metrics()
@@ -116,6 +123,7 @@ class Worker:
             checkpoint=self.checkpoint,
             metrics=self.metrics,
             on_fatal=self.fail,
+            tracing=self.tracing,
         )
         self.queue = BatchQueue(settings.max_batch_size, settings.max_wait_ms / 1000)
         self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -131,9 +139,10 @@ class Worker:
             IntakeLimits(
                 settings.max_in_flight, settings.max_poll_records, settings.max_text_bytes
             ),
+            self.tracing,
         )
         self.inference_loop = InferenceLoop(
-            self.queue, model, self.inference_thread, self.publisher, self.metrics
+            self.queue, model, self.inference_thread, self.publisher, self.metrics, self.tracing
         )
         self.http = HealthServer(self.metrics, self.is_ready)
         self.joined = False
@@ -204,6 +213,8 @@ class Worker:
             await self.http.stop()
             self.inference_thread.shutdown(wait=False, cancel_futures=True)
             self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+            if self.tracing is not None:
+                self.tracing.shutdown()  # export the spans still buffered
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -240,9 +251,11 @@ class Worker:
         return drained
 
 
-async def serve(settings: Settings, model: ServedModel, clock: StartupClock) -> int:
+async def serve(
+    settings: Settings, model: ServedModel, clock: StartupClock, tracing: Tracing | None = None
+) -> int:
     """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code."""
-    worker = Worker(settings, model, clock)
+    worker = Worker(settings, model, clock, tracing)
     install_signal_handlers(worker)
     return await worker.run()
 

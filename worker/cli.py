@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     from worker.backend import ModelLoadError
+    from worker.tracing import TracingError, tracing_from_settings
 
     try:
         if args.command == "info":
@@ -133,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.app import StartupClock, load_and_warm_up, serve
 
         clock = StartupClock()
+        tracing = tracing_from_settings(settings)  # before the model: refuse at once
         model = load_and_warm_up(settings, clock)
-        return asyncio.run(serve(settings, model, clock))
-    except ModelLoadError as exc:
+        return asyncio.run(serve(settings, model, clock, tracing))
+    except (ModelLoadError, TracingError) as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
 

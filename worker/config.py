@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9000
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # OpenTelemetry spans (the `otel` extra; exporter from the standard OTEL_* variables)
+    otel: bool = False
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

@@ -19,6 +19,7 @@ from worker.batching import BatchQueue, Tokenized
 from worker.metrics import Metrics
 from worker.model import ServedModel
 from worker.publish import Publisher, encode_output
+from worker.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,14 @@ class InferenceLoop:
         executor: Executor,
         publisher: Publisher,
         metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self._queue = queue
         self._model = model
         self._executor = executor
         self._publisher = publisher
         self._metrics = metrics
+        self._tracing = tracing
 
     async def run(self) -> None:
         """Until the queue is closed and empty."""
@@ -47,7 +50,11 @@ class InferenceLoop:
             now = time.monotonic()
             for entry in batch:
                 self._metrics.queue_wait.observe(now - entry.enqueued_at)
-            outcomes = await self._score(batch)
+            if self._tracing is None:
+                outcomes = await self._score(batch)
+            else:
+                with self._tracing.batch([entry.item for entry in batch]):
+                    outcomes = await self._score(batch)
             if publishing is not None:
                 await publishing
             publishing = asyncio.create_task(self._publish(batch, outcomes))
