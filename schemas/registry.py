@@ -7,13 +7,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.comment import Comment
-from schemas.dead_letter import DeadLetterHeaders
+from schemas.dead_letter import DeadLetterHeaders, RedriveHeaders
 from schemas.scores import ScoredComment
 
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "comment.schema.json": Comment,
     "scored-comment.schema.json": ScoredComment,
     "dead-letter-headers.schema.json": DeadLetterHeaders,
+    "redrive-headers.schema.json": RedriveHeaders,
 }
 
 

@@ -1,4 +1,5 @@
-"""`moderation-worker`: run the worker, or print what it would serve (`info`)."""
+"""`moderation-worker`: run the worker, print what it would serve (`info`), or work on the
+dead-letter topic (`dlq inspect|redrive`, worker/dlq_cli.py)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, default model, labels and device")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--model", default=None, help="model to describe (default: bundled)")
+    from worker import dlq_cli
+
+    dlq_cli.add_parser(commands)
     return parser
 
 
@@ -113,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides = {field: getattr(args, field, None) for field, _ in RUN_FLAGS.values()}
-        settings = load_settings(**(overrides if args.command == "run" else {}))
+        settings = load_settings(**(overrides if args.command in ("run", "dlq") else {}))
     except SettingsError as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command == "dlq":
+        from worker import dlq_cli
+
+        return dlq_cli.run(args, settings)
     from worker.backend import ModelLoadError
     from worker.tracing import TracingError, tracing_from_settings
 
