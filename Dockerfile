@@ -66,9 +66,10 @@ COPY schemas/ schemas/
 # training/ is not in the image, so the `moderation-train` console script would be a dead link.
 # The CPU image also serves the bundled int8 ONNX graph (auto picks it where the CPU has no native
 # bf16; see worker/runtime.py); the GPU image serves with torch. The extra's floor is in
-# pyproject.toml, as for every other runtime dependency.
+# pyproject.toml, as for every other runtime dependency. Both carry the otel extra, so that
+# MODERATION_OTEL=1 works in the image (it is imported only then).
 # hadolint ignore=DL3013
-RUN if [ "$VARIANT" = "cpu" ]; then pip install ".[onnx]"; else pip install .; fi \
+RUN if [ "$VARIANT" = "cpu" ]; then pip install ".[onnx,otel]"; else pip install ".[otel]"; fi \
  && rm -f "$VIRTUAL_ENV/bin/moderation-train" \
  && python -m compileall -q "$VIRTUAL_ENV" \
  && test -d "$(python -c 'import worker, pathlib; print(pathlib.Path(worker.__file__).parent / "default_model")')" \

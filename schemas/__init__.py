@@ -2,7 +2,7 @@
 
 from schemas.artifact import ArtifactContract, ArtifactError
 from schemas.comment import Comment
-from schemas.dead_letter import DeadLetterHeaders, ErrorKind
+from schemas.dead_letter import DeadLetterHeaders, ErrorKind, RedriveHeaders
 from schemas.policy import MODEL_POLICY_VERSION, TenantPolicy, ThresholdPolicy
 from schemas.registry import SCHEMA_FILES, json_schemas
 from schemas.scores import ModelRef, ScoredComment
@@ -16,6 +16,7 @@ __all__ = [
     "DeadLetterHeaders",
     "ErrorKind",
     "ModelRef",
+    "RedriveHeaders",
     "ScoredComment",
     "TenantPolicy",
     "ThresholdPolicy",

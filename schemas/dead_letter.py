@@ -45,3 +45,32 @@ class DeadLetterHeaders(BaseModel):
     @classmethod
     def from_kafka(cls, headers: list[tuple[str, bytes]] | tuple) -> DeadLetterHeaders:
         return cls.model_validate({name: value.decode() for name, value in headers})
+
+
+class RedriveHeaders(BaseModel):
+    """Headers a re-driven record carries (`moderation-worker dlq redrive`), beside the original
+    record's own: which dead letter it came from, why it was dead-lettered, where it was first
+    consumed, and how many times it has been re-driven."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    count: Annotated[int, Field(alias="redrive.count", ge=1, description="1 on the first.")]
+    at: Annotated[int, Field(alias="redrive.at", ge=0, description="Epoch milliseconds.")]
+    error_kind: Annotated[ErrorKind, Field(alias="redrive.error.kind")]
+    dlq_topic: Annotated[str, Field(alias="redrive.dlq.topic")]
+    dlq_partition: Annotated[int, Field(alias="redrive.dlq.partition", ge=0)]
+    dlq_offset: Annotated[int, Field(alias="redrive.dlq.offset", ge=0)]
+    source_topic: Annotated[str, Field(alias="redrive.source.topic")]
+    source_partition: Annotated[int, Field(alias="redrive.source.partition", ge=0)]
+    source_offset: Annotated[int, Field(alias="redrive.source.offset", ge=0)]
+
+    def to_kafka(self) -> list[tuple[str, bytes]]:
+        """Headers as aiokafka expects them: (name, bytes) pairs."""
+        return [
+            (name, str(value).encode())
+            for name, value in self.model_dump(by_alias=True, mode="json").items()
+        ]
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {field.alias for field in cls.model_fields.values() if field.alias}

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.comment import Comment
-from schemas.dead_letter import DeadLetterHeaders
+from schemas.dead_letter import DeadLetterHeaders, RedriveHeaders
 from schemas.policy import ThresholdPolicy
 from schemas.scores import ScoredComment
 
@@ -17,6 +17,7 @@ SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "scored-comment.schema.json": ScoredComment,
     "dead-letter-headers.schema.json": DeadLetterHeaders,
     "threshold-policy.schema.json": ThresholdPolicy,
+    "redrive-headers.schema.json": RedriveHeaders,
 }
 
 

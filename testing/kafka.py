@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 Message = tuple[bytes | None, bytes | None]  # (key, value)
+Headers = list[tuple[str, bytes]]
 
 
 async def create_topics(bootstrap: str, names: dict[str, int]) -> None:
@@ -36,18 +37,29 @@ def comment(id_: str, text: str, **extra: object) -> tuple[bytes, bytes]:
 async def produce(
     bootstrap: str,
     topic: str,
-    messages: Iterable[Message],
+    messages: Iterable[Message | tuple[bytes | None, bytes | None, Headers]],
     linger_ms: int = 5,
     max_batch_size: int = 16384,
+    timestamp_ms: int | None = None,
 ) -> int:
-    """Produce (key, value) pairs as fast as the broker takes them (acks=all) and wait for every
-    acknowledgement; returns the count."""
+    """Produce (key, value) pairs, or (key, value, headers), as fast as the broker takes them
+    (acks=all) and wait for every acknowledgement; returns the count. `timestamp_ms`: the
+    records' timestamp (default: now)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all", max_batch_size=max_batch_size
     )
     await producer.start()
     try:
-        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+        futures = [
+            await producer.send(
+                topic,
+                value=m[1],
+                key=m[0],
+                headers=m[2] if len(m) > 2 else None,
+                timestamp_ms=timestamp_ms,
+            )
+            for m in messages
+        ]
         await asyncio.gather(*futures)
         return len(futures)
     finally:

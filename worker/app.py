@@ -42,6 +42,7 @@ from worker.model import ServedModel, load_from_settings
 from worker.policy import PolicyHolder, PolicyWatcher, TenantSource, load_policy_file
 from worker.publish import Publisher, build_producer
 from worker.shadow import ShadowScorer
+from worker.tracing import Tracing, tracing_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
 
 class Worker:
     """One worker process: `await Worker(settings, model).run()` returns the exit code.
-    Construct it inside the running event loop (the Kafka clients bind to it)."""
+    Construct it inside the running event loop (the Kafka clients bind to it). `tracing`:
+    OpenTelemetry hooks (default: from the settings, None unless `MODERATION_OTEL`)."""
 
     def __init__(
         self,
@@ -113,10 +115,12 @@ class Worker:
         *,
         shadow: ServedModel | None = None,
         policy: ThresholdPolicy | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`policy`: the policy file already read (else it is read here from `policy_file`;
         `PolicyError` if it is not valid for the model); `shadow`: a loaded shadow model."""
         self.settings = settings
+        self.tracing = tracing if tracing is not None else tracing_from_settings(settings)
         self.model = model
         self.clock = clock or StartupClock()
         self.metrics = Metrics()
@@ -163,6 +167,7 @@ class Worker:
             checkpoint=self.checkpoint,
             metrics=self.metrics,
             on_fatal=self.fail,
+            tracing=self.tracing,
         )
         self.queue = BatchQueue(settings.max_batch_size, settings.max_wait_ms / 1000)
         self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -178,10 +183,11 @@ class Worker:
             IntakeLimits(
                 settings.max_in_flight, settings.max_poll_records, settings.max_text_bytes
             ),
+            self.tracing,
         )
         self.inference_loop = InferenceLoop(
             self.queue, model, self.inference_thread, self.publisher, self.metrics,
-            policies=self.policies, shadow=self.shadow,
+            policies=self.policies, shadow=self.shadow, tracing=self.tracing,
         )  # fmt: skip
         self._side_tasks: dict[str, asyncio.Task[None]] = {}
         self.http = HealthServer(self.metrics, self.is_ready)
@@ -255,6 +261,8 @@ class Worker:
             await self.http.stop()
             self.inference_thread.shutdown(wait=False, cancel_futures=True)
             self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+            if self.tracing is not None:
+                self.tracing.shutdown()  # export the spans still buffered
 
     async def _start_side_tasks(self) -> None:
         """The policy watcher and the shadow: tasks the primary never waits on or fails with."""
@@ -340,9 +348,10 @@ async def serve(
     *,
     shadow: ServedModel | None = None,
     policy: ThresholdPolicy | None = None,
+    tracing: Tracing | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code."""
-    worker = Worker(settings, model, clock, shadow=shadow, policy=policy)
+    worker = Worker(settings, model, clock, shadow=shadow, policy=policy, tracing=tracing)
     install_signal_handlers(worker)
     return await worker.run()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,16 +34,20 @@ class PartitionOffsets:
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
+        # (offset, record timestamp in ms or None) of every tracked record not yet committed,
+        # acknowledged or not: the first one is the oldest record not yet committed (lag).
+        self._uncommitted: deque[tuple[int, int | None]] = deque()
         self.next_commit: int | None = None  # first offset not yet done, once known
         self.committed: int | None = None  # last offset handed to Kafka's commit
         self.detached = False  # set when the partition is given up; late acks are ignored
 
-    def track(self, offset: int) -> None:
+    def track(self, offset: int, timestamp_ms: int | None = None) -> None:
         if self._pending and offset <= self._pending[-1]:
             raise ValueError(f"offset {offset} tracked out of order")
         if not self._pending and self.next_commit is None:
             self.next_commit = offset
         self._pending.append(offset)
+        self._uncommitted.append((offset, timestamp_ms))
 
     def ack(self, offset: int) -> None:
         self._done.add(offset)
@@ -50,6 +55,19 @@ class PartitionOffsets:
             done = self._pending.popleft()
             self._done.discard(done)
             self.next_commit = done + 1
+
+    def mark_committed(self, offset: int) -> None:
+        """Kafka accepted `offset` as this partition's commit point."""
+        self.committed = offset
+        while self._uncommitted and self._uncommitted[0][0] < offset:
+            self._uncommitted.popleft()
+
+    def oldest_uncommitted(self) -> tuple[int | None, int | None]:
+        """(offset, timestamp in ms) of the oldest record not yet committed. Where every tracked
+        record is committed: (the commit point, None), or (None, None) before any commit."""
+        if self._uncommitted:
+            return self._uncommitted[0]
+        return self.committed, None
 
     @property
     def in_flight(self) -> int:
@@ -77,12 +95,13 @@ class Checkpoint:
 
     # --- tracking ---------------------------------------------------------------------------
 
-    def track(self, tp: TopicPartition, offset: int) -> Ticket:
-        """Record a consumed offset; returns the ticket to acknowledge it with."""
+    def track(self, tp: TopicPartition, offset: int, timestamp_ms: int | None = None) -> Ticket:
+        """Record a consumed offset (and its record's timestamp, for the lag in seconds);
+        returns the ticket to acknowledge it with."""
         state = self._partitions.get(tp)
         if state is None:
             state = self._partitions[tp] = PartitionOffsets()
-        state.track(offset)
+        state.track(offset, timestamp_ms)
         return Ticket(state, offset)
 
     def ack(self, ticket: Ticket) -> None:
@@ -140,7 +159,7 @@ class Checkpoint:
                 return
             for tp, offset in offsets.items():
                 if tp in self._partitions:
-                    self._partitions[tp].committed = offset
+                    self._partitions[tp].mark_committed(offset)
             self._metrics.commits.inc()
 
     async def commit_periodically(self, interval_s: float) -> None:
@@ -150,21 +169,39 @@ class Checkpoint:
             await self.update_lag()
 
     async def update_lag(self) -> None:
-        """Lag per partition: high watermark minus the next offset to process."""
+        """Lag per partition, both counting the records not yet committed: those consumed and
+        in flight, those acknowledged since the last commit and those not yet fetched.
+
+        - offsets: the high watermark minus the first offset not yet committed;
+        - seconds: now minus the timestamp of the oldest record not yet committed, 0 when the
+          partition is caught up. Where every consumed record is committed but the partition
+          has records not yet fetched, their timestamp is unknown until the next fetch (a
+          moment, unless paused, and a paused worker has records in flight): the gauge keeps
+          its last value.
+        """
+        now_ms = time.time() * 1000
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
             if highwater is None:
                 continue
             state = self._partitions.get(tp)
-            position = state.next_commit if state else None
-            if position is None:
+            first, timestamp_ms = state.oldest_uncommitted() if state else (None, None)
+            if first is None:
                 try:
-                    position = await asyncio.wait_for(
+                    first = await asyncio.wait_for(
                         self._consumer.position(tp), LAG_POSITION_TIMEOUT_S
                     )
                 except (TimeoutError, KafkaError):
                     continue
-            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+            labels = (tp.topic, str(tp.partition))
+            behind = max(0, highwater - first)
+            self._metrics.lag.labels(*labels).set(behind)
+            if timestamp_ms is not None and timestamp_ms >= 0:
+                self._metrics.lag_seconds.labels(*labels).set(
+                    max(0.0, now_ms - timestamp_ms) / 1000
+                )
+            elif behind == 0:
+                self._metrics.lag_seconds.labels(*labels).set(0)
 
     # --- rebalancing ------------------------------------------------------------------------
 
@@ -185,8 +222,9 @@ class Checkpoint:
             state = self._partitions.pop(tp, None)
             if state:
                 state.detached = True
-            with contextlib.suppress(KeyError):
-                self._metrics.lag.remove(tp.topic, str(tp.partition))
+            for gauge in (self._metrics.lag, self._metrics.lag_seconds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tp.topic, str(tp.partition))
 
 
 class CheckpointListener(ConsumerRebalanceListener):

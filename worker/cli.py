@@ -1,4 +1,5 @@
-"""`moderation-worker`: run the worker, or print what it would serve (`info`)."""
+"""`moderation-worker`: run the worker, print what it would serve (`info`), or work on the
+dead-letter topic (`dlq inspect|redrive`, worker/dlq_cli.py)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load the weights on the chosen backend and score one text, as `run` would "
         "(slower: imports the backend's libraries)",
     )
+    from worker import dlq_cli
+
+    dlq_cli.add_parser(commands)
     return parser
 
 
@@ -178,15 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides = {field: getattr(args, field, None) for field, _ in RUN_FLAGS.values()}
-        settings = load_settings(**(overrides if args.command == "run" else {}))
+        settings = load_settings(**(overrides if args.command in ("run", "dlq") else {}))
     except SettingsError as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     for warning in unknown_variables():
         log.warning("%s", warning)
+    if args.command == "dlq":
+        from worker import dlq_cli
+
+        return dlq_cli.run(args, settings)
     from worker.backend import ModelLoadError
     from worker.policy import PolicyError
+    from worker.tracing import TracingError, tracing_from_settings
 
     try:
         if args.command == "info":
@@ -204,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         from worker.app import StartupClock, load_and_warm_up, serve
 
         clock = StartupClock()
+        tracing = tracing_from_settings(settings)  # before the model: refuse at once
         model = load_and_warm_up(settings, clock)
         policy = None
         if settings.policy_file is not None:
@@ -216,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             from worker.shadow import load_shadow
 
             shadow = load_shadow(settings, model)
-        return asyncio.run(serve(settings, model, clock, shadow=shadow, policy=policy))
-    except (ModelLoadError, PolicyError) as exc:
+        return asyncio.run(
+            serve(settings, model, clock, shadow=shadow, policy=policy, tracing=tracing)
+        )
+    except (ModelLoadError, PolicyError, TracingError) as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
 

@@ -139,20 +139,30 @@ class Settings(BaseSettings):
     most this many (0: off)."""
 
     # Threshold policy (worker/policy.py): a YAML or JSON file, re-read when it changes
-    policy_file: Path | None = Field(
-        default=None, description="Threshold policy file; None = the model's thresholds."
-    )
+    policy_file: Path | None = None
+    """Threshold policy file (YAML, or JSON if named *.json; docs/CONTRACTS.md "Threshold
+    policies"); unset: the model's thresholds."""
     policy_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
-    tenant_field: Annotated[str, Field(min_length=1)] = "tenant"  # key in a comment's metadata
-    tenant_header: Annotated[str, Field(min_length=1)] | None = None  # Kafka header; wins if set
+    """How often the policy file is checked for a change (a valid change is swapped in between
+    two batches)."""
+    tenant_field: Annotated[str, Field(min_length=1)] = "tenant"
+    """Key of a comment's metadata that holds its tenant (for per-tenant thresholds)."""
+    tenant_header: Annotated[str, Field(min_length=1)] | None = None
+    """Kafka header that holds the tenant; where set and present it wins over the metadata."""
 
     # Shadow scoring (worker/shadow.py): a second model on the same batches, off the primary path
-    shadow_model: str | None = Field(
-        default=None, description="Hub id or local directory of a shadow model; None = none."
-    )
-    shadow_topic: Annotated[str, Field(min_length=1)] | None = None  # None: <output_topic>-shadow
+    shadow_model: str | None = None
+    """Hub id or directory of a shadow model scored on the same batches; unset: none."""
+    shadow_topic: Annotated[str, Field(min_length=1)] | None = None
+    """Topic of the shadow's scores; unset: <output topic>-shadow."""
     shadow_queue_batches: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Batches the shadow may have waiting; beyond that, batches are skipped and counted."""
     shadow_flip_rate_alert: Annotated[float, Field(gt=0, le=1)] = 0.05
+    """Flag flip rate per label above which the shadow alert fires (exported as a gauge)."""
+
+    # Tracing
+    otel: bool = False
+    """OpenTelemetry spans (needs the otel extra; exporter from the standard OTEL_* variables)."""
 
     # Service
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 25

@@ -20,6 +20,7 @@ from worker.metrics import Metrics
 from worker.publish import Publisher
 from worker.records import InFlight
 from worker.tokenizer import TextTokenizer
+from worker.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class ConsumeLoop:
         publisher: Publisher,
         metrics: Metrics,
         limits: IntakeLimits,
+        tracing: Tracing | None = None,
     ) -> None:
         self._consumer = consumer
         self._checkpoint = checkpoint
@@ -74,6 +76,7 @@ class ConsumeLoop:
         self._publisher = publisher
         self._metrics = metrics
         self._limits = limits
+        self._tracing = tracing
         self._paused = False
         self._stop = asyncio.Event()
 
@@ -116,9 +119,16 @@ class ConsumeLoop:
         """Track and decode one record (synchronously: tracked before a rebalance can
         interleave); a record that cannot be scored is dead-lettered and None returned."""
         self._metrics.consumed.labels(tp.topic).inc()
-        item = InFlight(record=record, ticket=self._checkpoint.track(tp, record.offset))
+        ticket = self._checkpoint.track(tp, record.offset, record.timestamp)
+        item = InFlight(record=record, ticket=ticket)
+        if self._tracing is not None:
+            with self._tracing.consume(item):
+                return self._decode(item)
+        return self._decode(item)
+
+    def _decode(self, item: InFlight) -> InFlight | None:
         try:
-            item.comment = decode_comment(record.value, self._limits.max_text_bytes)
+            item.comment = decode_comment(item.record.value, self._limits.max_text_bytes)
         except InvalidMessage as bad:
             self._publisher.dead_letter_soon(item, bad.kind, bad.detail)
             return None

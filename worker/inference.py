@@ -23,6 +23,7 @@ from worker.model import ServedModel
 from worker.policy import Policy, PolicyHolder
 from worker.publish import Publisher, encode_output
 from worker.shadow import ShadowScorer
+from worker.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class InferenceLoop:
         *,
         policies: PolicyHolder | None = None,
         shadow: ShadowScorer | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._queue = queue
         self._model = model
@@ -48,6 +50,7 @@ class InferenceLoop:
         self._metrics = metrics
         self._policies = policies or PolicyHolder(model.contract)
         self._shadow = shadow  # handed each scored batch; never waited on
+        self._tracing = tracing
 
     async def run(self) -> None:
         """Until the queue is closed and empty."""
@@ -56,7 +59,11 @@ class InferenceLoop:
             now = time.monotonic()
             for entry in batch:
                 self._metrics.queue_wait.observe(now - entry.enqueued_at)
-            outcomes = await self._score(batch)
+            if self._tracing is None:
+                outcomes = await self._score(batch)
+            else:
+                with self._tracing.batch([entry.item for entry in batch]):
+                    outcomes = await self._score(batch)
             policies = self._policies.current  # one policy per batch: reloads swap between
             if self._shadow is not None:
                 self._shadow.submit(batch, outcomes, policies)

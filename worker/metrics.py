@@ -55,7 +55,13 @@ class Metrics:
             buckets=BATCH_SIZE_BUCKETS, registry=r,
         )  # fmt: skip
         self.lag = Gauge(
-            "moderation_consumer_lag", "High watermark minus the next offset to process.",
+            "moderation_consumer_lag",
+            "Records not yet committed: high watermark minus the first uncommitted offset.",
+            ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.lag_seconds = Gauge(
+            "moderation_consumer_lag_seconds",
+            "Now minus the timestamp of the oldest record not yet committed (0 when caught up).",
             ["topic", "partition"], registry=r,
         )  # fmt: skip
         self.in_flight = Gauge(

@@ -35,6 +35,7 @@ from worker.config import Settings
 from worker.metrics import Metrics
 from worker.policy import Policy
 from worker.records import InFlight
+from worker.tracing import Tracing, trace_headers
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Publisher:
         checkpoint: Checkpoint,
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None],
+        tracing: Tracing | None = None,
     ) -> None:
         self._producer = producer
         self._output_topic = output_topic
@@ -115,12 +117,14 @@ class Publisher:
         self._checkpoint = checkpoint
         self._metrics = metrics
         self._on_fatal = on_fatal
+        self._tracing = tracing
         self._tasks: set[asyncio.Task[None]] = set()
         self._failed = False
 
     async def send_output(self, item: InFlight, value: bytes) -> None:
+        headers = trace_headers(item.record.headers)  # W3C trace context, carried along
         await self._send(
-            _Message(item, self._output_topic, item.record.key, value, [], dead_letter=None)
+            _Message(item, self._output_topic, item.record.key, value, headers, dead_letter=None)
         )
 
     async def send_dead_letter(self, item: InFlight, kind: ErrorKind, detail: str) -> None:
@@ -151,8 +155,8 @@ class Publisher:
             source_partition=record.partition,
             source_offset=record.offset,
         ).to_kafka()
-        if stripped:
-            key, value, original_headers = None, b"", []
+        if stripped:  # only the trace context is kept of the original headers
+            key, value, original_headers = None, b"", trace_headers(record.headers)
         else:
             key, value, original_headers = record.key, record.value, list(record.headers or ())
         if key is None and value is None:  # a key-less tombstone: Kafka needs one of the two
@@ -180,20 +184,30 @@ class Publisher:
         return self._dead_letter(message.item, message.dead_letter, detail, stripped=True)
 
     async def _send(self, message: _Message) -> None:
+        span = None
+        if self._tracing is not None:  # an output's trace headers become the publish span's
+            output_headers = message.headers if message.dead_letter is None else None
+            span = self._tracing.publishing(message.item, message.topic, output_headers)
         try:
             future = await self._producer.send(
                 message.topic, value=message.value, key=message.key, headers=message.headers
             )
-        except MessageSizeTooLargeError:  # over the producer's own limit: not retryable
-            smaller = self._too_large(message)
+        except BaseException as exc:
+            if span is not None:
+                self._tracing.published(span, exc)  # type: ignore[union-attr]
+            if not isinstance(exc, MessageSizeTooLargeError):
+                raise
+            smaller = self._too_large(message)  # over the producer's own limit: not retryable
             if smaller is None:
                 raise
             await self._send(smaller)
             return
-        future.add_done_callback(lambda f: self._delivered(f, message))
+        future.add_done_callback(lambda f: self._delivered(f, message, span))
 
-    def _delivered(self, future: asyncio.Future[Any], message: _Message) -> None:
+    def _delivered(self, future: asyncio.Future[Any], message: _Message, span: Any = None) -> None:
         exc = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if span is not None:
+            self._tracing.published(span, exc)  # type: ignore[union-attr]
         if exc is not None:
             smaller = (
                 self._too_large(message) if isinstance(exc, MessageSizeTooLargeError) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
@@ -17,3 +18,4 @@ class InFlight:
     record: ConsumerRecord
     ticket: Ticket
     comment: Comment | None = None
+    trace: Any = None  # with tracing on: the context of its consume span (worker/tracing.py)

@@ -39,6 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "moderation-worker.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
+KEDA_LAG_SECONDS = REPO / "deploy" / "components" / "keda-lag-seconds" / "scaledobject-patch.yaml"
 CONTRACTS = REPO / "docs" / "CONTRACTS.md"
 JOB = "moderation-worker"
 
@@ -93,6 +94,15 @@ def alert_queries(path: Path = ALERTS) -> list[Query]:
     return [
         Query(f"alert {rule.get('alert') or rule.get('record')}", str(rule["expr"]).strip())
         for rule in alert_rules(path)
+    ]
+
+
+def keda_queries(path: Path = KEDA_LAG_SECONDS) -> list[Query]:
+    """The query of every KEDA Prometheus trigger the component's JSON patch adds."""
+    return [
+        Query(f"KEDA trigger {op['value'].get('name')}", op["value"]["metadata"]["query"])
+        for op in yaml.safe_load(path.read_text())
+        if op["op"] == "add" and op["value"].get("type") == "prometheus"
     ]
 
 
@@ -328,6 +338,7 @@ class Prometheus:
         scrape_interval: str = "1s",
         rule_files: list[Path] | None = None,
         binary: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self.binary = binary or prometheus_binary()
         if not self.binary:
@@ -340,7 +351,8 @@ class Prometheus:
                        "scrape_timeout": scrape_interval},
             "rule_files": [str(p) for p in rule_files or []],
             "scrape_configs": [{"job_name": JOB, "metrics_path": "/metrics",
-                                "static_configs": [{"targets": targets}]}],
+                                "static_configs": [{"targets": targets,
+                                                    "labels": labels or {}}]}],
         }  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "prometheus.log"

@@ -13,7 +13,10 @@ loaded as its rule file. Then, through Prometheus' HTTP API (/api/v1/query):
   alert condition is normally empty on a healthy worker (`lag > 50000`), so `promql.probes`
   takes it apart: set operators (`and` / `or` / `unless`) split it, comparisons keep their
   non-literal side (`X > 0.01` -> `X`), `absent(X)` becomes `X`;
-- every rule loaded into Prometheus evaluates without error (health "ok" in /api/v1/rules).
+- every rule loaded into Prometheus evaluates without error (health "ok" in /api/v1/rules);
+- the query of the optional KEDA Prometheus trigger (deploy/components/keda-lag-seconds) returns
+  data as written (the scrape adds `namespace="moderation"`, as the ServiceMonitor would in the
+  overlays' namespace).
 
 Windows: scrapes every 1s and RATE_INTERVAL = 10s, so rate() / histogram_quantile() have data
 after a few seconds; the alert rules' own windows ([5m], [10m]) need only two samples. The whole
@@ -45,6 +48,7 @@ from tests.deploy.promql import (
     contract_series_names,
     dashboard_queries,
     dashboard_variable_selectors,
+    keda_queries,
     metric_name,
     metric_selectors,
     probes,
@@ -167,6 +171,14 @@ def evaluate_all(prometheus: Prometheus) -> tuple[list[str], int]:
                     failures.append(f"{query.source}: no data for {probe!r} (probe of the alert)")
         except PrometheusError as exc:
             failures.append(f"{query.source}: rejected by Prometheus: {exc}")
+    for query in keda_queries():
+        count += 1
+        try:
+            if not prometheus.query(query.expr):
+                failures.append(f"{query.source}: no data for {query.expr}")
+            check_selectors(prometheus, query, query.expr, failures)
+        except PrometheusError as exc:
+            failures.append(f"{query.source}: rejected by Prometheus: {exc}")
     return failures, count
 
 
@@ -193,7 +205,10 @@ def test_dashboard_and_alert_queries_return_data_from_a_live_worker(
     producer.start()
     try:
         with Prometheus(
-            tmp_path / "prometheus", [f"127.0.0.1:{worker.port}"], rule_files=[ALERTS]
+            tmp_path / "prometheus",
+            [f"127.0.0.1:{worker.port}"],
+            rule_files=[ALERTS],
+            labels={"namespace": "moderation"},
         ) as prometheus:
             prometheus.wait_until(
                 lambda: any(t["health"] == "up" for t in prometheus.targets()), 30, "scraping"
@@ -206,6 +221,7 @@ def test_dashboard_and_alert_queries_return_data_from_a_live_worker(
                 f"sum(rate(moderation_batch_size_count{{{selector}}}[{RATE_INTERVAL}])) > 0",
                 f"count(delta(moderation_consumer_lag{{{selector}}}[{RATE_INTERVAL}])) > 0",
                 f"sum(rate(moderation_shadow_scored_total{{{selector}}}[{RATE_INTERVAL}])) > 0",
+                f"count(moderation_consumer_lag_seconds{{{selector}}}) > 0",
             ]
             try:
                 prometheus.wait_until(

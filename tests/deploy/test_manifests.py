@@ -24,7 +24,7 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 from referencing import Registry, Resource
 
-from tests.deploy.promql import JOB
+from tests.deploy.promql import JOB, keda_queries, metric_name, metric_selectors
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -38,7 +38,7 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
 }
 OVERLAYS = ("cpu", "gpu")
-COMPONENTS = ("kafka-sasl-ssl", "custom-model", "threshold-policy")
+COMPONENTS = ("kafka-sasl-ssl", "custom-model", "threshold-policy", "keda-lag-seconds")
 
 
 # ----------------------------------------------------------------------------- building
@@ -293,8 +293,10 @@ def test_scaledobject_scales_on_the_workers_lag(builds: dict[str, Any], build: s
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions, (
         "maxReplicaCount above the partition count: the extra consumers would idle"
     )
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "kafka"
+    kafka = [t for t in spec["triggers"] if t["type"] == "kafka"]
+    assert len(kafka) == 1
+    assert len(spec["triggers"]) == (2 if build.endswith("+components") else 1)
+    (trigger,) = kafka
     meta = trigger["metadata"]
     data = configmap(resources)
     assert meta["bootstrapServers"] == data["KAFKA_BOOTSTRAP_SERVERS"]
@@ -402,3 +404,22 @@ def test_prometheusrule_matches_alerts_file() -> None:
         "deploy/base/prometheusrule.yaml is stale: "
         "run python deploy/prometheus/render_prometheusrule.py"
     )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_lag_seconds_component(builds: dict[str, Any], overlay: str) -> None:
+    """The optional Prometheus trigger reads the worker's lag in seconds, in the namespace the
+    overlay deploys to, with a positive target compared as a plain value."""
+    scaled = find(builds[f"{overlay}+components"], "ScaledObject")
+    (trigger,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"]
+    assert trigger["metricType"] == "Value"
+    meta = trigger["metadata"]
+    assert meta["serverAddress"].startswith("http")
+    assert float(meta["threshold"]) > float(meta["activationThreshold"]) > 0
+    selectors = metric_selectors(meta["query"])
+    assert [metric_name(s) for s in selectors] == ["moderation_consumer_lag_seconds"]
+    assert f'job="{JOB}"' in selectors[0]
+    assert f'namespace="{scaled["metadata"]["namespace"]}"' in selectors[0]
+    assert [q.expr for q in keda_queries()] == [meta["query"]]  # what the live test evaluates
+    default = find(builds[overlay], "ScaledObject")["spec"]["triggers"]
+    assert [t["type"] for t in default] == ["kafka"], "optional: not in the overlays by default"

@@ -105,6 +105,7 @@ def all_queries() -> list[promql.Query]:
         *promql.alert_queries(),
         *promql.dashboard_queries(),
         *promql.dashboard_variable_selectors(),
+        *promql.keda_queries(),
     ]
 
 
@@ -124,7 +125,11 @@ def test_all_promql_parses(tmp_path: Path) -> None:
     (as the expression of a recording rule)."""
     rules = [
         {"record": f"dashboard:query_{i}", "expr": promql.resolve_grafana(q.expr, "1m")}
-        for i, q in enumerate(promql.dashboard_queries() + promql.dashboard_variable_selectors())
+        for i, q in enumerate(
+            promql.dashboard_queries()
+            + promql.dashboard_variable_selectors()
+            + promql.keda_queries()
+        )
     ]
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiokafka import TopicPartition
@@ -81,3 +82,66 @@ async def test_wait_drained_times_out_while_work_is_in_flight() -> None:
     assert not await state.wait_drained({TP}, timeout=0.05)
     state.ack(ticket)
     assert await state.wait_drained(None, timeout=0.05)
+
+
+class LagConsumer(FakeConsumer):
+    """Also the high watermark and position the lag is computed from."""
+
+    def __init__(self, assigned: set[TopicPartition], highwater: int, position: int = 0) -> None:
+        super().__init__(assigned)
+        self.highwater_ = highwater
+        self.position_ = position
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.highwater_
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.position_
+
+
+def lag_of(state: Checkpoint) -> tuple[float, float]:
+    metrics = state._metrics
+    return (
+        metrics.lag.labels(TP.topic, "0")._value.get(),
+        metrics.lag_seconds.labels(TP.topic, "0")._value.get(),
+    )
+
+
+async def test_lag_counts_records_not_yet_committed_in_offsets_and_seconds() -> None:
+    consumer = LagConsumer({TP}, highwater=10, position=4)
+    state = checkpoint(consumer)  # type: ignore[arg-type]
+    await state.update_lag()  # nothing fetched yet: from the position; seconds not known
+    assert lag_of(state) == (6, 0)
+    now_ms = time.time() * 1000
+    tickets = [state.track(TP, 4 + i, int(now_ms - 60_000 + i * 10_000)) for i in range(3)]
+    state.ack(tickets[0])  # acknowledged but not committed: still lag
+    await state.update_lag()
+    behind, seconds = lag_of(state)
+    assert behind == 6 and 59 < seconds < 65
+    await state.commit()  # commits offset 5: the oldest uncommitted is now offset 5 (-50 s)
+    await state.update_lag()
+    behind, seconds = lag_of(state)
+    assert behind == 5 and 49 < seconds < 55
+    for ticket in tickets[1:]:
+        state.ack(ticket)
+    await state.commit()  # everything consumed committed; offsets 7..9 not fetched yet
+    await state.update_lag()
+    behind, seconds = lag_of(state)
+    assert behind == 3 and 49 < seconds < 55  # unknown until fetched: the last value stays
+    consumer.highwater_ = 7
+    await state.update_lag()
+    assert lag_of(state) == (0, 0)  # caught up
+
+
+async def test_revoked_partitions_stop_exporting_lag() -> None:
+    consumer = LagConsumer({TP}, highwater=1)
+    state = checkpoint(consumer)  # type: ignore[arg-type]
+    state.ack(state.track(TP, 0, int(time.time() * 1000)))
+    await state.update_lag()
+    await state.release({TP})
+    metrics = state._metrics
+    assert not [
+        sample
+        for metric in (*metrics.lag.collect(), *metrics.lag_seconds.collect())
+        for sample in metric.samples
+    ]

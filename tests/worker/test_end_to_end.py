@@ -119,5 +119,6 @@ def test_scores_dead_letters_offsets_and_metrics(
     assert metric_sum(body, "moderation_tokenization_seconds_count") > 0
     assert 'moderation_model_info{device="cpu"' in body and 'name="tiny-test-bert"' in body
     assert metric_sum(body, "moderation_consumer_lag") == 0
+    assert metric_sum(body, "moderation_consumer_lag_seconds") == 0
     assert metric_sum(body, "moderation_ready") == 1
     assert worker.terminate() == 0
