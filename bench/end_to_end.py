@@ -64,7 +64,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     MODERATION_* (the broker and topics come from `testing.worker_process.worker_env`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")}
     for field, value in settings.model_dump(mode="json").items():
-        if value is None or field in ("bootstrap_servers", "sasl_password"):
+        if value is None or field in ("bootstrap_servers", "sasl_password", "http_api_key"):
             continue
         env[f"MODERATION_{field.upper()}"] = str(value)
     return env

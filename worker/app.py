@@ -34,6 +34,7 @@ from worker.checkpoint import Checkpoint, CheckpointListener
 from worker.config import Settings
 from worker.consume import ConsumeLoop, IntakeLimits, build_consumer
 from worker.health import HealthServer
+from worker.http_api import PerspectiveApi
 from worker.inference import InferenceLoop
 from worker.metrics import Metrics
 from worker.model import ServedModel, load_from_settings
@@ -136,6 +137,12 @@ class Worker:
             self.queue, model, self.inference_thread, self.publisher, self.metrics
         )
         self.http = HealthServer(self.metrics, self.is_ready)
+        self.api: PerspectiveApi | None = None  # the Perspective-compatible HTTP API, if asked for
+        if settings.http_api_port is not None:
+            self.metrics.init_http_labels()
+            self.api = PerspectiveApi(
+                settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving
+            )
         self.joined = False
         self.fatal: BaseException | None = None
         self._stop_requested = asyncio.Event()
@@ -144,6 +151,10 @@ class Worker:
 
     def is_ready(self) -> bool:
         return self.joined and self.fatal is None and not self._stop_requested.is_set()
+
+    def serving(self) -> bool:
+        """The HTTP API's readiness: the backend loop runs (no Kafka group needed)."""
+        return self.fatal is None and not self._stop_requested.is_set()
 
     def request_stop(self) -> None:
         """Stop fetching, drain, commit and exit (SIGTERM/SIGINT)."""
@@ -192,6 +203,9 @@ class Worker:
             }
             for task in tasks.values():
                 task.add_done_callback(self._task_done)
+            if self.api is not None:
+                await self.api.start(settings.http_api_host, settings.http_api_port or 0)
+                log.info("Perspective-compatible HTTP API on port %s", self.api.port)
             await self._stop_requested.wait()
             drained = await self._drain(tasks)
             return 1 if self.fatal is not None or not drained else 0
@@ -201,6 +215,8 @@ class Worker:
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+            if self.api is not None:
+                await self.api.stop()
             await self.http.stop()
             self.inference_thread.shutdown(wait=False, cancel_futures=True)
             self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
@@ -224,6 +240,8 @@ class Worker:
         if self.fatal is None:
             with contextlib.suppress(Exception):  # records of its last fetch are still queued
                 await asyncio.wait_for(tasks["consume"], deadline - loop.time())
+            if self.api is not None:  # new requests: 503; queued ones are still answered
+                self.api.close()
             self.queue.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(tasks["infer"], max(0.0, deadline - loop.time()))

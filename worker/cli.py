@@ -27,6 +27,7 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--max-batch-size": ("max_batch_size", int),
     "--max-wait-ms": ("max_wait_ms", float),
     "--metrics-port": ("metrics_port", int),
+    "--http-api-port": ("http_api_port", int),
 }
 
 

@@ -3,6 +3,9 @@
 One task, one inference thread. Publishing batch n (on the event loop) overlaps the forward
 pass of batch n+1 (on the thread). A batch the backend fails on is bisected until the records
 it fails on alone are found: those are dead-lettered (`inference_failed`), the rest scored.
+Texts of HTTP requests (`Reply`, `worker/http_api.py`) share the batches; each is answered as
+soon as its batch is scored (`answer_replies`), before any publishing; one the backend fails on
+alone gets its error.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from worker.batching import BatchQueue, Tokenized
 from worker.metrics import Metrics
 from worker.model import ServedModel
 from worker.publish import Publisher, encode_output
+from worker.records import InFlight, Reply
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class InferenceLoop:
             for entry in batch:
                 self._metrics.queue_wait.observe(now - entry.enqueued_at)
             outcomes = await self._score(batch)
+            answer_replies(batch, outcomes)
             if publishing is not None:
                 await publishing
             publishing = asyncio.create_task(self._publish(batch, outcomes))
@@ -79,6 +84,8 @@ class InferenceLoop:
     async def _publish(self, batch: list[Tokenized], outcomes: list[Outcome]) -> None:
         scored_at = int(time.time() * 1000)
         for entry, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(entry.item, Reply):  # an HTTP text, answered already
+                continue
             if isinstance(outcome, Exception):
                 await self._dead_letter(entry, outcome)
                 continue
@@ -90,6 +97,14 @@ class InferenceLoop:
             await self._publisher.send_output(entry.item, value)
 
     async def _dead_letter(self, entry: Tokenized, exc: Exception) -> None:
+        assert isinstance(entry.item, InFlight)
         await self._publisher.send_dead_letter(
             entry.item, ErrorKind.INFERENCE_FAILED, f"the model failed on this text: {exc!r}"
         )
+
+
+def answer_replies(batch: list[Tokenized], outcomes: list[Outcome]) -> None:
+    """Hand each HTTP text (`Reply`) of a scored batch its row, or the error it failed with."""
+    for entry, outcome in zip(batch, outcomes, strict=True):
+        if isinstance(entry.item, Reply):
+            entry.item.resolve(outcome)
