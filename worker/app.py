@@ -103,6 +103,7 @@ class Worker:
         self.clock = clock or StartupClock()
         self.metrics = Metrics()
         self.metrics.init_labels(settings.input_topic)
+        self.metrics.init_http_labels()  # exported at 0 even with the API off: panels stay valid
         contract, backend = model.contract, model.backend
         self.metrics.set_model(
             contract.model_name, contract.model_version, backend.device, list(contract.labels)
@@ -139,7 +140,6 @@ class Worker:
         self.http = HealthServer(self.metrics, self.is_ready)
         self.api: PerspectiveApi | None = None  # the Perspective-compatible HTTP API, if asked for
         if settings.http_api_port is not None:
-            self.metrics.init_http_labels()
             self.api = PerspectiveApi(
                 settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving
             )
