@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy")
     parser.add_argument("--no-precision-check", action="store_true", help="skip bf16/int8 check")
+    parser.add_argument("--no-http", action="store_true", help="skip (d), the HTTP API load")
+    parser.add_argument(
+        "--http-requests", type=int, default=None, help="(d) requests per level (default 3000)"
+    )
     for flag, (field, kind) in SETTING_FLAGS.items():
         parser.add_argument(
             flag, dest=field, type=kind, default=None, help=f"MODERATION_{field.upper()}"
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         given["profile"] = False
     if args.no_precision_check:
         given["precision_check"] = False
+    if args.no_http:
+        given["http"] = False
+    if args.http_requests is not None:
+        given["http_requests"] = args.http_requests
     options = BenchOptions.quick(**given) if args.quick else BenchOptions(**given)
     try:
         run_bench(settings, options)
