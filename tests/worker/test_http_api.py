@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from testing.http import http_get, http_post, metric_sample
+from testing.kafka import comment, produce, read_all
 from testing.npm import PERSPECTIVE_CLIENT, NpmUnavailable, npm_install
 from testing.ports import free_port
 from testing.topics import fresh_topics
@@ -56,7 +57,7 @@ def api(
     log = tmp_path_factory.mktemp("http-api") / "worker.log"
     worker = start_api_worker(kafka_bootstrap, tiny_model_dir, log)
     yield worker
-    worker.stop()
+    assert worker.stop() == 0, worker.log()[-3000:]  # the API does not get in the way of a drain
 
 
 @pytest.fixture(scope="module")
@@ -392,6 +393,30 @@ def test_concurrent_requests_share_forward_passes(api: WorkerProcess, scorer: Se
     assert texts_scored == len(texts)  # one text each (no spans), nothing else on this worker
     assert batches < len(texts) / 2, f"{len(texts)} requests took {batches} batches"
     assert after["moderation_http_request_duration_seconds_count"] >= len(texts)
+
+
+def test_kafka_records_and_http_requests_are_served_at_once(
+    api: WorkerProcess, kafka_bootstrap: str, scorer: ServedModel
+) -> None:
+    texts = [f"record {i}: " + "go away " * (i % 4) for i in range(30)]
+    records = [comment(f"k{i}", text) for i, text in enumerate(texts)]
+    bodies = [{"comment": {"text": t}, "requestedAttributes": {"TOXICITY": {}}} for t in texts]
+
+    async def both() -> list[tuple[int, dict[str, Any]]]:
+        url = f"{api.api_url}/v1alpha1/comments:analyze"
+        produced = produce(kafka_bootstrap, api.env["MODERATION_INPUT_TOPIC"], records)
+        answers, _ = await asyncio.gather(_concurrent(url, bodies), produced)
+        return answers
+
+    answers = asyncio.run(both())
+    outputs = asyncio.run(
+        read_all(kafka_bootstrap, api.env["MODERATION_OUTPUT_TOPIC"], len(records), settle=0.5)
+    )
+    assert sorted(r.key for r in outputs) == sorted(k for k, _ in records)
+    for text, (status, body) in zip(texts, answers, strict=True):
+        assert status == 200
+        value = body["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
+        assert value == pytest.approx(expected(scorer, text)["TOXICITY"], abs=1e-5)
 
 
 def test_no_text_reaches_the_log_with_or_without_do_not_store(api: WorkerProcess) -> None:
