@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -81,6 +82,11 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
         warm_up_shapes(settings.max_batch_size, settings.token_budget, settings.max_length)
     )
     model.backend.warm_up(shapes)
+    # torch and transformers leave hundreds of thousands of long-lived objects behind; each full
+    # collection walks them all, a pause of the event loop that shows as a latency spike
+    # (docs/benchmarks.md). Frozen, they are never scanned again; what serving allocates still is.
+    gc.collect()
+    gc.freeze()
     clock.lap("warm_up")
     contract, backend = model.contract, model.backend
     log.info(

@@ -70,3 +70,29 @@ def test_cuda_precisions_match_cpu(tiny_model_dir: Path, alone: np.ndarray, prec
     )
     tolerance = 1e-4 if precision == "fp32" else 0.05
     np.testing.assert_allclose(gpu.score(TEXTS), alone, atol=tolerance)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_the_traced_cpu_graph_scores_as_the_eager_model(
+    tiny_model_dir: Path, precision: str
+) -> None:
+    """On CPU the backend serves a graph traced on one small padded example; batches of other
+    sizes, lengths and padding must score exactly as the eager model does."""
+    from transformers import AutoModelForSequenceClassification
+
+    from worker.torch_backend import TorchBackend
+
+    served = load_served_model(tiny_model_dir, device="cpu", precision=precision, max_length=64)
+
+    def backend(trace: bool) -> TorchBackend:
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+        return TorchBackend(
+            model, served.contract.labels, torch.device("cpu"), precision, trace=trace
+        )
+
+    traced, eager = backend(trace=True), backend(trace=False)
+    assert traced._traced is not None and eager._traced is None
+    sequences = served.tokenizer.encode(TEXTS)
+    for rows in ([0], [1], [2, 4], [0, 1, 2, 3, 4, 5, 6], [5, 3, 6, 2]):
+        batch = served.tokenizer.pad([sequences[i] for i in rows])
+        np.testing.assert_allclose(traced.infer(batch), eager.infer(batch), atol=1e-6)
