@@ -503,3 +503,38 @@ def test_a_full_queue_answers_429_and_nothing_else_breaks(strict_api: WorkerProc
     assert metric_sample(metrics, "moderation_http_pending_texts") == 0
     # once the queue drained, requests are served again
     assert asyncio.run(_concurrent(url, bodies[:1]))[0][0] == 200
+
+
+def test_sigterm_under_http_load_answers_or_refuses_and_exits_0(
+    kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    worker = start_api_worker(kafka_bootstrap, tiny_model_dir, tmp_path / "worker.log")
+    url = f"{worker.api_url}/v1alpha1/comments:analyze"
+    body = {
+        "comment": {"text": "One sentence. Two sentences. Three!"},
+        "requestedAttributes": {"TOXICITY": {}},
+        "spanAnnotations": True,
+    }
+
+    async def load_then_stop() -> list[Any]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(delay: float) -> int:
+                await asyncio.sleep(delay)
+                async with session.post(url, json=body) as response:
+                    await response.read()
+                    return response.status
+
+            requests = [asyncio.create_task(one(i * 0.01)) for i in range(100)]
+            await asyncio.sleep(0.3)
+            worker.proc.terminate()  # SIGTERM while requests keep arriving
+            return await asyncio.gather(*requests, return_exceptions=True)
+
+    results = asyncio.run(load_then_stop())
+    code = worker.proc.wait(timeout=60)
+    assert code == 0, worker.log()[-3000:]
+    statuses = [r for r in results if isinstance(r, int)]
+    failures = [r for r in results if not isinstance(r, int)]
+    assert 200 in statuses
+    assert set(statuses) <= {200, 503}, statuses
+    assert all(isinstance(f, aiohttp.ClientConnectionError) for f in failures), failures
