@@ -106,10 +106,6 @@ class PerspectiveApi:
             reply.resolve(ApiError(503, "UNAVAILABLE", "The server is shutting down."))
         await self._runner.cleanup()
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     # --- handlers --------------------------------------------------------------------------
 
     def _timed(
