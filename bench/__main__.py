@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--shadow-model", default=None, help="the shadow for that run (default: the model)"
+    parser.add_argument("--no-http", action="store_true", help="skip (d), the HTTP API load")
+    parser.add_argument(
+        "--http-requests", type=int, default=None, help="(d) requests per level (default 3000)"
     )
     for flag, (field, kind) in SETTING_FLAGS.items():
         parser.add_argument(
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         given["shadow"] = False
     if args.shadow_model is not None:
         given["shadow_model"] = args.shadow_model
+    if args.no_http:
+        given["http"] = False
+    if args.http_requests is not None:
+        given["http_requests"] = args.http_requests
     options = BenchOptions.quick(**given) if args.quick else BenchOptions(**given)
     try:
         run_bench(settings, options)

@@ -58,7 +58,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     MODERATION_* (the broker and topics come from `testing.worker_process.worker_env`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")}
     for field, value in settings.model_dump(mode="json").items():
-        if value is None or field in ("bootstrap_servers", "sasl_password"):
+        if value is None or field in ("bootstrap_servers", "sasl_password", "http_api_key"):
             continue
         env[f"MODERATION_{field.upper()}"] = str(value)
     return env
@@ -89,12 +89,17 @@ def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> str:
 
 @contextmanager
 def running_worker(
-    settings: Settings, bootstrap: str, topics: Topics, log_path: Path
+    settings: Settings,
+    bootstrap: str,
+    topics: Topics,
+    log_path: Path,
+    overrides: dict[str, str] | None = None,
 ) -> Iterator[WorkerProcess]:
-    """`python -m worker run` with `settings`, ready; stopped (SIGTERM) on the way out."""
+    """`python -m worker run` with `settings` (and `overrides`, MODERATION_* variables), ready;
+    stopped (SIGTERM) on the way out."""
     worker = start_worker(
         bootstrap, topics, log_path=log_path, base=settings_env(settings),
-        overrides={"MODERATION_LOG_LEVEL": "WARNING"}, ready_timeout=180,
+        overrides={"MODERATION_LOG_LEVEL": "WARNING"} | (overrides or {}), ready_timeout=180,
     )  # fmt: skip
     try:
         yield worker

@@ -96,6 +96,29 @@ def markdown(r: dict[str, Any]) -> str:
         f"{a['tokenize_share']:.0%}, inference {a['infer_share']:.0%}.",
         "",
     ]
+    http = r.get("http_api")
+    if http:
+        lines += [
+            "## (d) Perspective-compatible HTTP API (`comments:analyze`)",
+            "",
+            "Concurrent clients (asyncio + aiohttp, back to back) against a fresh worker with "
+            "`MODERATION_HTTP_API_PORT` set, real comments, TOXICITY and INSULT; latency as the "
+            "client sees it. Batched: the worker's `MAX_BATCH_SIZE`; one at a time: "
+            "`MAX_BATCH_SIZE=1`.",
+            "",
+            "| mode | clients | requests/s | p50 ms | p99 ms | texts per batch | answers |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for mode, runs in http.items():
+            for level in runs["levels"]:
+                answers = ", ".join(f"{code}: {n}" for code, n in level["statuses"].items())
+                lines.append(
+                    f"| {mode.replace('_', ' ')} (max {runs['max_batch_size']}) "
+                    f"| {level['clients']} | {_f(level['requests_per_s'])} "
+                    f"| {_f(level['p50_ms'], 1)} | {_f(level['p99_ms'], 1)} "
+                    f"| {_f(level['mean_batch_size'], 1)} | {answers} |"
+                )
+        lines.append("")
     profile = r.get("profile") or {}
     if profile.get("samples"):
         lines += [

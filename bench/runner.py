@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, end_to_end, naive, profile, report, variants
+from bench import ceiling, end_to_end, http_api, naive, profile, report, variants
 from bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to, validation_split
 from testing.broker import broker_kind, kafka_broker
 from worker.config import Settings
@@ -42,13 +42,16 @@ class BenchOptions:
     repeats: int = 2
     shadow: bool = True  # (b) again with a shadow model attached, alternating with (b)
     shadow_model: str | None = None  # None: the primary's model (BERT-Tiny by default)
+    http_clients: tuple[int, ...] = (1, 16, 256)  # (d) concurrent HTTP API clients
+    http_requests: int = 3000  # per concurrency level and mode (at least 4 per client)
+    http: bool = True
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
         """A smoke run: small corpus, short phases (figures are indicative only)."""
         return cls(**({
             "messages": 2000, "latency_seconds": 3.0, "naive_messages": 200,
-            "naive_seconds": 5.0, "repeats": 1,
+            "naive_seconds": 5.0, "repeats": 1, "http_requests": 100,
         } | overrides))  # fmt: skip
 
 
@@ -163,6 +166,19 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
             options.partitions,
         )  # fmt: skip
         log.info("(c) %.1f comments/s", c["comments_per_s"])
+        d = None
+        if options.http:
+            log.info("(d) HTTP API at %s concurrent clients", options.http_clients)
+            d = http_api.run_http_api(
+                settings, bootstrap, unique, out, options.http_clients, options.http_requests
+            )
+            for mode, runs in d.items():
+                for level in runs["levels"]:
+                    log.info(
+                        "(d) %s, %d clients: %.0f requests/s, p50 %.1f ms, p99 %.1f ms",
+                        mode, level["clients"], level["requests_per_s"], level["p50_ms"],
+                        level["p99_ms"],
+                    )  # fmt: skip
     compared = None
     if options.precision_check:
         log.info("backends and precisions side by side")
@@ -195,6 +211,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "single_comment": single,
         "naive": c,
         "shadow": shadow,
+        "http_api": d,
         "ratios": {"b_over_a": b_over_a, "b_over_c": b_over_c},
         "goals": goals,
         "runtime": model.runtime.describe(),

@@ -18,6 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MULTI_LABEL = "multi_label_classification"
 TOXICITY_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 DEFAULT_THRESHOLD = 0.5
+# Perspective API attribute -> model label, for the Perspective-compatible HTTP API
+# (worker/perspective.py). An artifact may state its own map (`api_attributes` in config.json);
+# without one, the entries of this map whose label the model has are served.
+DEFAULT_API_ATTRIBUTES = {
+    "TOXICITY": "toxic",
+    "SEVERE_TOXICITY": "severe_toxic",
+    "PROFANITY": "obscene",
+    "THREAT": "threat",
+    "INSULT": "insult",
+    "IDENTITY_ATTACK": "identity_hate",
+}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VERSION_CHARS = 12
@@ -105,6 +116,19 @@ class ArtifactContract(BaseModel):
     label_training_rates: dict[str, float] | None = Field(
         default=None, description="The label rates of the rows the probabilities were fitted to."
     )
+    api_attributes: dict[str, str] = Field(
+        description="Perspective API attribute name -> the label whose score it reports "
+        "(default: the entries of DEFAULT_API_ATTRIBUTES whose label the model has)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_api_attributes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("api_attributes") is None:
+            labels = set(data.get("labels") or ())
+            defaults = {a: label for a, label in DEFAULT_API_ATTRIBUTES.items() if label in labels}
+            data = data | {"api_attributes": defaults}
+        return data
 
     @model_validator(mode="after")
     def _thresholds_cover_labels(self) -> ArtifactContract:
@@ -114,6 +138,9 @@ class ArtifactContract(BaseModel):
         _check_rates("label_training_rates", self.label_training_rates, self.labels)
         if self.calibration is not None and set(self.calibration.labels) != set(self.labels):
             raise ValueError("calibration.labels must name every label, and only those")
+        unknown = sorted(set(self.api_attributes.values()) - set(self.labels))
+        if unknown:
+            raise ValueError(f"api_attributes map to labels the model does not have: {unknown}")
         return self
 
     @classmethod
@@ -144,6 +171,7 @@ class ArtifactContract(BaseModel):
             calibration=config.get("calibration"),
             label_base_rates=config.get("label_base_rates"),
             label_training_rates=config.get("label_training_rates"),
+            api_attributes=config.get("api_attributes"),
         )
 
     def config_entries(self) -> dict[str, Any]:
@@ -153,6 +181,7 @@ class ArtifactContract(BaseModel):
             "model_version": self.model_version,
             "problem_type": self.problem_type,
             "label_thresholds": dict(self.label_thresholds),
+            "api_attributes": dict(self.api_attributes),
         }
         if self.calibration is not None:
             entries["calibration"] = self.calibration.model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""A tiny HTTP GET (stdlib only), and reading a Prometheus text exposition."""
+"""A tiny HTTP GET and POST (stdlib only), and reading a Prometheus text exposition."""
 
 from __future__ import annotations
 
@@ -21,6 +21,31 @@ def http_get(url: str, timeout: float = 5.0) -> HttpResult:
             return HttpResult(response.status, response.read().decode())
     except urllib.error.HTTPError as exc:
         return HttpResult(exc.code, exc.read().decode())
+
+
+def http_post(
+    url: str, body: bytes, content_type: str | None = "application/json", timeout: float = 30.0
+) -> HttpResult:
+    """POST `body` to `url`; an HTTP error status is a result, not an exception."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return HttpResult(response.status, response.read().decode())
+    except urllib.error.HTTPError as exc:
+        return HttpResult(exc.code, exc.read().decode())
+
+
+def metric_sample(body: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
+    total = 0.0
+    for line in body.splitlines():
+        if not line.startswith((name + " ", name + "{")):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+            total += float(value)
+    return total
 
 
 def metric_sum(body: str, name: str) -> float:

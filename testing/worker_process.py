@@ -50,6 +50,7 @@ def worker_env(
         "MODERATION_GROUP_ID": topics.group,
         "MODERATION_METRICS_HOST": "127.0.0.1",
         "MODERATION_METRICS_PORT": str(port),
+        "MODERATION_HTTP_API_HOST": "127.0.0.1",  # used only where MODERATION_HTTP_API_PORT is set
         "HF_HUB_OFFLINE": "1",
     }
     return env | dict(overrides or {})
@@ -82,6 +83,11 @@ class WorkerProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of its Perspective-compatible HTTP API (MODERATION_HTTP_API_PORT)."""
+        return f"http://127.0.0.1:{self.env['MODERATION_HTTP_API_PORT']}"
 
     def alive(self) -> bool:
         return self.proc.poll() is None

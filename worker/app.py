@@ -36,6 +36,7 @@ from worker.checkpoint import Checkpoint, CheckpointListener
 from worker.config import Settings
 from worker.consume import ConsumeLoop, IntakeLimits, build_consumer
 from worker.health import HealthServer
+from worker.http_api import PerspectiveApi
 from worker.inference import InferenceLoop
 from worker.metrics import Metrics
 from worker.model import ServedModel, load_from_settings
@@ -125,6 +126,7 @@ class Worker:
         self.clock = clock or StartupClock()
         self.metrics = Metrics()
         self.metrics.init_labels(settings.input_topic)
+        self.metrics.init_http_labels()  # exported at 0 even with the API off: panels stay valid
         contract, backend = model.contract, model.backend
         self.metrics.set_model(
             contract.model_name, contract.model_version, backend.device, list(contract.labels)
@@ -191,6 +193,11 @@ class Worker:
         )  # fmt: skip
         self._side_tasks: dict[str, asyncio.Task[None]] = {}
         self.http = HealthServer(self.metrics, self.is_ready)
+        self.api: PerspectiveApi | None = None  # the Perspective-compatible HTTP API, if asked for
+        if settings.http_api_port is not None:
+            self.api = PerspectiveApi(
+                settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving
+            )
         self.joined = False
         self.fatal: BaseException | None = None
         self._stop_requested = asyncio.Event()
@@ -199,6 +206,10 @@ class Worker:
 
     def is_ready(self) -> bool:
         return self.joined and self.fatal is None and not self._stop_requested.is_set()
+
+    def serving(self) -> bool:
+        """The HTTP API's readiness: the backend loop runs (no Kafka group needed)."""
+        return self.fatal is None and not self._stop_requested.is_set()
 
     def request_stop(self) -> None:
         """Stop fetching, drain, commit and exit (SIGTERM/SIGINT)."""
@@ -248,6 +259,9 @@ class Worker:
             for task in tasks.values():
                 task.add_done_callback(self._task_done)
             await self._start_side_tasks()
+            if self.api is not None:
+                await self.api.start(settings.http_api_host, settings.http_api_port or 0)
+                log.info("Perspective-compatible HTTP API on port %s", self.api.port)
             await self._stop_requested.wait()
             drained = await self._drain(tasks)
             return 1 if self.fatal is not None or not drained else 0
@@ -258,6 +272,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
             await self._stop_side_tasks()
+            if self.api is not None:
+                await self.api.stop()
             await self.http.stop()
             self.inference_thread.shutdown(wait=False, cancel_futures=True)
             self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
@@ -325,6 +341,8 @@ class Worker:
         if self.fatal is None:
             with contextlib.suppress(Exception):  # records of its last fetch are still queued
                 await asyncio.wait_for(tasks["consume"], deadline - loop.time())
+            if self.api is not None:  # new requests: 503; queued ones are still answered
+                self.api.close()
             self.queue.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(tasks["infer"], max(0.0, deadline - loop.time()))

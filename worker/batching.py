@@ -17,14 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from worker.backend import SHAPE_MULTIPLE, padded_length
-from worker.records import InFlight
+from worker.records import Work
 
 
 @dataclass(slots=True)
 class Tokenized:
-    """A decoded record with its token ids, waiting for the backend."""
+    """A decoded record (or an HTTP request's text) with its token ids, waiting for the backend."""
 
-    item: InFlight
+    item: Work
     ids: list[int]
     enqueued_at: float = field(default_factory=time.monotonic)
 

@@ -38,6 +38,7 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--metrics-port": ("metrics_port", int),
     "--policy-file": ("policy_file", str),
     "--shadow-model": ("shadow_model", str),
+    "--http-api-port": ("http_api_port", int),
 }
 
 

@@ -191,6 +191,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{broker!r}: the port {port!r} is not a number in 1..65535")
         return value
 
+    # Perspective-compatible HTTP API (worker/http_api.py): its own port, off (None) by default
+    http_api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    http_api_host: str = "0.0.0.0"
+    # None: `?key=` is accepted and ignored; set: requests must carry this key
+    http_api_key: SecretStr | None = None
+    http_api_max_text_bytes: Annotated[int, Field(ge=1)] = 20_480  # Perspective's 20 KB
+    # texts of HTTP requests queued or being scored; beyond it: 429 RESOURCE_EXHAUSTED
+    http_api_max_pending: Annotated[int, Field(ge=1)] = 512
+
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
         if self.security_protocol.startswith("SASL"):
@@ -210,6 +219,8 @@ class Settings(BaseSettings):
             raise ValueError(f"policy_file: file {self.policy_file} does not exist")
         if self.max_in_flight < self.max_batch_size:
             raise ValueError("max_in_flight must be at least max_batch_size")
+        if self.http_api_port and self.http_api_port == self.metrics_port:
+            raise ValueError("http_api_port must differ from metrics_port")
         return self
 
     @property
@@ -248,8 +259,9 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log (secrets masked)."""
-        return self.model_dump(mode="json", exclude={"sasl_password"}) | {
-            "sasl_password": "***" if self.sasl_password else None
+        return self.model_dump(mode="json", exclude={"sasl_password", "http_api_key"}) | {
+            "sasl_password": "***" if self.sasl_password else None,
+            "http_api_key": "***" if self.http_api_key else None,
         }
 
 

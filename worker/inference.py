@@ -5,6 +5,9 @@ pass of batch n+1 (on the thread). A batch the backend fails on is bisected unti
 it fails on alone are found: those are dead-lettered (`inference_failed`), the rest scored.
 Each batch follows one threshold policy (read once; worker/policy.py) and, with a shadow model
 attached, is handed to it without waiting (worker/shadow.py).
+Texts of HTTP requests (`Reply`, `worker/http_api.py`) share the batches; each is answered as
+soon as its batch is scored (`answer_replies`), before any publishing; one the backend fails on
+alone gets its error.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from worker.metrics import Metrics
 from worker.model import ServedModel
 from worker.policy import Policy, PolicyHolder
 from worker.publish import Publisher, encode_output
+from worker.records import InFlight, Reply
 from worker.shadow import ShadowScorer
 from worker.tracing import Tracing
 
@@ -64,9 +68,14 @@ class InferenceLoop:
             else:
                 with self._tracing.batch([entry.item for entry in batch]):
                     outcomes = await self._score(batch)
+            answer_replies(batch, outcomes)
             policies = self._policies.current  # one policy per batch: reloads swap between
-            if self._shadow is not None:
-                self._shadow.submit(batch, outcomes, policies)
+            if self._shadow is not None:  # the Kafka records of the batch (not HTTP texts)
+                kafka = [i for i, entry in enumerate(batch) if isinstance(entry.item, InFlight)]
+                if kafka:
+                    self._shadow.submit(
+                        [batch[i] for i in kafka], [outcomes[i] for i in kafka], policies
+                    )
             if publishing is not None:
                 await publishing
             publishing = asyncio.create_task(self._publish(batch, outcomes, policies.primary))
@@ -100,6 +109,8 @@ class InferenceLoop:
     ) -> None:
         scored_at = int(time.time() * 1000)
         for entry, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(entry.item, Reply):  # an HTTP text, answered already
+                continue
             if isinstance(outcome, Exception):
                 await self._dead_letter(entry, outcome)
                 continue
@@ -111,6 +122,14 @@ class InferenceLoop:
             await self._publisher.send_output(entry.item, value)
 
     async def _dead_letter(self, entry: Tokenized, exc: Exception) -> None:
+        assert isinstance(entry.item, InFlight)
         await self._publisher.send_dead_letter(
             entry.item, ErrorKind.INFERENCE_FAILED, f"the model failed on this text: {exc!r}"
         )
+
+
+def answer_replies(batch: list[Tokenized], outcomes: list[Outcome]) -> None:
+    """Hand each HTTP text (`Reply`) of a scored batch its row, or the error it failed with."""
+    for entry, outcome in zip(batch, outcomes, strict=True):
+        if isinstance(entry.item, Reply):
+            entry.item.resolve(outcome)

@@ -80,6 +80,19 @@ class Metrics:
             "moderation_ready", "1 when the worker is ready (as /readyz).", registry=r
         )
         self.model_info = Info("moderation_model", "The model being served.", registry=r)
+        self.http_requests = Counter(
+            "moderation_http_requests", "HTTP API requests answered, by method and status code.",
+            ["method", "code"], registry=r,
+        )  # fmt: skip
+        self.http_latency = Histogram(
+            "moderation_http_request_duration_seconds",
+            "HTTP API request received to answered, by method.", ["method"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.http_pending = Gauge(
+            "moderation_http_pending_texts",
+            "Texts of HTTP API requests queued or being scored.", registry=r,
+        )  # fmt: skip
         self.startup = Gauge(
             "moderation_startup_seconds", "Seconds spent in each start-up phase, once ready.",
             ["phase"], registry=r,
@@ -134,8 +147,14 @@ class Metrics:
         self.scored.labels(input_topic)
         for kind in ErrorKind:
             self.dead_lettered.labels(kind.value)
-        for error in ("produce", "commit", "inference"):
+        for error in ("produce", "commit", "inference", "http"):
             self.errors.labels(error)
+
+    def init_http_labels(self) -> None:
+        """The HTTP API's usual answers at 0, so that rates and ratios see the first one."""
+        for code in ("200", "400", "429", "503"):
+            self.http_requests.labels("analyze", code)
+        self.http_latency.labels("analyze")
 
     def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:
         self.model_info.info(

@@ -97,7 +97,25 @@ def test_bench_quick_writes_every_figure(
     assert 0 < startup["ready_minus_join"] < sum(startup.values())
     assert set(report["runtime"]) == {"backend", "device", "precision", "threads", "cpu"}
     assert "profile" in report
+    http = report["http_api"]
+    assert set(http) == {"batched", "one_at_a_time"}
+    assert http["one_at_a_time"]["max_batch_size"] == 1
+    for mode in http.values():
+        assert [level["clients"] for level in mode["levels"]] == [1, 16, 256]
+        for level in mode["levels"]:
+            assert level["statuses"] == {"200": level["requests"]}
+            assert level["requests"] >= max(100, 4 * level["clients"])
+            assert level["requests_per_s"] > 0 and 0 < level["p50_ms"] <= level["p99_ms"]
+    assert all(level["mean_batch_size"] == 1 for level in http["one_at_a_time"]["levels"])
+    assert http["batched"]["levels"][-1]["mean_batch_size"] > 1  # 256 clients share batches
     markdown = (out / "REPORT.md").read_text()
     needles = ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single")
-    for needle in (*needles, "Backends and precisions", "Start-up", "Chosen at start", "Shadow"):
+    for needle in (
+        *needles,
+        "Backends and precisions",
+        "Start-up",
+        "Chosen at start",
+        "Shadow",
+        "(d)",
+    ):
         assert needle in markdown

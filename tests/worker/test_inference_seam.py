@@ -1,0 +1,95 @@
+"""The one seam between the two front doors: Kafka records (`InFlight`) and HTTP texts (`Reply`)
+share a batch of the inference loop; a record is published, a reply gets its row, and a text
+the backend fails on alone fails only its own reply."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from schemas import Comment
+from worker.batching import BatchQueue, Tokenized
+from worker.checkpoint import PartitionOffsets, Ticket
+from worker.inference import InferenceLoop
+from worker.metrics import Metrics
+from worker.model import ServedModel, load_served_model
+from worker.records import InFlight, Reply
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.outputs: list[tuple[InFlight, bytes]] = []
+        self.dead: list[tuple[InFlight, Any]] = []
+
+    async def send_output(self, item: InFlight, value: bytes) -> None:
+        self.outputs.append((item, value))
+
+    async def send_dead_letter(self, item: InFlight, kind: Any, detail: str) -> None:
+        self.dead.append((item, kind))
+
+
+class CountingBackend:
+    """The real backend; counts forward passes, fails on a pass holding `poison_id`."""
+
+    def __init__(self, real: Any, poison_id: int) -> None:
+        self.real, self.poison_id = real, poison_id
+        self.passes: list[int] = []  # rows of each forward pass
+        self.kind, self.device, self.precision = real.kind, real.device, real.precision
+        self.labels = real.labels
+
+    def warm_up(self, shapes: Any) -> None:
+        self.real.warm_up(shapes)
+
+    def infer(self, batch: Any) -> np.ndarray:
+        self.passes.append(len(batch))
+        if (batch.input_ids == self.poison_id).any():
+            raise RuntimeError("simulated kernel failure")
+        return self.real.infer(batch)
+
+
+def kafka_item(offset: int, text: str) -> InFlight:
+    record = ConsumerRecord("in", 0, offset, 0, 0, b"k", b"v", None, 1, 1, [])
+    ticket = Ticket(PartitionOffsets(), offset)
+    return InFlight(record, ticket, Comment(id=f"c{offset}", text=text))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> ServedModel:
+    return load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+
+
+async def test_records_and_replies_share_one_forward_pass(model: ServedModel) -> None:
+    [[*_, poison_id, _]] = model.tokenizer.encode(["poison"])
+    backend = CountingBackend(model.backend, poison_id)
+    served = dataclasses.replace(model, backend=backend, token_budget=0)  # one pass per batch
+    texts = ["you are an idiot", "thanks for the fix", "what a nice day", "poison"]
+    ids = model.tokenizer.encode(texts)
+    queue = BatchQueue(max_batch_size=64)
+    records = [kafka_item(0, texts[0]), kafka_item(1, texts[1])]
+    replies = [Reply(), Reply()]
+    queue.put([Tokenized(item, seq) for item, seq in zip(records + replies, ids, strict=True)])
+    queue.close()
+    publisher = RecordingPublisher()
+    with ThreadPoolExecutor(1) as executor:
+        loop = InferenceLoop(queue, served, executor, publisher, Metrics())  # type: ignore[arg-type]
+        await asyncio.wait_for(loop.run(), 30)
+
+    alone = model.score(texts)
+    assert [item for item, _ in publisher.outputs] == records  # Kafka: published, in order
+    for (_, value), expected in zip(publisher.outputs, alone[:2], strict=True):
+        scores = orjson.loads(value)["scores"]
+        np.testing.assert_allclose(list(scores.values()), expected, atol=1e-5)
+    np.testing.assert_allclose(replies[0].future.result(), alone[2], atol=1e-5)  # HTTP: its row
+    with pytest.raises(RuntimeError, match="simulated"):  # the poisoned text fails alone
+        replies[1].future.result()
+    assert publisher.dead == []  # a failed HTTP text is never dead-lettered
+    # the first pass held all four; bisection: [0, 1] ok, [2, 3] fails, [2] ok, [3] fails alone
+    assert backend.passes == [4, 2, 2, 1, 1]

@@ -1,0 +1,383 @@
+"""The Perspective API's `comments:analyze` (v1alpha1), as data: request checks, the response,
+errors in Google's shape, sentence spans and the discovery document. No I/O: the HTTP server
+(`worker/http_api.py`) calls these around the shared batch queue.
+
+Attribute names map to model labels through the artifact contract (`api_attributes`,
+`schemas/artifact.py`). Span offsets are UTF-16 code units, end exclusive, as Perspective's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from schemas import ArtifactContract
+
+API_VERSION = "v1alpha1"
+ANALYZE_PATH = f"/{API_VERSION}/comments:analyze"
+PROBABILITY = "PROBABILITY"
+SERVED_LANGUAGE = "en"  # the model is English: `languages` may name only English
+MAX_SPANS = 64  # more sentences than this: adjacent sentences share a span
+ERROR_TYPE = "type.googleapis.com/google.commentanalyzer.v1alpha1.Error"
+
+
+class ApiError(Exception):
+    """An answer in Google's error shape: `{"error": {"code", "message", "status", ...}}`.
+
+    `error_type` is Perspective's `ErrorType` (COMMENT_EMPTY, COMMENT_TOO_LONG, ...), sent in
+    `details` as Perspective does. Messages never quote the comment's text."""
+
+    def __init__(
+        self,
+        code: int,
+        status: str,
+        message: str,
+        error_type: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+        self.error_type, self.extra = error_type, extra or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message, "status": self.status}
+        if self.error_type is not None:
+            error["details"] = [{"@type": ERROR_TYPE, "errorType": self.error_type} | self.extra]
+        return {"error": error}
+
+
+def invalid(message: str, error_type: str = "INVALID_REQUEST", **extra: Any) -> ApiError:
+    return ApiError(400, "INVALID_ARGUMENT", message, error_type, extra)
+
+
+# --- the request ---------------------------------------------------------------------------
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class TextEntry(_Message):
+    text: str | None = None
+    type: str | None = None
+
+
+class AttributeParameters(_Message):
+    score_type: str | None = None
+    score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class AnalyzeCommentRequest(_Message):
+    """The fields Perspective accepts; unknown ones are ignored. `context`, `sessionId`,
+    `communityId` and `dropUnsupportedAttributes` are accepted and have no effect."""
+
+    comment: TextEntry | None = None
+    requested_attributes: dict[str, AttributeParameters | None] | None = None
+    languages: list[str] | None = None
+    do_not_store: bool | None = None
+    span_annotations: bool | None = None
+    client_token: str | None = None
+    session_id: str | None = None
+    community_id: str | None = None
+    context: dict[str, Any] | None = None
+    drop_unsupported_attributes: bool | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A request that passed every check: what to score and how to answer."""
+
+    text: str
+    attributes: dict[str, tuple[str, float | None]]  # attribute -> (label, scoreThreshold)
+    languages: list[str]
+    spans: bool
+    client_token: str | None
+
+
+def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) -> Analysis:
+    """Check a decoded JSON body; raises `ApiError` (400) naming what is wrong."""
+    if not isinstance(body, dict):
+        raise invalid("Invalid JSON payload received. Expected an object.")
+    try:
+        request = AnalyzeCommentRequest.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]  # its "input" may be the text: never put it in the message
+        where = ".".join(str(part) for part in error["loc"])
+        raise invalid(f"Invalid value at '{where}': {error['msg']}") from None
+    comment = request.comment
+    if comment is None or not comment.text:
+        raise invalid("Comment must be non-empty.", "COMMENT_EMPTY")
+    if comment.type not in (None, "PLAIN_TEXT", "TEXT_TYPE_UNSPECIFIED"):
+        if comment.type == "HTML":
+            raise invalid("Currently, only 'PLAIN_TEXT' comments are supported")
+        raise invalid("Unknown text type")
+    size = len(comment.text.encode("utf-8", "surrogatepass"))
+    if size > max_text_bytes:
+        raise invalid(
+            f"Comment text too long ({size} bytes; at most {max_text_bytes}).", "COMMENT_TOO_LONG"
+        )
+    if not request.requested_attributes:
+        raise invalid("Missing requested_attributes", "NO_REQUESTED_ATTRIBUTES")
+    attributes: dict[str, tuple[str, float | None]] = {}
+    for name, parameters in request.requested_attributes.items():
+        label = contract.api_attributes.get(name)
+        if label is None:
+            served = ", ".join(sorted(contract.api_attributes)) or "none"
+            raise invalid(f"Unknown requested attribute: {name} (served: {served})")
+        parameters = parameters or AttributeParameters()
+        if parameters.score_type not in (None, PROBABILITY):
+            raise invalid(
+                f"Requested score type {parameters.score_type} is not supported by attribute {name}"
+            )
+        attributes[name] = (label, parameters.score_threshold)
+    languages = request.languages or []
+    unsupported = [lang for lang in languages if not is_english(lang)]
+    if unsupported:
+        first = next(iter(attributes))
+        raise invalid(
+            f"Attribute {first} does not support request languages: {', '.join(unsupported)}",
+            "LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE",
+            languageNotSupportedByAttributeError={
+                "requestedLanguages": languages,
+                "attribute": first,
+            },
+        )
+    return Analysis(
+        text=comment.text,
+        attributes=attributes,
+        languages=languages or [SERVED_LANGUAGE],
+        spans=bool(request.span_annotations),
+        client_token=request.client_token,
+    )
+
+
+def is_english(language: str) -> bool:
+    """ISO 639-1 or BCP-47 English: `en`, `EN`, `en-US`, `en_GB`."""
+    return re.split(r"[-_]", language.strip(), maxsplit=1)[0].lower() == SERVED_LANGUAGE
+
+
+# --- spans -----------------------------------------------------------------------------------
+
+# a sentence ends at . ! ? (and closing quotes or brackets) before whitespace, or at a line break
+_SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)|[\r\n]+")
+
+
+def sentence_spans(text: str, max_spans: int = MAX_SPANS) -> list[tuple[int, int]]:
+    """[begin, end) character offsets of the sentences of `text`, surrounding whitespace left
+    out; more than `max_spans` sentences are grouped into `max_spans` runs of neighbours."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        _add_span(spans, text, start, match.end())
+        start = match.end()
+    _add_span(spans, text, start, len(text))
+    if len(spans) > max_spans:
+        per = -(-len(spans) // max_spans)
+        spans = [
+            (spans[i][0], spans[min(i + per, len(spans)) - 1][1]) for i in range(0, len(spans), per)
+        ]
+    return spans
+
+
+def _add_span(spans: list[tuple[int, int]], text: str, start: int, end: int) -> None:
+    segment = text[start:end]
+    stripped = segment.strip()
+    if stripped:
+        begin = start + len(segment) - len(segment.lstrip())
+        spans.append((begin, begin + len(stripped)))
+
+
+def utf16_offsets(text: str, offsets: list[int]) -> list[int]:
+    """Character offsets of `text` as UTF-16 code unit offsets (what JavaScript and Java index
+    strings by, and Perspective's spans count in)."""
+    out, position, units = [], 0, 0
+    for offset in sorted(set(offsets)):
+        units += sum(2 if ord(ch) > 0xFFFF else 1 for ch in text[position:offset])
+        position = offset
+        out.append((offset, units))
+    found = dict(out)
+    return [found[offset] for offset in offsets]
+
+
+# --- the response ----------------------------------------------------------------------------
+
+
+def build_response(
+    analysis: Analysis,
+    labels: tuple[str, ...],
+    summary: Any,
+    spans: list[tuple[int, int, Any]] | None,
+) -> dict[str, Any]:
+    """`summary`: the text's row of probabilities (in `labels` order); `spans`: (begin, end,
+    row) in UTF-16 units, or None when not asked for. `scoreThreshold` drops scores below it,
+    and an attribute left with none, as Perspective does."""
+    column = {label: i for i, label in enumerate(labels)}
+    scores: dict[str, Any] = {}
+    for name, (label, threshold) in analysis.attributes.items():
+        floor = threshold if threshold is not None else 0.0
+        i = column[label]
+        entry: dict[str, Any] = {}
+        if spans is not None:
+            kept = [
+                {"begin": b, "end": e, "score": _score(row[i])}
+                for b, e, row in spans
+                if float(row[i]) >= floor
+            ]
+            if kept:
+                entry["spanScores"] = kept
+        if float(summary[i]) >= floor:
+            entry["summaryScore"] = _score(summary[i])
+        if entry:
+            scores[name] = entry
+    response: dict[str, Any] = {
+        "attributeScores": scores,
+        "languages": analysis.languages,
+        "detectedLanguages": [SERVED_LANGUAGE],
+    }
+    if analysis.client_token is not None:
+        response["clientToken"] = analysis.client_token
+    return response
+
+
+def _score(value: Any) -> dict[str, Any]:
+    return {"value": float(value), "type": PROBABILITY}
+
+
+# --- the discovery document ------------------------------------------------------------------
+
+
+def discovery_document(root_url: str, attributes: list[str]) -> dict[str, Any]:
+    """The REST discovery document of `commentanalyzer v1alpha1` as this server serves it
+    (`comments.analyze` only), with `rootUrl` pointing here: Google's client libraries build
+    their client from it (`googleapiclient.discovery.build(..., discoveryServiceUrl=...)`)."""
+
+    def string(description: str) -> dict[str, str]:
+        return {"type": "string", "description": description}
+
+    score = {
+        "id": "Score",
+        "type": "object",
+        "properties": {
+            "value": {"type": "number", "format": "float"},
+            "type": {"type": "string", "enum": [PROBABILITY]},
+        },
+    }
+    return {
+        "kind": "discovery#restDescription",
+        "discoveryVersion": "v1",
+        "id": f"commentanalyzer:{API_VERSION}",
+        "name": "commentanalyzer",
+        "version": API_VERSION,
+        "title": "Perspective Comment Analyzer API (moderation-worker)",
+        "description": "Perspective-compatible comments:analyze served by moderation-worker; "
+        f"attributes: {', '.join(attributes)}.",
+        "protocol": "rest",
+        "rootUrl": root_url,
+        "servicePath": "",
+        "baseUrl": root_url,
+        "batchPath": "batch",
+        "parameters": {
+            "key": {"type": "string", "location": "query", "description": "API key."},
+            "alt": {
+                "type": "string",
+                "location": "query",
+                "default": "json",
+                "enum": ["json"],
+                "description": "Data format for the response.",
+            },
+            "prettyPrint": {"type": "boolean", "location": "query", "default": "true"},
+            "fields": {"type": "string", "location": "query"},
+            "quotaUser": {"type": "string", "location": "query"},
+            "$.xgafv": {"type": "string", "location": "query", "enum": ["1", "2"]},
+        },
+        "schemas": {
+            "TextEntry": {
+                "id": "TextEntry",
+                "type": "object",
+                "properties": {
+                    "text": string("UTF-8 text."),
+                    "type": {"type": "string", "enum": ["TEXT_TYPE_UNSPECIFIED", "PLAIN_TEXT"]},
+                },
+            },
+            "AttributeParameters": {
+                "id": "AttributeParameters",
+                "type": "object",
+                "properties": {
+                    "scoreType": {"type": "string", "enum": [PROBABILITY]},
+                    "scoreThreshold": {"type": "number", "format": "float"},
+                },
+            },
+            "AnalyzeCommentRequest": {
+                "id": "AnalyzeCommentRequest",
+                "type": "object",
+                "properties": {
+                    "comment": {"$ref": "TextEntry"},
+                    "context": {"type": "object", "description": "Accepted, not used."},
+                    "requestedAttributes": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "AttributeParameters"},
+                    },
+                    "languages": {"type": "array", "items": {"type": "string"}},
+                    "doNotStore": {"type": "boolean"},
+                    "spanAnnotations": {"type": "boolean"},
+                    "clientToken": {"type": "string"},
+                    "sessionId": {"type": "string"},
+                    "communityId": {"type": "string"},
+                    "dropUnsupportedAttributes": {"type": "boolean"},
+                },
+            },
+            "Score": score,
+            "SpanScore": {
+                "id": "SpanScore",
+                "type": "object",
+                "properties": {
+                    "begin": {"type": "integer", "format": "int32"},
+                    "end": {"type": "integer", "format": "int32"},
+                    "score": {"$ref": "Score"},
+                },
+            },
+            "AttributeScores": {
+                "id": "AttributeScores",
+                "type": "object",
+                "properties": {
+                    "summaryScore": {"$ref": "Score"},
+                    "spanScores": {"type": "array", "items": {"$ref": "SpanScore"}},
+                },
+            },
+            "AnalyzeCommentResponse": {
+                "id": "AnalyzeCommentResponse",
+                "type": "object",
+                "properties": {
+                    "attributeScores": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "AttributeScores"},
+                    },
+                    "languages": {"type": "array", "items": {"type": "string"}},
+                    "detectedLanguages": {"type": "array", "items": {"type": "string"}},
+                    "clientToken": {"type": "string"},
+                },
+            },
+        },
+        "resources": {
+            "comments": {
+                "methods": {
+                    "analyze": {
+                        "id": "commentanalyzer.comments.analyze",
+                        "path": f"{API_VERSION}/comments:analyze",
+                        "flatPath": f"{API_VERSION}/comments:analyze",
+                        "httpMethod": "POST",
+                        "description": "Analyzes the provided text and returns scores for "
+                        "requested attributes.",
+                        "parameters": {},
+                        "parameterOrder": [],
+                        "request": {"$ref": "AnalyzeCommentRequest"},
+                        "response": {"$ref": "AnalyzeCommentResponse"},
+                    }
+                }
+            }
+        },
+    }
