@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--shadow-model", default=None, help="the shadow for that run (default: the model)"
+    )
     parser.add_argument("--no-http", action="store_true", help="skip (d), the HTTP API load")
     parser.add_argument(
         "--http-requests", type=int, default=None, help="(d) requests per level (default 3000)"
