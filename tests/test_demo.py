@@ -25,9 +25,9 @@ def test_the_demo_names_the_threat_it_misses_and_why() -> None:
     assert len(lines) == 1, f"update the demo's expectations and the card: {lines}"
     threat = EXPECTED[8][0]
     assert lines[0].startswith(f"missed: {threat!r} is a threat, but scores 0.0")
-    assert (
-        "(threshold 0.287)" in lines[0] and "Only 0.9% of the training rows are threat" in lines[0]
-    )
+    threshold = model.contract.label_thresholds["threat"]
+    assert f"(threshold {threshold:.3f})" in lines[0]
+    assert "Only 0.9% of the training rows are threat" in lines[0]
     assert "no violent word" in lines[0] and "Limitations" in lines[0]
 
 

@@ -30,7 +30,7 @@ def test_every_setting_has_a_row_with_a_meaning() -> None:
 def test_a_hand_edit_or_a_missing_marker_is_caught() -> None:
     text = CONTRACTS.read_text()
     edited = text.replace(
-        "| `MODERATION_MAX_BATCH_SIZE` | `64` |", "| `MODERATION_MAX_BATCH_SIZE` | `32` |"
+        "| `MODERATION_MAX_BATCH_SIZE` | `256` |", "| `MODERATION_MAX_BATCH_SIZE` | `32` |"
     )
     assert edited != text and updated(edited) == text
     dropped = text.replace("| `MODERATION_METRICS_HOST`", "| `MODERATION_METRICS_HOSTNAME`")

@@ -191,14 +191,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{broker!r}: the port {port!r} is not a number in 1..65535")
         return value
 
-    # Perspective-compatible HTTP API (worker/http_api.py): its own port, off (None) by default
+    # Perspective-compatible HTTP API (worker/http_api.py)
     http_api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """Port of the Perspective-compatible HTTP API (its own, not the metrics port); unset: off."""
     http_api_host: str = "0.0.0.0"
-    # None: `?key=` is accepted and ignored; set: requests must carry this key
+    """Address the HTTP API listens on."""
     http_api_key: SecretStr | None = None
-    http_api_max_text_bytes: Annotated[int, Field(ge=1)] = 20_480  # Perspective's 20 KB
-    # texts of HTTP requests queued or being scored; beyond it: 429 RESOURCE_EXHAUSTED
+    """API key the HTTP API requires (masked in logs); unset: `?key=` is accepted and ignored."""
+    http_api_max_text_bytes: Annotated[int, Field(ge=1)] = 20_480
+    """Largest comment.text the HTTP API takes, in UTF-8 bytes (Perspective's 20 KB)."""
     http_api_max_pending: Annotated[int, Field(ge=1)] = 512
+    """Texts of HTTP requests queued or being scored, at most; beyond it: 429."""
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

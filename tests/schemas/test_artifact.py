@@ -48,6 +48,7 @@ def test_old_artifacts_without_calibration_stay_valid() -> None:
         "model_version",
         "problem_type",
         "label_thresholds",
+        "api_attributes",  # the HTTP API's attribute map, defaulted from the labels
     }
 
 

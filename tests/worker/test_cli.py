@@ -126,7 +126,7 @@ def test_run_help_shows_defaults_and_every_setting() -> None:
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=True,
     )  # fmt: skip
     help_text = " ".join(result.stdout.split())
-    assert "env MODERATION_MAX_BATCH_SIZE (default: 64)" in help_text
+    assert "env MODERATION_MAX_BATCH_SIZE (default: 256)" in help_text
     assert "env KAFKA_BOOTSTRAP_SERVERS (default: localhost:9092)" in help_text
     for name in env_names():
         if name != "MODERATION_BOOTSTRAP_SERVERS":
