@@ -165,3 +165,17 @@ def start_worker(
 
 # The `worker_process` fixture's type: start(topics, model=None, extra_env=None, wait=True).
 WorkerFactory = Callable[..., WorkerProcess]
+
+
+def refusal_line(overrides: dict[str, str]) -> str:
+    """Run `python -m worker run` with QUICK_ENV and `overrides`, against a broker address
+    nothing listens on: it must refuse before connecting. Asserts exit 2 and returns its one
+    `moderation-worker:` line."""
+    env = worker_env("127.0.0.1:9", Topics.fresh("refuse"), 0, QUICK_ENV | overrides)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run"], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("moderation-worker:")]
+    return line

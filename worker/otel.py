@@ -110,14 +110,8 @@ class OtelTracing:
             },
         )
         item.trace = span.get_span_context()
-        try:
+        with trace.use_span(span, end_on_exit=True):  # records an exception, sets ERROR
             yield
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR))
-            raise
-        finally:
-            span.end()
 
     @contextmanager
     def batch(self, items: Sequence[Any]) -> Iterator[None]:
@@ -128,14 +122,8 @@ class OtelTracing:
             links=[Link(ctx) for ctx in contexts],
             attributes={"messaging.batch.message_count": len(items)},
         )
-        try:
+        with trace.use_span(span, end_on_exit=True):  # records an exception, sets ERROR
             yield
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR))
-            raise
-        finally:
-            span.end()
 
     def publishing(self, item: InFlight, topic: str, headers: Headers | None) -> Any:
         parent = item.trace

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from testing.importtime import split_importtime
 from training import DEFAULT_BASE_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,12 +24,7 @@ def run_train(*args: str, env: dict[str, str]) -> tuple[int, list[str], set[str]
         [sys.executable, "-X", "importtime", "-m", "training", *args],
         capture_output=True, text=True, cwd=REPO, timeout=120, env={"PATH": "/usr/bin:/bin"} | env,
     )  # fmt: skip
-    lines, imported = [], set()
-    for line in result.stderr.splitlines():
-        if line.startswith("import time:"):
-            imported.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-        elif line.strip():
-            lines.append(line)
+    lines, imported = split_importtime(result.stderr)
     return result.returncode, lines, imported, time.monotonic() - started
 
 

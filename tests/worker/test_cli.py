@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from testing.importtime import split_importtime
 from testing.worker_process import REPO_ROOT
 from worker.config import env_names
 from worker.model import DEFAULT_MODEL_DIR
@@ -28,12 +29,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[st
         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "MODERATION_METRICS_PORT": "0"}
         | (env or {}),
     )  # fmt: skip
-    lines, imported = [], set()
-    for line in result.stderr.splitlines():
-        if line.startswith("import time:"):
-            imported.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-        elif line.strip():
-            lines.append(line)
+    lines, imported = split_importtime(result.stderr)
     return result.returncode, lines, imported
 
 

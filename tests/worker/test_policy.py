@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from schemas.artifact import read_contract
 from testing.kafka import comment, produce, read_all
 from testing.models import LABELS
 from testing.topics import Topics
-from testing.worker_process import QUICK_ENV, REPO_ROOT, worker_env
+from testing.worker_process import refusal_line
 from tests.worker.test_in_process import settings_for
 from worker.app import Worker
 from worker.model import DEFAULT_MODEL_DIR, load_served_model
@@ -320,17 +318,9 @@ def test_the_worker_refuses_to_start_with_a_bad_policy(
 ) -> None:
     policy_file = tmp_path / "policy.json"
     policy_file.write_text(content)
-    env = worker_env(
-        "127.0.0.1:9", Topics.fresh("refuse"), 0,
-        QUICK_ENV | {"MODERATION_MODEL": str(tiny_model_dir),
-                     "MODERATION_POLICY_FILE": str(policy_file)},
-    )  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "run"], env=env, cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-2000:]
-    [line] = [x for x in result.stderr.splitlines() if x.startswith("moderation-worker:")]
+    line = refusal_line(
+        {"MODERATION_MODEL": str(tiny_model_dir), "MODERATION_POLICY_FILE": str(policy_file)}
+    )
     assert needle in line and str(policy_file) in line
 
 

@@ -8,8 +8,6 @@ import asyncio
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from schemas import DeadLetterHeaders, ScoredComment
 from testing.kafka import comment, committed_offsets, create_topics, produce, read_all
 from testing.models import LABELS, SAMPLE_TEXTS
 from testing.topics import Topics
-from testing.worker_process import QUICK_ENV, REPO_ROOT, worker_env
+from testing.worker_process import refusal_line
 from tests.worker.test_in_process import settings_for
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
@@ -265,15 +263,7 @@ def test_the_worker_refuses_a_shadow_it_cannot_compare(
         (other, "are not the primary's"),
         (tmp_path / "missing", "does not exist"),
     ):
-        env = worker_env(
-            "127.0.0.1:9", Topics.fresh("refuse"), 0,
-            QUICK_ENV | {"MODERATION_MODEL": str(tiny_model_dir),
-                         "MODERATION_SHADOW_MODEL": str(shadow)},
-        )  # fmt: skip
-        result = subprocess.run(
-            [sys.executable, "-m", "worker", "run"], env=env, cwd=REPO_ROOT,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert result.returncode == 2, result.stderr[-2000:]
-        [line] = [x for x in result.stderr.splitlines() if x.startswith("moderation-worker:")]
+        line = refusal_line(
+            {"MODERATION_MODEL": str(tiny_model_dir), "MODERATION_SHADOW_MODEL": str(shadow)}
+        )
         assert line.startswith("moderation-worker: shadow model: ") and needle in line, line
