@@ -175,6 +175,8 @@ def run_saturation(
             time.sleep(poll_s)
         else:
             raise TimeoutError(f"worker scored {_done(values):.0f} of {n} in {timeout_s}s")
+        if settings.shadow_model is not None:  # its last queued batches, off the primary's clock
+            values = _shadow_settled(worker, values, n)
         profiler_log = stop_profiler(profiler)
         exit_code = worker.stop()
     stamps = asyncio.run(_read_timestamps(bootstrap, topics.output, n))
@@ -194,9 +196,29 @@ def run_saturation(
     }
 
 
+def _shadow_accounted(values: dict[str, float]) -> float:
+    return sum(
+        values.get(f"moderation_shadow_{name}_total", 0.0)
+        for name in ("scored", "dropped", "failures")
+    )
+
+
+def _shadow_settled(
+    worker: WorkerProcess, values: dict[str, float], n: int, timeout_s: float = 10.0
+) -> dict[str, float]:
+    """The worker's metrics once the shadow has accounted for every comment (scored, skipped or
+    failed), or after `timeout_s`: the primary may finish while the shadow still holds a batch."""
+    deadline = time.monotonic() + timeout_s
+    while _shadow_accounted(values) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        values = worker.metrics()
+    return values
+
+
 def shadow_summary(values: dict[str, float], messages: int) -> dict[str, Any]:
-    """What the shadow did by the time the primary was done: comments it scored and compared,
-    skipped (it fell behind: its queue was full) and failed (worker/shadow.py)."""
+    """What the shadow did once the primary was done and the shadow had finished its queue (up
+    to 10 s more): comments it scored and compared, skipped (it fell behind: its queue was full)
+    and failed (worker/shadow.py)."""
     scored = values.get("moderation_shadow_scored_total", 0.0)
     return {
         "scored": int(scored),

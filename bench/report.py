@@ -185,8 +185,9 @@ def _shadow_paragraph(shadow: dict[str, Any] | None) -> list[str]:
         f"Shadow scoring (`MODERATION_SHADOW_MODEL`): the primary's end-to-end rate is "
         f"**{_f(shadow['with_comments_per_s'])}** comments/s with the shadow attached vs "
         f"{_f(shadow['without_comments_per_s'])} without (best runs; with-shadow runs "
-        f"{shadow['runs']}): a cost of **{shadow['throughput_cost']:.0%}**. By the time the "
-        f"primary was done the shadow had scored {covered['scored']:,} comments "
+        f"{shadow['runs']}): a cost of **{shadow['throughput_cost']:.0%}**. Once the "
+        "primary was done and the shadow had finished its queue, it had scored "
+        f"{covered['scored']:,} comments "
         f"({covered['coverage']:.0%}), skipped {covered['dropped']:,} (behind: its queue was "
         f"full) and failed on {covered['failures']:,}. A shadow that cannot keep up skips "
         "batches rather than slowing the primary, so read the cost together with the coverage.",
