@@ -10,6 +10,15 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from worker.metrics import Metrics
 
 
+async def start_site(runner: web.AppRunner, host: str, port: int) -> int:
+    """Serve `runner` on host:port; returns the bound port (the real one when 0 was asked for)."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    return server.sockets[0].getsockname()[1] if server else port
+
+
 class HealthServer:
     """Serves on the event loop; `is_ready` is asked on every `/readyz` request."""
 
@@ -23,11 +32,7 @@ class HealthServer:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server  # the bound socket tells the real port when 0 was asked for
-        self.port = server.sockets[0].getsockname()[1] if server else port
+        self.port = await start_site(self._runner, host, port)
 
     async def stop(self) -> None:
         await self._runner.cleanup()

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from worker.batching import BatchQueue, Tokenized
 from worker.config import Settings
+from worker.health import start_site
 from worker.metrics import Metrics
 from worker.model import ServedModel
 from worker.perspective import (
@@ -89,11 +90,7 @@ class PerspectiveApi:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server  # the bound socket tells the real port when 0 was asked for
-        self.port = server.sockets[0].getsockname()[1] if server else port
+        self.port = await start_site(self._runner, host, port)
 
     def close(self) -> None:
         """No new requests (503); those queued are still answered by the draining loop."""
