@@ -56,3 +56,12 @@ class Backend(Protocol):
     def infer(self, batch: TokenBatch) -> np.ndarray:
         """(batch, labels) float32 probabilities: one sigmoid per label, never a softmax."""
         ...
+
+
+def infer_passes(backend: Backend, batches: list[TokenBatch]) -> list[np.ndarray]:
+    """The forward passes of one batch: in one call where the backend has `infer_passes` (the
+    traced torch graph on CPU releases the GIL once for all of them), else one `infer` each."""
+    run_all = getattr(backend, "infer_passes", None)
+    if run_all is not None:
+        return run_all(batches)
+    return [backend.infer(batch) for batch in batches]

@@ -70,6 +70,22 @@ class BatchQueue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not await self._wait_for_change(remaining):
                     break
+        return self._take()
+
+    def full_batch_queued(self) -> bool:
+        return len(self._entries) >= self.max_batch_size
+
+    async def next_full_batch(self) -> list[Tokenized]:
+        """Once `max_batch_size` records are queued, the oldest of them; empty if the queue is
+        closed first. A full batch cannot grow by waiting, so the backend may take it while it
+        is still busy with the one before (`worker/inference.py`)."""
+        while not self.full_batch_queued():
+            if self._closed:
+                return []
+            await self._wait_for_change(None)
+        return self._take()
+
+    def _take(self) -> list[Tokenized]:
         count = min(len(self._entries), self.max_batch_size)
         return [self._entries.popleft() for _ in range(count)]
 

@@ -1,8 +1,12 @@
 """The backend loop: take a batch when the backend is free, infer it, publish it.
 
 One task, one inference thread. Publishing batch n (on the event loop) overlaps the forward
-pass of batch n+1 (on the thread). A batch the backend fails on is bisected until the records
-it fails on alone are found: those are dead-lettered (`inference_failed`), the rest scored.
+pass of batch n+1 (on the thread). While a batch is scored, a batch that fills up in the queue
+(`max_batch_size` records) is handed to the thread at once, to start when the batch before ends:
+it could not grow by waiting, and the thread then goes from one to the next without a round trip
+through the event loop (at most one such batch waits behind the one in progress; a partial batch
+is still cut only when the backend is free). A batch the backend fails on is bisected until the
+records it fails on alone are found: those are dead-lettered (`inference_failed`), the rest scored.
 Each batch follows one threshold policy (read once; worker/policy.py) and, with a shadow model
 attached, is handed to it without waiting (worker/shadow.py).
 Texts of HTTP requests (`Reply`, `worker/http_api.py`) share the batches; each is answered as
@@ -16,6 +20,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +37,14 @@ from worker.tracing import Tracing
 log = logging.getLogger(__name__)
 
 Outcome = np.ndarray | Exception  # a row of probabilities, or why the record has none
+
+
+@dataclass(slots=True)
+class Scoring:
+    """A batch handed to the inference thread, and its probabilities to come."""
+
+    batch: list[Tokenized]
+    probabilities: asyncio.Future[np.ndarray]
 
 
 class InferenceLoop:
@@ -59,15 +72,22 @@ class InferenceLoop:
     async def run(self) -> None:
         """Until the queue is closed and empty."""
         publishing: asyncio.Task[None] | None = None
-        while batch := await self._queue.next_batch():
-            now = time.monotonic()
-            for entry in batch:
-                self._metrics.queue_wait.observe(now - entry.enqueued_at)
+        ahead: Scoring | None = None  # a full batch handed to the thread behind the current one
+        while True:
+            if ahead is not None:
+                current, ahead = ahead, None
+            else:
+                batch = await self._queue.next_batch()
+                if not batch:
+                    break
+                current = self._start(batch)
+            ahead = await self._start_next_full_batch(current)
+            batch = current.batch
             if self._tracing is None:
-                outcomes = await self._score(batch)
+                outcomes = await self._outcomes(current)
             else:
                 with self._tracing.batch([entry.item for entry in batch]):
-                    outcomes = await self._score(batch)
+                    outcomes = await self._outcomes(current)
             answer_replies(batch, outcomes)
             policies = self._policies.current  # one policy per batch: reloads swap between
             if self._shadow is not None:  # the Kafka records of the batch (not HTTP texts)
@@ -82,18 +102,40 @@ class InferenceLoop:
         if publishing is not None:
             await publishing
 
-    async def _score(self, batch: list[Tokenized]) -> list[Outcome]:
-        """Probabilities of each record; on failure, halves are retried down to single records."""
+    def _start(self, batch: list[Tokenized]) -> Scoring:
+        """Hand `batch` to the inference thread (it runs once the batches before it are done)."""
+        now = time.monotonic()
+        for entry in batch:
+            self._metrics.queue_wait.observe(now - entry.enqueued_at)
         loop = asyncio.get_running_loop()
+        return Scoring(batch, loop.run_in_executor(self._executor, self._infer, batch))
+
+    async def _start_next_full_batch(self, current: Scoring) -> Scoring | None:
+        """Until `current` is scored: the next batch, started, if it fills up before then."""
+        if not self._queue.full_batch_queued():
+            full = asyncio.ensure_future(self._queue.next_full_batch())
+            await asyncio.wait((current.probabilities, full), return_when=asyncio.FIRST_COMPLETED)
+            if not full.done():
+                full.cancel()
+                return None
+            batch = full.result()
+        else:
+            batch = await self._queue.next_full_batch()
+        return self._start(batch) if batch else None
+
+    async def _outcomes(self, scoring: Scoring) -> list[Outcome]:
+        """Probabilities of each record; on failure, halves are retried down to single records."""
+        batch = scoring.batch
         try:
-            probabilities = await loop.run_in_executor(self._executor, self._infer, batch)
+            probabilities = await scoring.probabilities
         except Exception as exc:
             self._metrics.errors.labels("inference").inc()
             if len(batch) == 1:
                 return [exc]
             log.warning("inference failed on a batch of %d (%r): bisecting", len(batch), exc)
             middle = len(batch) // 2
-            return await self._score(batch[:middle]) + await self._score(batch[middle:])
+            first = await self._outcomes(self._start(batch[:middle]))
+            return first + await self._outcomes(self._start(batch[middle:]))
         return list(probabilities)
 
     def _infer(self, batch: list[Tokenized]) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from schemas.artifact import ArtifactContract, ArtifactError, read_contract
-from worker.backend import Backend, ModelLoadError
+from worker.backend import Backend, ModelLoadError, infer_passes
 from worker.batching import forward_passes
 from worker.config import Settings
 from worker.runtime import Runtime, choose_runtime
@@ -50,10 +50,10 @@ class ServedModel:
     def infer(self, sequences: list[list[int]]) -> np.ndarray:
         """(len(sequences), labels) probabilities, rows in the order given."""
         probabilities = np.empty((len(sequences), len(self.contract.labels)), dtype=np.float32)
-        lengths = [len(ids) for ids in sequences]
-        for indices in forward_passes(lengths, self.token_budget):
-            batch = self.tokenizer.pad([sequences[i] for i in indices])
-            probabilities[indices] = self.backend.infer(batch)
+        passes = forward_passes([len(ids) for ids in sequences], self.token_budget)
+        padded = [self.tokenizer.pad([sequences[i] for i in indices]) for indices in passes]
+        for indices, rows in zip(passes, infer_passes(self.backend, padded), strict=True):
+            probabilities[indices] = rows
         return probabilities
 
     def score(self, texts: list[str]) -> np.ndarray:

@@ -65,8 +65,10 @@ def apply_precision(
     raise ModelLoadError(f"unknown precision {precision!r}: use one of {PRECISIONS}")
 
 
-class _Logits(torch.nn.Module):
-    """The classifier as a function of positional tensors, for `torch.jit.trace`."""
+class _Probabilities(torch.nn.Module):
+    """The classifier as a function of positional tensors, for `torch.jit.trace`: per-label
+    sigmoid probabilities in float32, inside the graph, so a traced pass releases and re-takes
+    the GIL once."""
 
     def __init__(self, model: torch.nn.Module, uses_token_types: bool) -> None:
         super().__init__()
@@ -77,30 +79,50 @@ class _Logits(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
         if self.uses_token_types:
-            return self.model(
+            logits = self.model(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).logits
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return torch.sigmoid(logits.float())
+
+
+class _Passes(torch.nn.Module):
+    """Every forward pass of one batch in one call of the (traced) model: the GIL is released
+    and re-taken once per batch instead of once per pass, and each re-take waits while the
+    event loop holds it (docs/benchmarks.md)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, passes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        probabilities: list[torch.Tensor] = []
+        for input_ids, attention_mask, token_type_ids in passes:
+            probabilities.append(self.model(input_ids, attention_mask, token_type_ids))
+        return probabilities
 
 
 def trace_on_cpu(model: torch.nn.Module, uses_token_types: bool) -> torch.jit.ScriptModule:
-    """The eager model traced and frozen: one C++ call per forward pass instead of a few hundred
-    Python module calls, which holds the GIL far less (the event loop shares the process) and
-    halves the cost of a pass of one comment. Traced on a padded example; the graph does not
-    depend on the example's shape or padding (tests/worker/test_torch_backend.py checks scores
-    against eager on other shapes)."""
+    """The eager model traced, wrapped in `_Passes` and frozen: one C++ call per batch instead
+    of a few hundred Python module calls per pass, which holds the GIL far less (the event loop
+    shares the process) and halves the cost of a pass of one comment. Traced on a padded
+    example; the graph does not depend on the example's shape or padding
+    (tests/worker/test_precision.py checks scores against eager on other shapes)."""
     ids = torch.full((2, 16), 1000, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python values in transformers
         traced = torch.jit.trace(
-            _Logits(model, uses_token_types).eval(),
+            _Probabilities(model, uses_token_types).eval(),
             (ids, mask, torch.zeros_like(ids)),
             check_trace=False,
             strict=False,
         )
-        return torch.jit.freeze(traced)
+        return torch.jit.freeze(torch.jit.script(_Passes(traced)).eval())
 
 
 class TorchBackend:
@@ -179,17 +201,25 @@ class TorchBackend:
             ids = np.zeros((batch, length), dtype=np.int64)
             self.infer(TokenBatch(ids, np.ones_like(ids), ids))
 
+    def infer_passes(self, batches: list[TokenBatch]) -> list[np.ndarray]:
+        if self._traced is None:
+            return [self.infer(batch) for batch in batches]
+        tensors = [
+            (
+                torch.from_numpy(batch.input_ids),
+                torch.from_numpy(batch.attention_mask),
+                torch.from_numpy(batch.token_type_ids),
+            )
+            for batch in batches
+        ]
+        with torch.inference_mode():
+            return [probabilities.numpy() for probabilities in self._traced(tensors)]
+
     def infer(self, batch: TokenBatch) -> np.ndarray:
         if self.graphs is not None:
             return self.graphs.infer(batch)
         if self._traced is not None:
-            with torch.inference_mode():
-                logits = self._traced(
-                    torch.from_numpy(batch.input_ids),
-                    torch.from_numpy(batch.attention_mask),
-                    torch.from_numpy(batch.token_type_ids),
-                )
-                return torch.sigmoid(logits.float()).numpy()
+            return self.infer_passes([batch])[0]
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if self._uses_token_types:
             inputs["token_type_ids"] = batch.token_type_ids

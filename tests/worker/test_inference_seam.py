@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,62 @@ async def test_records_and_replies_share_one_forward_pass(model: ServedModel) ->
     assert publisher.dead == []  # a failed HTTP text is never dead-lettered
     # the first pass held all four; bisection: [0, 1] ok, [2, 3] fails, [2] ok, [3] fails alone
     assert backend.passes == [4, 2, 2, 1, 1]
+
+
+class GatedBackend(CountingBackend):
+    """The real backend; its first forward pass waits until the test opens the gate."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__(real, poison_id=-1)
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def infer(self, batch: Any) -> np.ndarray:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(30)
+        return super().infer(batch)
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """One thread; counts the batches handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.submitted = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+async def test_a_full_batch_goes_to_the_backend_while_the_one_before_is_scored(
+    model: ServedModel,
+) -> None:
+    """The thread goes from one full batch to the next without waiting for the event loop; a
+    partial batch still waits until the backend is free (latency first), and order holds."""
+    backend = GatedBackend(model.backend)
+    served = dataclasses.replace(model, backend=backend, token_budget=0)
+    texts = [f"comment number {i}" for i in range(7)]
+    entries = [
+        Tokenized(kafka_item(i, text), ids)
+        for i, (text, ids) in enumerate(zip(texts, model.tokenizer.encode(texts), strict=True))
+    ]
+    queue = BatchQueue(max_batch_size=3)
+    publisher = RecordingPublisher()
+    with CountingExecutor() as executor:
+        loop = InferenceLoop(queue, served, executor, publisher, Metrics())  # type: ignore[arg-type]
+        running = asyncio.create_task(loop.run())
+        queue.put(entries[:3])
+        assert await asyncio.to_thread(backend.entered.wait, 30)  # batch 1 is on the thread
+        queue.put(entries[3:5])  # a partial batch: not handed over while the backend is busy
+        await asyncio.sleep(0.1)
+        assert executor.submitted == 1
+        queue.put(entries[5:7])  # now 4 queued: a full batch of 3 goes at once
+        await asyncio.sleep(0.1)
+        assert executor.submitted == 2
+        assert len(queue) == 1
+        backend.gate.set()
+        queue.close()
+        await asyncio.wait_for(running, 30)
+    assert backend.passes == [3, 3, 1]
+    assert [item for item, _ in publisher.outputs] == [entry.item for entry in entries]

@@ -93,6 +93,14 @@ def test_the_traced_cpu_graph_scores_as_the_eager_model(
     traced, eager = backend(trace=True), backend(trace=False)
     assert traced._traced is not None and eager._traced is None
     sequences = served.tokenizer.encode(TEXTS)
-    for rows in ([0], [1], [2, 4], [0, 1, 2, 3, 4, 5, 6], [5, 3, 6, 2]):
-        batch = served.tokenizer.pad([sequences[i] for i in rows])
+    batches = [
+        served.tokenizer.pad([sequences[i] for i in rows])
+        for rows in ([0], [1], [2, 4], [0, 1, 2, 3, 4, 5, 6], [5, 3, 6, 2])
+    ]
+    for batch in batches:
         np.testing.assert_allclose(traced.infer(batch), eager.infer(batch), atol=1e-6)
+    # the passes of one batch in one call of the graph: each pass's rows, in order
+    together = traced.infer_passes(batches)
+    assert len(together) == len(batches)
+    for rows, batch in zip(together, batches, strict=True):
+        np.testing.assert_allclose(rows, eager.infer(batch), atol=1e-6)
