@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     # collection of its own would stall the paced producer and show up as worker latency.
     gc.collect()
     gc.freeze()
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # as in the worker, for (a)
     machine = machine_info(model)
     sample = unique[: min(len(unique), 5000)]
     token_lengths = [len(ids) for ids in model.tokenizer.encode(sample)]

@@ -22,6 +22,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
     # (docs/benchmarks.md). Frozen, they are never scanned again; what serving allocates still is.
     gc.collect()
     gc.freeze()
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     clock.lap("warm_up")
     contract, backend = model.contract, model.backend
     log.info(

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     token_budget: Annotated[int, Field(ge=0)] = 2048
     """Padded tokens per forward pass: a batch is sorted by length and cut into passes of at
     most this many (0: off)."""
+    gil_switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
+    """How long a thread waiting for the GIL waits before the holder is asked to let go
+    (Python's default: 5). The event loop, tokenizer and inference threads hand the GIL over
+    several times per record; 1 cut p50 and p99 at half load (docs/benchmarks.md)."""
 
     # Threshold policy (worker/policy.py): a YAML or JSON file, re-read when it changes
     policy_file: Path | None = None

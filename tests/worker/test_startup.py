@@ -1,0 +1,29 @@
+"""Start-up before anything connects (`worker.app.load_and_warm_up`)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from pathlib import Path
+
+from worker.app import StartupClock, load_and_warm_up
+from worker.config import Settings
+
+
+def test_start_up_warms_up_freezes_the_heap_and_sets_the_gil_switch_interval(
+    tiny_model_dir: Path,
+) -> None:
+    settings = Settings(
+        model=str(tiny_model_dir), device="cpu", max_length=32, gil_switch_interval_ms=2.5
+    )
+    clock = StartupClock()
+    before = sys.getswitchinterval()
+    try:
+        model = load_and_warm_up(settings, clock)
+        assert sys.getswitchinterval() == 0.0025
+        assert gc.get_freeze_count() > 0
+    finally:
+        sys.setswitchinterval(before)
+        gc.unfreeze()
+    assert list(clock.phases) == ["imports", "model_load", "warm_up"]
+    assert model.score(["hello"]).shape == (1, len(model.contract.labels))
