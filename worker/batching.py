@@ -3,8 +3,10 @@
 Latency first: a batch forms when the backend asks for one (`next_batch`), from whatever is
 queued, up to `max_batch_size` records; nothing closes a small batch on a timer while the
 backend is still busy. At low load a record waits for at most the batch in progress; under load
-batches grow by themselves. (`max_wait_s > 0` makes the backend wait for a fuller batch; off by
-default.) Inside a batch, records are sorted by length and cut into forward passes of at most
+batches grow by themselves. Only a full batch is taken while the backend is busy
+(`next_full_batch`): it cannot grow by waiting, and the backend starts it the moment it is
+free. (`max_wait_s > 0` makes the backend wait for a fuller batch; off by default.) Inside a
+batch, records are sorted by length and cut into forward passes of at most
 `token_budget` padded tokens (`forward_passes`): the only place where lengths are looked at.
 """
 
@@ -72,14 +74,11 @@ class BatchQueue:
                     break
         return self._take()
 
-    def full_batch_queued(self) -> bool:
-        return len(self._entries) >= self.max_batch_size
-
     async def next_full_batch(self) -> list[Tokenized]:
         """Once `max_batch_size` records are queued, the oldest of them; empty if the queue is
         closed first. A full batch cannot grow by waiting, so the backend may take it while it
         is still busy with the one before (`worker/inference.py`)."""
-        while not self.full_batch_queued():
+        while len(self._entries) < self.max_batch_size:
             if self._closed:
                 return []
             await self._wait_for_change(None)

@@ -112,16 +112,15 @@ class InferenceLoop:
 
     async def _start_next_full_batch(self, current: Scoring) -> Scoring | None:
         """Until `current` is scored: the next batch, started, if it fills up before then."""
-        if not self._queue.full_batch_queued():
-            full = asyncio.ensure_future(self._queue.next_full_batch())
+        full = asyncio.ensure_future(self._queue.next_full_batch())
+        try:
             await asyncio.wait((current.probabilities, full), return_when=asyncio.FIRST_COMPLETED)
-            if not full.done():
+        finally:
+            if not full.done():  # scored first (or this task cancelled): no full batch yet
                 full.cancel()
-                return None
-            batch = full.result()
-        else:
-            batch = await self._queue.next_full_batch()
-        return self._start(batch) if batch else None
+        if full.cancelled() or not (batch := full.result()):
+            return None
+        return self._start(batch)
 
     async def _outcomes(self, scoring: Scoring) -> list[Outcome]:
         """Probabilities of each record; on failure, halves are retried down to single records."""

@@ -20,6 +20,20 @@ def items(batch: list[Tokenized]) -> list[int]:
     return [entry.item for entry in batch]  # type: ignore[misc]
 
 
+async def test_a_full_batch_is_handed_out_only_once_full_or_nothing_once_closed() -> None:
+    queue = BatchQueue(max_batch_size=3)
+    queue.put(entries(2))
+    waiting = asyncio.ensure_future(queue.next_full_batch())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # two of three: not full, so not taken
+    queue.put(entries(2, start=2))
+    assert items(await asyncio.wait_for(waiting, 2)) == [0, 1, 2]
+    waiting = asyncio.ensure_future(queue.next_full_batch())
+    queue.close()
+    assert await asyncio.wait_for(waiting, 2) == []  # closed before full: the rest stays
+    assert items(await queue.next_batch()) == [3]
+
+
 async def test_a_batch_takes_what_is_queued_up_to_the_maximum_without_waiting() -> None:
     queue = BatchQueue(max_batch_size=4)
     queue.put(entries(6))
