@@ -115,12 +115,14 @@ class InferenceLoop:
         full = asyncio.ensure_future(self._queue.next_full_batch())
         try:
             await asyncio.wait((current.probabilities, full), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not full.done():  # scored first (or this task cancelled): no full batch yet
-                full.cancel()
-        if full.cancelled() or not (batch := full.result()):
+        except BaseException:  # this task cancelled: the wait for a full batch goes with it
+            full.cancel()
+            raise
+        if not full.done():  # scored before a batch filled up
+            full.cancel()
             return None
-        return self._start(batch)
+        batch = full.result()
+        return self._start(batch) if batch else None
 
     async def _outcomes(self, scoring: Scoring) -> list[Outcome]:
         """Probabilities of each record; on failure, halves are retried down to single records."""

@@ -148,7 +148,13 @@ async def test_a_full_batch_goes_to_the_backend_while_the_one_before_is_scored(
         await asyncio.sleep(0.1)
         assert executor.submitted == 2
         assert len(queue) == 1
-        backend.gate.set()
+        backend.gate.set()  # the queue stays open: the partial batch goes once the thread is free
+        for _ in range(300):
+            if len(publisher.outputs) == len(entries):
+                break
+            await asyncio.sleep(0.01)
+        assert executor.submitted == 3
+        assert not running.done()
         queue.close()
         await asyncio.wait_for(running, 30)
     assert backend.passes == [3, 3, 1]
