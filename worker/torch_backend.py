@@ -67,8 +67,8 @@ def apply_precision(
 
 class _Probabilities(torch.nn.Module):
     """The classifier as a function of positional tensors, for `torch.jit.trace`: per-label
-    sigmoid probabilities in float32, inside the graph, so a traced pass releases and re-takes
-    the GIL once."""
+    sigmoid probabilities in float32, computed inside the graph (not as two more Python torch
+    calls after it, each a GIL release and re-take)."""
 
     def __init__(self, model: torch.nn.Module, uses_token_types: bool) -> None:
         super().__init__()
