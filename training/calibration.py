@@ -350,6 +350,76 @@ def reshift(
     )
 
 
+def fit_platt_to_probabilities(z: np.ndarray, target: np.ndarray) -> Platt:
+    """Platt scaling to soft targets: the (slope, intercept) whose sigmoid(slope * z + intercept)
+    is closest in cross-entropy to the probabilities `target` (each row counted as a positive
+    with weight t and a negative with weight 1 - t)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(z, dtype=np.float64).reshape(-1, 1)
+    t = np.clip(np.asarray(target, dtype=np.float64), 0.0, 1.0)
+    model = LogisticRegression(C=np.inf, max_iter=1000)
+    model.fit(
+        np.vstack([x, x]),
+        np.concatenate([np.ones(len(x)), np.zeros(len(x))]),
+        sample_weight=np.concatenate([t, 1 - t]),
+    )
+    return Platt(float(model.coef_[0, 0]), float(model.intercept_[0]))
+
+
+def match_calibration(
+    logits: np.ndarray,
+    reference_logits: np.ndarray,
+    labels: Sequence[str],
+    *,
+    current: Calibration | None,
+    training_rates: Mapping[str, float],
+    base_rates: Mapping[str, float],
+    fitted_on: str,
+    y: np.ndarray | None = None,
+) -> CalibrationFit:
+    """Calibrate a model that has no held-out rows left (a refit on all rows) so that its
+    probabilities reproduce a calibrated reference model's (`reference_logits`, that model's
+    head on the same texts, served at `base_rates`): Platt per label fitted to the reference's
+    probabilities moved to this model's `training_rates`, then the same prior shift to
+    `base_rates` the reference applies. The texts should be ones both models were trained on,
+    so that both are in-sample there alike. A label whose scores do not increase with the
+    reference's keeps slope 1, intercept 0 (`fitted: false`), with a warning. `y` (the texts'
+    labels, if any) only counts the positives recorded per label."""
+    labels = list(labels)
+    z = raw_logits(logits, labels, current)
+    entries: dict[str, LabelCalibration] = {}
+    scale, offset = np.ones(len(labels)), np.zeros(len(labels))
+    for j, label in enumerate(labels):
+        shift = prior_shift(base_rates[label], training_rates[label])
+        target = sigmoid(np.asarray(reference_logits[:, j], dtype=np.float64) - shift)
+        platt = fit_platt_to_probabilities(z[:, j], target)
+        fitted = platt.slope > 0
+        if not fitted:
+            log.warning(
+                "label %r: this model's scores do not increase with the reference's (slope "
+                "%.3g); left uncalibrated (slope 1, intercept 0), only the prior shift applies",
+                label,
+                platt.slope,
+            )
+            platt = Platt(1.0, 0.0)
+        entries[label] = LabelCalibration(
+            slope=platt.slope,
+            intercept=platt.intercept,
+            prior_shift=shift,
+            positives=0 if y is None else int((np.asarray(y)[:, j] >= 0.5).sum()),
+            fitted=fitted,
+        )
+        old_slope = current.labels[label].slope if current else 1.0
+        old_offset = current.total_offset(label) if current else 0.0
+        scale[j] = platt.slope / old_slope
+        offset[j] = platt.intercept + shift - scale[j] * old_offset
+    calibration = Calibration(fitted_on=fitted_on, rows=len(z), labels=entries)
+    return CalibrationFit(
+        tuple(labels), calibration, dict(base_rates), dict(training_rates), scale, offset
+    )
+
+
 def plot_reliability(
     y: np.ndarray,
     curves: Mapping[str, np.ndarray],

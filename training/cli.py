@@ -365,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
         "named keep that default, or a calibrated source's rate; 'training' for no prior "
         "correction. Without --calibration-data: re-shift a calibrated source, no refit",
     )
+    p.add_argument(
+        "--calibration-from",
+        type=Path,
+        default=None,
+        help="a calibrated artifact of the same recipe trained on --calibration-data's "
+        "training split: for a model refitted on ALL rows (none held out), fit the "
+        "calibration so that its probabilities reproduce that artifact's on the texts of "
+        "that training split, and take over its thresholds and base rates",
+    )
 
     p = sub.add_parser(
         "baseline",
@@ -490,6 +499,7 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             force=args.force,
             calibration_data=args.calibration_data,
             base_rates=args.base_rates,
+            calibration_from=args.calibration_from,
         )
     if args.command == "baseline":
         from training.baseline import run_baseline

@@ -264,6 +264,15 @@ class DataOptions:
             f"(random_state={self.split_seed})"
         )
 
+    def describe_training(self) -> str:
+        """Where the training rows come from, for the model card."""
+        if self.val:
+            return portable_path(self.train)
+        return (
+            f"{100 - int(self.test_size * 100)}% split of {self.train.name} "
+            f"(random_state={self.split_seed})"
+        )
+
 
 def skipped_total(*parts: TextDataset) -> int:
     """Bad rows skipped in reading the files behind `parts` (each counted once)."""

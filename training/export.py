@@ -120,16 +120,29 @@ def model_card(info: dict[str, Any], contract: ArtifactContract, config: dict[st
         "```",
         "",
         "Flag a label when its probability is >= `label_thresholds[label]` in `config.json` "
-        "(chosen for max F1 on the validation split"
-        + (
-            ", then mapped through the calibration, so every flag decision is unchanged). "
-            "The probabilities are calibrated for traffic at `label_base_rates`."
-            if contract.calibration is not None
-            else "). Probabilities are not calibrated to real traffic base rates."
-        ),
+        + _thresholds_origin(contract, info),
         "",
     ]
     return "\n".join(lines)
+
+
+def _thresholds_origin(contract: ArtifactContract, info: dict[str, Any]) -> str:
+    """Where the thresholds come from, and what the probabilities assume (the card's usage)."""
+    if contract.calibration is None:
+        return (
+            "(chosen for max F1 on the validation split). Probabilities are not calibrated to "
+            "real traffic base rates."
+        )
+    reference = (info.get("calibration") or {}).get("reference")
+    chosen = (
+        f"(those of `{reference['model_name']}` `{reference['model_version']}`, chosen there "
+        "for max F1 on its validation split; this model's calibration reproduces its "
+        "probabilities)"
+        if reference
+        else "(chosen for max F1 on the validation split, then mapped through the calibration, "
+        "so every flag decision is unchanged)"
+    )
+    return f"{chosen}. The probabilities are calibrated for traffic at `label_base_rates`."
 
 
 RARE_LABEL = 0.05  # a label with fewer positives than this share of training rows is "rare"
@@ -167,26 +180,60 @@ def limitations_section(info: dict[str, Any], contract: ArtifactContract) -> lis
 
 
 def _calibration_section(contract: ArtifactContract, fitted: dict[str, Any]) -> list[str]:
-    """The card's calibration section: rates, parameters and the cross-fitted ECE."""
+    """The card's calibration section: rates, parameters and the cross-fitted ECE (of the
+    reference model, for a calibration matched to one: `match_reference`)."""
     calibration = contract.calibration
     if calibration is None:
         return []
     base = contract.label_base_rates or {}
     training = contract.label_training_rates or {}
     table: dict[str, dict[str, Any]] = fitted.get("table") or {}
+    ece = (
+        "ECE: expected calibration error, 15 equal-mass bins, 5-fold cross-fitted (the map "
+        "fitted on 4 folds, measured on the 5th, shifted to the held-out rows' own rate); the "
+        "floor is the ECE a perfectly calibrated model would show on as many rows (sampling "
+        "noise)."
+    )
+    folded = (
+        "Both are folded into the classifier head's weight and bias, so `sigmoid(logits)` is "
+        "the calibrated probability for traffic at the base rates, in every consumer."
+    )
+    reference = fitted.get("reference")
+    if reference:
+        agreement = fitted.get("agreement_with_reference") or {}
+        intro = [
+            "Platt scaling per label (p = sigmoid(a * z + b) on the head's logit z), then a "
+            "prior correction from the label rate of this model's training rows (training "
+            "rate) to the base rate: the logit moves by logit(base rate) - logit(training "
+            f"rate). {folded}",
+            "",
+            f"This model was trained on all rows, so none were left to fit a and b on: they "
+            f"were fitted on {calibration.fitted_on} ({calibration.rows} rows). "
+            f"`{reference['model_name']}` `{reference['model_version']}` is the same recipe "
+            f"trained on that split only, with its own maps fitted on {reference['fitted_on']} "
+            f"({reference['rows']} rows). Its thresholds are that model's too. How closely the "
+            "two agree on those texts (mean |difference| of probabilities / share of equal "
+            "flags): "
+            + ", ".join(
+                f"{label} {row['mean_abs_difference']:.4f} / {row['flag_agreement']:.2%}"
+                for label, row in agreement.items()
+            )
+            + f". The ECE columns are that model's, on its held-out rows (this one has none "
+            f"to measure them on). {ece}",
+        ]
+    else:
+        intro = [
+            f"Platt scaling per label (p = sigmoid(a * z + b) on the head's logit z), fitted on "
+            f"{calibration.fitted_on} ({calibration.rows} rows), then a prior correction from "
+            "the label rates of those rows (training rate) to the base rate: the logit moves "
+            f"by logit(base rate) - logit(training rate). {folded} {ece} Measured on the same "
+            "rows."
+        ]
     lines = [
         "",
         "## Calibration",
         "",
-        f"Platt scaling per label (p = sigmoid(a * z + b) on the head's logit z), fitted on "
-        f"{calibration.fitted_on} ({calibration.rows} rows), then a prior correction from the "
-        "label rates of those rows (training rate) to the base rate: the logit moves by "
-        "logit(base rate) - logit(training rate). Both are folded into the classifier head's "
-        "weight and bias, so `sigmoid(logits)` is the calibrated probability for traffic at "
-        "the base rates, in every consumer. ECE: expected calibration error, 15 equal-mass bins, "
-        "on the same rows, 5-fold cross-fitted (the map fitted on 4 folds, measured on the 5th, "
-        "shifted to the held-out rows' own rate); the floor is the ECE a perfectly calibrated "
-        "model would show on as many rows (sampling noise).",
+        *intro,
         "",
         "| label | training rate | base rate | a | b | shift | ECE before | ECE after | floor |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -376,6 +423,7 @@ def export_model(
     force: bool = False,
     calibration_data: Path | None = None,
     base_rates: BaseRates = None,
+    calibration_from: Path | None = None,
 ) -> ArtifactContract:
     """Re-export a trained model (from a run or artifact directory) as a served artifact.
 
@@ -386,9 +434,12 @@ def export_model(
     correction to `base_rates` (default: the full Jigsaw rates; `"training"`: none); without
     it, `base_rates` re-shifts an already calibrated source, and a source's calibration
     carries over. Thresholds are mapped through the same increasing map (every flag decision
-    stays). With `onnx`, the ONNX graphs are written beside the weights
-    (`training.onnx_export.export_onnx_graphs`; int8 only if it passes the accuracy rule on the
-    validation split of the labeled file `onnx_check`).
+    stays). With `calibration_from` (a calibrated artifact; needs `calibration_data`), a model
+    trained on all rows, which has no held-out rows to fit on, is calibrated to reproduce that
+    artifact's probabilities on the texts of `calibration_data`'s training split, and takes
+    over its thresholds and base rates (`match_reference`). With `onnx`, the ONNX graphs are
+    written beside the weights (`training.onnx_export.export_onnx_graphs`; int8 only if it
+    passes the accuracy rule on the validation split of the labeled file `onnx_check`).
 
     `out_dir` must be missing, empty or an earlier export of the same model; `force` allows
     any directory, the source included (`check_export_target`). The artifact files of an
@@ -409,10 +460,22 @@ def export_model(
     thresholds = dict(source_contract.label_thresholds)
     calibration = source_contract.calibration
     rates = (source_contract.label_base_rates, source_contract.label_training_rates)
-    if calibration_data is not None or base_rates is not None:
+    if calibration_from is not None:
+        if calibration_data is None:
+            raise UsageError("--calibration-from needs --calibration-data (the texts to match on)")
+        if base_rates is not None:
+            raise UsageError(
+                "--calibration-from takes the reference's base rates: drop --base-rates"
+            )
+        fit, thresholds = match_reference(
+            model, tokenizer, source_contract, calibration_data, calibration_from, info
+        )
+        calibration, rates = fit.calibration, (fit.base_rates, fit.training_rates)
+    elif calibration_data is not None or base_rates is not None:
         fit = calibrate(model, tokenizer, source_contract, calibration_data, base_rates, info)
         thresholds = fit.map_thresholds(thresholds)
         calibration, rates = fit.calibration, (fit.base_rates, fit.training_rates)
+    if calibration is not source_contract.calibration:
         for label, entry in (info.get("metrics") or {}).get("labels", {}).items():
             entry["threshold"] = thresholds.get(label, entry.get("threshold"))
     in_place = out_dir.resolve() == model_dir.resolve()
@@ -508,3 +571,107 @@ def calibrate(
         ),
     )
     return fit
+
+
+def match_reference(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    contract: ArtifactContract,
+    data: Path,
+    reference_dir: Path,
+    info: dict[str, Any],
+) -> tuple[CalibrationFit, dict[str, float]]:
+    """Calibrate `model` (trained on all rows of `data`) to reproduce the calibrated artifact in
+    `reference_dir` (the same recipe trained on `data`'s training split and calibrated on its
+    held-out rows), fitted on the texts of that training split, which both models learned from;
+    fold it into the head. Returns the fit and the reference's thresholds (taken over: the
+    probabilities mean the same). Records the fit, the reference and how closely the two
+    agree on those texts in `info["calibration"]`."""
+    import numpy as np
+
+    from training.calibration import CalibrationError, match_calibration, sigmoid
+    from training.data import DataOptions, load_split
+    from training.modeling import fold_affine_into_head, load_classifier, load_tokenizer, predict
+
+    reference = read_contract(resolve_model_dir(reference_dir))
+    labels = list(contract.labels)
+    if reference.calibration is None or reference.label_base_rates is None:
+        raise CalibrationError(
+            f"--calibration-from {reference_dir}: that artifact is not calibrated"
+        )
+    if sorted(reference.labels) != sorted(labels):
+        raise CalibrationError(
+            f"--calibration-from {reference_dir}: its labels {list(reference.labels)} are not "
+            f"this model's {labels}"
+        )
+    training_rates = info.get("label_positive_rates")
+    if not training_rates:
+        raise CalibrationError(
+            "the source's training_info.json does not record label_positive_rates (the label "
+            "rates of its training rows), which the prior shift needs"
+        )
+    options = DataOptions(train=data, label_columns=labels)
+    rows = load_split(options)[0]
+    logits, _ = predict(model, tokenizer, rows.texts, logits=True)
+    reference_model = load_classifier(resolve_model_dir(reference_dir))
+    reference_raw, _ = predict(
+        reference_model, load_tokenizer(resolve_model_dir(reference_dir)), rows.texts, logits=True
+    )
+    order = [list(reference.labels).index(label) for label in labels]
+    reference_logits = reference_raw[:, order]
+    described = f"{reference.model_name} {reference.model_version}"
+    fit = match_calibration(
+        logits,
+        reference_logits,
+        labels,
+        current=contract.calibration,
+        training_rates={label: float(training_rates[label]) for label in labels},
+        base_rates=dict(reference.label_base_rates),
+        fitted_on=(
+            f"the texts of the training split ({options.describe_training()}) of {described}, "
+            "to reproduce its probabilities"
+        ),
+        y=rows.labels,
+    )
+    fold_affine_into_head(model, fit.scale, fit.offset)
+    thresholds = {label: reference.label_thresholds[label] for label in labels}
+    ours = sigmoid(fit.scale * np.asarray(logits, dtype=np.float64) + fit.offset)
+    theirs = sigmoid(reference_logits)
+    limits = np.array([thresholds[label] for label in labels])
+    reference_info_file = resolve_model_dir(reference_dir) / INFO_FILE
+    reference_info = (
+        json.loads(reference_info_file.read_text()) if reference_info_file.is_file() else {}
+    )
+    info["calibration"] = {
+        "method": fit.calibration.method,
+        "fitted_on": fit.calibration.fitted_on,
+        "rows": fit.calibration.rows,
+        "label_training_rates": fit.training_rates,
+        "label_base_rates": fit.base_rates,
+        "reference": {
+            "model_name": reference.model_name,
+            "model_version": reference.model_version,
+            "fitted_on": reference.calibration.fitted_on,
+            "rows": reference.calibration.rows,
+        },
+        "agreement_with_reference": {
+            label: {
+                "mean_abs_difference": round(float(np.abs(ours[:, j] - theirs[:, j]).mean()), 6),
+                "flag_agreement": round(
+                    float(((ours[:, j] >= limits[j]) == (theirs[:, j] >= limits[j])).mean()), 6
+                ),
+            }
+            for j, label in enumerate(labels)
+        },
+        # the reference's cross-fitted ECE on its held-out rows: this model has none
+        "table": (reference_info.get("calibration") or {}).get("table"),
+    }
+    log.info(
+        "calibration matched to %s: %s",
+        described,
+        ", ".join(
+            f"{label} a={e.slope:.3f} b={e.intercept:+.3f} shift={e.prior_shift:+.3f}"
+            for label, e in fit.calibration.labels.items()
+        ),
+    )
+    return fit, thresholds

@@ -15,7 +15,9 @@ from training.calibration import (
     expected_calibration_error,
     fit_calibration,
     fit_platt,
+    fit_platt_to_probabilities,
     logit,
+    match_calibration,
     prior_shift,
     raw_logits,
     reshift,
@@ -122,6 +124,42 @@ def test_fit_calibration_composes_with_one_already_folded() -> None:
         fit_calibration(
             z[:, None], y[:, None], ["a"], current=None, base_rates={"b": 0.1}, fitted_on="r"
         )
+
+
+def test_soft_target_platt_recovers_the_map_behind_the_targets() -> None:
+    z = np.random.default_rng(RNG_SEED).normal(0.0, 2.0, 5000)
+    platt = fit_platt_to_probabilities(z, sigmoid(0.7 * z - 1.5))
+    assert platt.slope == pytest.approx(0.7, abs=1e-3)
+    assert platt.intercept == pytest.approx(-1.5, abs=1e-3)
+
+
+def test_a_refit_matched_to_a_reference_reproduces_its_probabilities() -> None:
+    """A model whose logits are an affine change of the reference's (a refit scaled otherwise)
+    gets a map that gives back the reference's calibrated probabilities; the stored entry
+    keeps the reference's base rate and this model's own training rate."""
+    rng = np.random.default_rng(RNG_SEED)
+    reference = rng.normal(-2.0, 2.5, (4000, 2))  # the reference's head: calibrated, shifted
+    refit = 1.6 * reference + np.array([0.8, -0.3])  # the refit's raw logits
+    base, training = {"a": 0.05, "b": 0.01}, {"a": 0.3, "b": 0.02}
+    fit = match_calibration(
+        refit, reference, ["a", "b"], current=None, training_rates=training,
+        base_rates=base, fitted_on="rows", y=(rng.random((4000, 2)) < 0.3),
+    )  # fmt: skip
+    np.testing.assert_allclose(fit.scale * refit + fit.offset, reference, atol=1e-3)
+    entry = fit.calibration.labels["a"]
+    assert entry.prior_shift == pytest.approx(prior_shift(0.05, 0.3))
+    assert entry.slope == pytest.approx(1 / 1.6, rel=1e-3)
+    assert fit.base_rates == base and fit.training_rates == training
+    assert 1000 < entry.positives < 1400
+    # where the scores fall as the reference's rise, only the prior shift applies
+    flipped = refit.copy()
+    flipped[:, 1] *= -1
+    partly = match_calibration(
+        flipped, reference, ["a", "b"], current=None, training_rates=training,
+        base_rates=base, fitted_on="rows",
+    )  # fmt: skip
+    assert partly.calibration.labels["a"].fitted and not partly.calibration.labels["b"].fitted
+    assert (partly.scale[1], partly.offset[1]) == (1.0, pytest.approx(prior_shift(0.01, 0.02)))
 
 
 def test_a_label_without_a_usable_fit_keeps_only_the_shift(

@@ -79,21 +79,36 @@ def validation() -> tuple[TextDataset, np.ndarray]:
     return val, load_served_model(None, device="cpu", precision="fp32").score(val.texts)
 
 
-def test_default_model_beats_the_tfidf_baseline_on_the_validation_split(
+def test_default_model_is_the_all_rows_refit_with_its_estimate_on_the_card(
     validation: tuple[TextDataset, np.ndarray],
 ) -> None:
-    """The committed weights reproduce the card's validation figure and beat TF-IDF + LR on the
-    same split (both recorded by `make default-model` in training_info.json)."""
+    """The committed weights are the refit on all rows: they reproduce the figure recorded for
+    them on the 80/20 validation rows (in-sample for them, so far above the estimate), and the
+    card's figures are the estimate from the recipe's 80/20 build, which beat TF-IDF + LR on
+    its held-out rows (`make default-model` records both in training_info.json)."""
     from training.evaluate import compute_metrics
 
     info = json.loads((MODEL_DIR / "training_info.json").read_text())
-    card_roc = info["metrics"]["mean_roc_auc"]
-    tfidf_roc = info["reference_validation"]["tfidf_lr"]["mean_roc_auc"]
     val, scores = validation
-    assert len(val) == info["val_rows"]
+    assert info["train_rows"] == len(load_all_rows()) > len(val)
     measured = compute_metrics(val.labels, scores, JIGSAW_LABELS)["mean_roc_auc"]
-    assert abs(measured - card_roc) < 0.002  # fp16 storage vs the fp32 figure on the card
-    assert measured > tfidf_roc + 0.005
+    # fp16 storage vs the fp32 figure; calibration changes no ROC-AUC
+    assert abs(measured - info["in_sample_validation"]["mean_roc_auc"]) < 0.002
+    estimate = info["metrics"]["mean_roc_auc"]
+    assert measured > estimate + 0.005  # these rows were learned: not an estimate
+    reference = info["estimate_from"]
+    assert reference["val_rows"] == info["val_rows"] == len(val)
+    assert estimate > reference["reference_validation"]["tfidf_lr"]["mean_roc_auc"] + 0.005
+    card = (MODEL_DIR / "README.md").read_text()
+    assert f"- mean ROC-AUC: {estimate:.4f}" in card
+    assert "trained on ALL" in card and f"`{reference['model_version']}`" in card
+
+
+def load_all_rows() -> TextDataset:
+    from training.data import load_dataset
+    from training.default_model import SHARED_DATA
+
+    return load_dataset(SHARED_DATA)
 
 
 def test_default_model_is_calibrated_for_the_full_jigsaw_rates() -> None:
@@ -124,34 +139,33 @@ def test_default_model_is_calibrated_for_the_full_jigsaw_rates() -> None:
     assert graph[ONNX_META_WEIGHTS] == weights_version(MODEL_DIR / "model.safetensors")
 
 
-def test_default_model_probabilities_are_calibrated_on_the_validation_split(
+def test_default_model_calibration_is_matched_to_the_80_20_build(
     validation: tuple[TextDataset, np.ndarray],
 ) -> None:
-    """ECE <= 0.02 per label on the validation rows once the served probabilities are shifted
-    to those rows' own rates, in-sample and 5-fold cross-fitted (the card's figures)."""
+    """The refit has no held-out rows: its calibration reproduces the 80/20 build's (whose ECE,
+    on its held-out rows, the card reports), and its thresholds are that build's. What can be
+    checked here: the served probabilities sit at the full-set rates (moved back to the rows'
+    own rates, their mean is the rows' rate), and the records agree with each other."""
     from schemas.artifact import read_contract
-    from training.calibration import (
-        calibration_table,
-        expected_calibration_error,
-        logit,
-        raw_logits,
-        sigmoid,
-    )
+    from training.calibration import logit, sigmoid
 
     contract = read_contract(MODEL_DIR)
     assert contract.calibration is not None and contract.label_base_rates is not None
+    info = json.loads((MODEL_DIR / "training_info.json").read_text())
+    recorded = info["calibration"]
+    assert recorded["reference"]["model_version"] == info["estimate_from"]["model_version"]
+    assert contract.calibration.rows == info["estimate_from"]["train_rows"]
+    for label in JIGSAW_LABELS:
+        assert recorded["table"][label]["ece_after"] <= 0.02, label  # the 80/20 build's
+        assert recorded["agreement_with_reference"][label]["flag_agreement"] >= 0.98, label
+        assert info["metrics"]["labels"][label]["threshold"] == pytest.approx(
+            contract.label_thresholds[label]
+        )
     val, scores = validation
     y = val.labels
     assert y is not None
     rates = y.mean(axis=0)
     base = np.array([contract.label_base_rates[label] for label in JIGSAW_LABELS])
     assert (scores.mean(axis=0) < rates).all()  # served at the (lower) full-set rates
-    shifted = sigmoid(logit(scores) + logit(rates) - logit(base))
-    for j, label in enumerate(JIGSAW_LABELS):
-        assert expected_calibration_error(y[:, j], shifted[:, j]) <= 0.02, label
-    raw = raw_logits(logit(scores), JIGSAW_LABELS, contract.calibration)
-    table = calibration_table(raw, y, JIGSAW_LABELS)
-    recorded = json.loads((MODEL_DIR / "training_info.json").read_text())["calibration"]["table"]
-    for label in JIGSAW_LABELS:
-        assert table[label]["ece_after"] <= 0.02, label
-        assert table[label]["ece_after"] == pytest.approx(recorded[label]["ece_after"], abs=2e-3)
+    moved_back = sigmoid(logit(scores) + logit(rates) - logit(base))
+    np.testing.assert_allclose(moved_back.mean(axis=0), rates, rtol=0.15)

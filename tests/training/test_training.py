@@ -648,6 +648,58 @@ def test_base_rates_reshift_a_calibrated_artifact(
     assert not (work / "x").exists()
 
 
+def test_calibration_from_a_reference_reproduces_its_probabilities(
+    work: Path, calibrated: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`export --calibration-from`, the path of a model refitted on all rows: the same weights
+    the reference was calibrated from, matched on the training split's texts, serve the
+    reference's probabilities and flags, with its thresholds and base rates and their own
+    training rates, and the card says where the maps and the ECE figures come from."""
+    from schemas.artifact import read_contract
+    from worker.model import load_served_model
+
+    plain, reference, rows = calibrated
+    run = work / "calibration-run"  # what `reference` was exported from, uncalibrated
+    matched = work / "matched"
+    argv = ["export", str(run), str(matched), "--calibration-data", str(rows)]
+    assert main([*argv, "--calibration-from", str(reference)]) == 0
+    ours, theirs = read_contract(matched), read_contract(reference)
+    assert ours.label_thresholds == theirs.label_thresholds
+    assert ours.label_base_rates == theirs.label_base_rates
+    trained = json.loads((run / "model" / "training_info.json").read_text())
+    assert ours.label_training_rates == trained["label_positive_rates"]
+    assert ours.calibration is not None and ours.calibration.rows == 320  # the training split
+    texts = load_dataset(rows).texts
+    scores = {
+        name: load_served_model(path, backend="torch", device="cpu", precision="fp32").score(texts)
+        for name, path in (("plain", plain), ("ours", matched), ("theirs", reference))
+    }
+    np.testing.assert_allclose(scores["ours"], scores["theirs"], atol=2e-3)
+    assert not np.allclose(scores["plain"], scores["theirs"], atol=2e-2)
+    info = json.loads((matched / "training_info.json").read_text())
+    agreement = info["calibration"]["agreement_with_reference"]
+    assert all(row["mean_abs_difference"] < 2e-3 for row in agreement.values())
+    assert info["calibration"]["reference"]["model_version"] == theirs.model_version
+    card = (matched / "README.md").read_text()
+    assert f"`{theirs.model_version}`" in card and "The ECE columns are that model's" in card
+
+    for argv, message in (
+        (
+            ["export", str(run), str(work / "y"), "--calibration-from", str(reference)],
+            "--calibration-from needs --calibration-data",
+        ),
+        (
+            ["export", str(run), str(work / "y"), "--calibration-data", str(rows),
+             "--calibration-from", str(plain)],
+            "that artifact is not calibrated",
+        ),
+    ):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+    assert not (work / "y").exists()
+
+
 # -- distill -----------------------------------------------------------------------------------
 def test_distill_with_ensemble_teacher_augmentation_and_hidden_loss(
     work: Path, tiny_model: Path, data_file: Path, fitted: Path
@@ -806,6 +858,37 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     config = json.loads((out / "config.json").read_text())  # calibrated in the export step
     assert config["calibration"]["method"] == "platt" and "label_base_rates" in config
     assert "## Calibration" in card and "calibration" in summary
+
+    # the refit that ships: the same recipe on all rows, calibrated to match the 80/20 build
+    from schemas.artifact import read_contract
+    from training.default_model import main as default_model_main
+
+    refitted = work / "refit-artifact"
+    argv = [
+        "--all-rows", "--calibration-from", str(out), "--data", str(data_file),
+        "--work-dir", str(work / "refit"), "--output", str(refitted),
+        "--teacher-base", str(fitted / "model"), "--student-config", str(tiny_model),
+        "--seed", "3", "--teacher-epochs", "1", "--student-epochs", "1", "--augment", "1",
+    ]  # fmt: skip
+    assert default_model_main(argv) == 0
+    rows = len(load_dataset(data_file))
+    student = json.loads((work / "refit" / "student" / "model" / "training_info.json").read_text())
+    assert student["train_rows"] == rows  # all of them: none held out
+    info = json.loads((refitted / "training_info.json").read_text())
+    built = json.loads((out / "training_info.json").read_text())
+    assert info["metrics"] == built["metrics"]  # the card's figures: the 80/20 build's estimate
+    assert info["in_sample_validation"]["mean_roc_auc"] is not None
+    ours, theirs = read_contract(refitted), read_contract(out)
+    assert ours.label_thresholds == theirs.label_thresholds
+    assert ours.model_version != theirs.model_version
+    assert info["calibration"]["reference"]["model_version"] == theirs.model_version
+    assert info["command"].startswith("python -m training.default_model --all-rows")
+    assert "trained on ALL" in (refitted / "README.md").read_text()
+    assert (refitted / "model.int8.onnx").is_file() or "int8_check" in info["onnx"]
+    for bad in (["--all-rows"], ["--calibration-from", str(out)]):
+        with pytest.raises(SystemExit) as exited:
+            default_model_main([*bad, "--data", str(data_file)])
+        assert exited.value.code == 2
 
 
 # -- training-loop benchmark -------------------------------------------------------------------
