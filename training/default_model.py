@@ -66,6 +66,7 @@ SHARED_BERT_TINY = SHARED / "models" / "bert-tiny"
 BERT_TINY_HUB = "google/bert_uncased_L-2_H-128_A-2"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 TEACHER_NAME = "minilm-l6-jigsaw-teacher"
+SPLIT_SEED = 42  # the 80/20 split the settings were chosen on, and the export calibrates on
 STUDENT_NAME = "bert-tiny-jigsaw-distilled"
 # Comments a reader expects flagged, checked whenever the model is built; those it misses are
 # recorded (`known_misses`) for the card's limitations. `make demo` shows the first.
@@ -117,6 +118,7 @@ class Recipe:
     pos_weight: PosWeight = "auto"
     hidden_distill: float = 0.5
     teacher_weights: tuple[float, float] = (2.0, 1.0)  # MiniLM, TF-IDF
+    split_seed: int = SPLIT_SEED  # of the 80/20 split; another: an estimate only (no export)
 
 
 class Steps:
@@ -176,15 +178,18 @@ def build(recipe: Recipe, command: str) -> dict[str, Any]:
     work = recipe.work_dir
     work.mkdir(parents=True, exist_ok=True)
     steps = Steps(work)
-    data = DataOptions(train=recipe.data)
+    data = DataOptions(train=recipe.data, split_seed=recipe.split_seed)
     steps.run(
         "baseline",
         lambda: run_baseline(data, work / "baseline"),
         done=work / "baseline" / "metrics.json",
     )
     _train(recipe, data, steps, command)
-    _, val = split_dataset(load_dataset(recipe.data))
+    _, val = split_dataset(load_dataset(recipe.data), random_state=recipe.split_seed)
     _record_reference_figures(recipe, work, val, steps)
+    if recipe.split_seed != SPLIT_SEED:  # a second estimate of the recipe, on other rows
+        print(json.dumps(steps.summary, indent=2))
+        return steps.summary
 
     steps.run(
         "export",
@@ -436,7 +441,7 @@ def _record_reference_figures(recipe: Recipe, work: Path, val: TextDataset, step
     minilm_weight, tfidf_weight = recipe.teacher_weights
     if "label_positive_rates" not in info:  # a student trained before they were recorded
         info["label_positive_rates"] = label_positive_rates(
-            split_dataset(load_dataset(recipe.data))[0]
+            split_dataset(load_dataset(recipe.data), random_state=recipe.split_seed)[0]
         )
     info["known_misses"] = known_misses(work / "student" / "model")
     info["notes"] = [
@@ -590,6 +595,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with --all-rows: the recipe's 80/20 build (a calibrated artifact), whose "
         "probabilities, thresholds and validation figures the refit takes over",
     )
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=SPLIT_SEED,
+        help=f"seed of the 80/20 split (default {SPLIT_SEED}); another seed trains the recipe "
+        "on other rows and records its validation figures only, with no export: a second "
+        "estimate of the recipe",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--teacher-epochs", type=float, default=4)
     parser.add_argument("--student-epochs", type=float, default=3)
@@ -610,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.teacher_weights) != 2:
         parser.error("--teacher-weights takes two values: MiniLM, TF-IDF")
+    if args.split_seed != SPLIT_SEED and (args.all_rows or args.recalibrate):
+        parser.error("--split-seed trains an estimate only: not with --all-rows or --recalibrate")
     if args.all_rows != (args.calibration_from is not None):
         parser.error("--all-rows and --calibration-from go together")
     if args.calibration_from is not None and not (args.calibration_from / CONFIG_FILE).is_file():

@@ -891,6 +891,39 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
         assert exited.value.code == 2
 
 
+def test_default_model_recipe_on_another_split_is_an_estimate_only(
+    work: Path,
+    tiny_model: Path,
+    data_file: Path,
+    fitted: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--split-seed`: the same recipe on other rows of the 80/20 split, validation figures
+    recorded, nothing exported (the export calibrates on the seed-42 split)."""
+    from training.default_model import main as default_model_main
+
+    out = work / "split-artifact"
+    argv = [
+        "--split-seed", "1", "--data", str(data_file), "--work-dir", str(work / "split1"),
+        "--output", str(out), "--teacher-base", str(fitted / "model"),
+        "--student-config", str(tiny_model), "--seed", "3", "--teacher-epochs", "1",
+        "--student-epochs", "1", "--augment", "1",
+    ]  # fmt: skip
+    assert default_model_main(argv) == 0
+    assert not out.exists()
+    summary = json.loads((work / "split1" / "summary.json").read_text())
+    assert {"tfidf_lr", "teacher", "student"} <= set(summary["validation"])
+    _, seed1 = split_dataset(load_dataset(data_file), random_state=1)
+    _, seed42 = split_dataset(load_dataset(data_file))
+    assert seed1.ids != seed42.ids
+    info = json.loads((work / "split1" / "student" / "model" / "training_info.json").read_text())
+    assert info["val_data"].endswith("(random_state=1)") and info["val_rows"] == len(seed1)
+    with pytest.raises(SystemExit) as exited:
+        default_model_main([*argv, "--recalibrate"])
+    assert exited.value.code == 2
+    assert "--split-seed trains an estimate only" in capsys.readouterr().err
+
+
 # -- training-loop benchmark -------------------------------------------------------------------
 def test_loop_benchmark_runs_both_loops_side_by_side(
     work: Path, tiny_model: Path, data_file: Path
