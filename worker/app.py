@@ -49,6 +49,7 @@ from worker.tracing import Tracing, tracing_from_settings
 log = logging.getLogger(__name__)
 
 SHADOW_DRAIN_S = 2.0  # at shutdown, after the primary: for the shadow queue, then its flush
+TASK_CANCEL_TIMEOUT_S = 5.0  # at shutdown: for the cancelled loops to end
 
 
 def process_age_s() -> float:
@@ -314,7 +315,8 @@ class Worker:
             self.shadow.close()
             if shadow_task is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(shadow_task), SHADOW_DRAIN_S)
+                    async with asyncio.timeout(SHADOW_DRAIN_S):
+                        await asyncio.shield(shadow_task)
                 await self.shadow.flush(SHADOW_DRAIN_S)
             self.shadow.shutdown()
         for task in self._side_tasks.values():
@@ -342,20 +344,25 @@ class Worker:
         drained = False
         if self.fatal is None:
             with contextlib.suppress(Exception):  # records of its last fetch are still queued
-                await asyncio.wait_for(tasks["consume"], deadline - loop.time())
+                async with asyncio.timeout_at(deadline):
+                    await tasks["consume"]
             if self.api is not None:  # new requests: 503; queued ones are still answered
                 self.api.close()
             self.queue.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(tasks["infer"], max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):
+                    await tasks["infer"]
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.publisher.flush(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):
+                    await self.publisher.flush()
             drained = await self.checkpoint.wait_drained(None, max(0.0, deadline - loop.time()))
             if not drained:
                 log.error("grace period over with %d in flight", self.checkpoint.in_flight())
         for task in tasks.values():
             task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        _, stuck = await asyncio.wait(tasks.values(), timeout=TASK_CANCEL_TIMEOUT_S)
+        for task in stuck:  # cannot happen unless a cancellation is lost; never wait forever
+            log.error("task %s did not end when cancelled: exiting without it", task.get_name())
         await self.checkpoint.commit()  # only acknowledged offsets: safe even after a fatal error
         log.info("stopped (drained=%s, in flight=%d)", drained, self.checkpoint.in_flight())
         return drained

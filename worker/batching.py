@@ -91,7 +91,8 @@ class BatchQueue:
     async def _wait_for_change(self, timeout: float | None) -> bool:
         self._changed.clear()
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
         except TimeoutError:
             return False
         return True

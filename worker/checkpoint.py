@@ -136,7 +136,8 @@ class Checkpoint:
                 return False
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
             except TimeoutError:
                 return not self.in_flight(keys)
         return True
@@ -188,9 +189,8 @@ class Checkpoint:
             first, timestamp_ms = state.oldest_uncommitted() if state else (None, None)
             if first is None:
                 try:
-                    first = await asyncio.wait_for(
-                        self._consumer.position(tp), LAG_POSITION_TIMEOUT_S
-                    )
+                    async with asyncio.timeout(LAG_POSITION_TIMEOUT_S):
+                        first = await self._consumer.position(tp)
                 except (TimeoutError, KafkaError):
                     continue
             labels = (tp.topic, str(tp.partition))

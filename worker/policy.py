@@ -249,7 +249,8 @@ class PolicyWatcher:
     async def run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._stop.wait()
             if not self._stop.is_set():
                 self.check()
 

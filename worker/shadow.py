@@ -168,7 +168,8 @@ class ShadowScorer:
     async def flush(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for what was sent to be acknowledged (best effort)."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._producer.flush(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._producer.flush()
 
     def shutdown(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)

@@ -145,3 +145,38 @@ async def test_revoked_partitions_stop_exporting_lag() -> None:
         for metric in (*metrics.lag.collect(), *metrics.lag_seconds.collect())
         for sample in metric.samples
     ]
+
+
+class AnswersAsCancelled(LagConsumer):
+    """Its position answer completes in the very step the commit loop is cancelled: the race
+    that made `asyncio.wait_for` (Python 3.11) lose the cancellation, so that a worker's
+    shutdown waited forever for its commit loop (CPython gh-86296)."""
+
+    loop_task: asyncio.Task[None] | None = None
+    broken = False
+
+    def highwater(self, tp: TopicPartition) -> int:
+        if self.broken:  # ends a loop that lost its cancellation, so that the test can fail
+            raise LostCancellation
+        return self.highwater_
+
+    async def position(self, tp: TopicPartition) -> int:
+        assert self.loop_task is not None
+        self.loop_task.cancel()
+        return self.position_
+
+
+class LostCancellation(BaseException):
+    pass
+
+
+async def test_the_commit_loop_ends_when_cancelled_as_a_lag_lookup_completes() -> None:
+    consumer = AnswersAsCancelled({TP}, highwater=5)  # nothing tracked: lag from the position
+    state = checkpoint(consumer)  # type: ignore[arg-type]
+    task = asyncio.create_task(state.commit_periodically(0.001))
+    consumer.loop_task = task
+    done, _ = await asyncio.wait({task}, timeout=2.0)
+    if task not in done:
+        consumer.broken = True
+        await asyncio.wait({task}, timeout=2.0)
+    assert task in done and task.cancelled()

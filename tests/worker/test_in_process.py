@@ -110,3 +110,38 @@ async def test_unreachable_broker_exits_nonzero(topics: Topics, tiny_model_dir: 
     settings = settings_for(f"127.0.0.1:{free_port()}", topics)
     model: ServedModel = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1
+
+
+async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancellation(
+    kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop that survives its cancellation (as the commit loop did when Python 3.11's
+    `asyncio.wait_for` lost one: CPython gh-86296) holds the shutdown for a bounded time only."""
+    from worker.app import TASK_CANCEL_TIMEOUT_S
+
+    released = asyncio.Event()
+
+    async def stubborn(interval_s: float) -> None:
+        while not released.is_set():
+            try:
+                await asyncio.sleep(interval_s)
+            except asyncio.CancelledError:
+                continue
+
+    model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+    worker = Worker(settings_for(kafka_bootstrap, topics), model)
+    worker.checkpoint.commit_periodically = stubborn  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    joined_by = loop.time() + 60
+    while not worker.joined and loop.time() < joined_by:
+        await asyncio.sleep(0.1)
+    assert worker.joined
+    worker.request_stop()
+    stopping = loop.time()
+    done, _ = await asyncio.wait({running}, timeout=TASK_CANCEL_TIMEOUT_S + 20)
+    took = loop.time() - stopping
+    released.set()  # else a shutdown that waits for it would never end
+    await running
+    assert running in done and running.result() == 0, f"stopped after {took:.1f} s"
+    assert "task commit did not end when cancelled" in caplog.text
