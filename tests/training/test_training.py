@@ -823,10 +823,15 @@ def test_distill_rejects_mismatched_teacher_labels(
 
 # -- default-model recipe ----------------------------------------------------------------------
 def test_default_model_recipe_runs_end_to_end_on_tiny_data(
-    work: Path, tiny_model: Path, data_file: Path, fitted: Path
+    work: Path,
+    tiny_model: Path,
+    data_file: Path,
+    fitted: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The recipe's function calls fit together (the real run takes an hour): baseline, a
-    mean-pooled teacher, the distilled student, export and re-evaluation."""
+    """The recipe's function calls fit together (the real runs take hours): the 80/20 build
+    (baseline, a mean-pooled teacher, the distilled student, export and re-evaluation), a
+    second estimate on another split, and the refit on all rows that ships."""
     from training.default_model import Recipe, build
 
     out = work / "recipe-artifact"
@@ -859,16 +864,36 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     assert config["calibration"]["method"] == "platt" and "label_base_rates" in config
     assert "## Calibration" in card and "calibration" in summary
 
-    # the refit that ships: the same recipe on all rows, calibrated to match the 80/20 build
+    # a second estimate: the recipe on another 80/20 split, figures only, nothing exported
     from schemas.artifact import read_contract
     from training.default_model import main as default_model_main
 
+    tiny = [
+        "--data", str(data_file), "--teacher-base", str(fitted / "model"),
+        "--student-config", str(tiny_model), "--seed", "3", "--teacher-epochs", "1",
+        "--student-epochs", "1", "--augment", "1",
+    ]  # fmt: skip
+    unused = work / "split-artifact"
+    split = ["--split-seed", "1", "--work-dir", str(work / "split1"), "--output", str(unused)]
+    assert default_model_main([*split, *tiny]) == 0
+    assert not unused.exists()
+    split_summary = json.loads((work / "split1" / "summary.json").read_text())
+    _, seed1 = split_dataset(load_dataset(data_file), random_state=1)
+    assert seed1.ids != split_dataset(load_dataset(data_file))[1].ids
+    split_student = work / "split1" / "student" / "model"
+    split_info = json.loads((split_student / "training_info.json").read_text())
+    assert split_info["val_data"].endswith("(random_state=1)")
+    assert split_info["val_rows"] == len(seed1)
+    with pytest.raises(SystemExit) as exited:
+        default_model_main([*split, *tiny, "--recalibrate"])
+    assert exited.value.code == 2
+    assert "--split-seed trains an estimate only" in capsys.readouterr().err
+
+    # the refit that ships: the same recipe on all rows, calibrated to match the 80/20 build
     refitted = work / "refit-artifact"
     argv = [
-        "--all-rows", "--calibration-from", str(out), "--data", str(data_file),
-        "--work-dir", str(work / "refit"), "--output", str(refitted),
-        "--teacher-base", str(fitted / "model"), "--student-config", str(tiny_model),
-        "--seed", "3", "--teacher-epochs", "1", "--student-epochs", "1", "--augment", "1",
+        "--all-rows", "--calibration-from", str(out), "--work-dir", str(work / "refit"),
+        "--output", str(refitted), "--other-split", str(work / "split1"), *tiny,
     ]  # fmt: skip
     assert default_model_main(argv) == 0
     rows = len(load_dataset(data_file))
@@ -883,45 +908,16 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     assert ours.model_version != theirs.model_version
     assert info["calibration"]["reference"]["model_version"] == theirs.model_version
     assert info["command"].startswith("python -m training.default_model --all-rows")
-    assert "trained on ALL" in (refitted / "README.md").read_text()
+    card = (refitted / "README.md").read_text()
+    assert "trained on ALL" in card
+    [other] = info["estimate_from"]["other_splits"]
+    assert other["split_seed"] == 1 and other["student"] == split_summary["validation"]["student"]
+    assert f"student mean ROC-AUC {other['student']['mean_roc_auc']:.4f}" in card
     assert (refitted / "model.int8.onnx").is_file() or "int8_check" in info["onnx"]
-    for bad in (["--all-rows"], ["--calibration-from", str(out)]):
+    for bad in (["--all-rows"], ["--calibration-from", str(out)], ["--other-split", str(out)]):
         with pytest.raises(SystemExit) as exited:
             default_model_main([*bad, "--data", str(data_file)])
         assert exited.value.code == 2
-
-
-def test_default_model_recipe_on_another_split_is_an_estimate_only(
-    work: Path,
-    tiny_model: Path,
-    data_file: Path,
-    fitted: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """`--split-seed`: the same recipe on other rows of the 80/20 split, validation figures
-    recorded, nothing exported (the export calibrates on the seed-42 split)."""
-    from training.default_model import main as default_model_main
-
-    out = work / "split-artifact"
-    argv = [
-        "--split-seed", "1", "--data", str(data_file), "--work-dir", str(work / "split1"),
-        "--output", str(out), "--teacher-base", str(fitted / "model"),
-        "--student-config", str(tiny_model), "--seed", "3", "--teacher-epochs", "1",
-        "--student-epochs", "1", "--augment", "1",
-    ]  # fmt: skip
-    assert default_model_main(argv) == 0
-    assert not out.exists()
-    summary = json.loads((work / "split1" / "summary.json").read_text())
-    assert {"tfidf_lr", "teacher", "student"} <= set(summary["validation"])
-    _, seed1 = split_dataset(load_dataset(data_file), random_state=1)
-    _, seed42 = split_dataset(load_dataset(data_file))
-    assert seed1.ids != seed42.ids
-    info = json.loads((work / "split1" / "student" / "model" / "training_info.json").read_text())
-    assert info["val_data"].endswith("(random_state=1)") and info["val_rows"] == len(seed1)
-    with pytest.raises(SystemExit) as exited:
-        default_model_main([*argv, "--recalibrate"])
-    assert exited.value.code == 2
-    assert "--split-seed trains an estimate only" in capsys.readouterr().err
 
 
 # -- training-loop benchmark -------------------------------------------------------------------
