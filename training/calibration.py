@@ -103,22 +103,12 @@ def fit_platt(z: np.ndarray, y: np.ndarray) -> Platt | None:
     """Platt scaling as in Platt (1999): logistic regression of the labels on the logits, with
     targets smoothed to (N+ + 1) / (N+ + 2) and 1 / (N- + 2) so that separable data still has a
     finite fit. None where the rows hold one class only (nothing to fit)."""
-    from sklearn.linear_model import LogisticRegression
-
     y = np.asarray(y) >= 0.5
     positives, negatives = int(y.sum()), int((~y).sum())
     if positives == 0 or negatives == 0:
         return None
     target = np.where(y, (positives + 1) / (positives + 2), 1 / (negatives + 2))
-    x = np.asarray(z, dtype=np.float64).reshape(-1, 1)
-    # each row twice, as a positive with weight t and a negative with weight 1 - t
-    model = LogisticRegression(C=np.inf, max_iter=1000)
-    model.fit(
-        np.vstack([x, x]),
-        np.concatenate([np.ones(len(x)), np.zeros(len(x))]),
-        sample_weight=np.concatenate([target, 1 - target]),
-    )
-    return Platt(float(model.coef_[0, 0]), float(model.intercept_[0]))
+    return fit_platt_to_probabilities(z, target)
 
 
 def _fit_predict(

@@ -555,14 +555,13 @@ def calibrate(
         raw = raw_logits(logits, labels, contract.calibration)
         table = calibration_table(raw, val.labels, labels)
     fold_affine_into_head(model, fit.scale, fit.offset)
-    info["calibration"] = {
-        "method": fit.calibration.method,
-        "fitted_on": fit.calibration.fitted_on,
-        "rows": fit.calibration.rows,
-        "label_training_rates": fit.training_rates,
-        "label_base_rates": fit.base_rates,
-        "table": table,
-    }
+    info["calibration"] = _calibration_record(fit, table=table)
+    return fit
+
+
+def _calibration_record(fit: CalibrationFit, **extra: Any) -> dict[str, Any]:
+    """What `training_info.json` keeps of a calibration (the card's calibration section reads
+    it), plus `extra`; logs the fitted parameters."""
     log.info(
         "calibration: %s",
         ", ".join(
@@ -570,7 +569,14 @@ def calibrate(
             for label, e in fit.calibration.labels.items()
         ),
     )
-    return fit
+    return {
+        "method": fit.calibration.method,
+        "fitted_on": fit.calibration.fitted_on,
+        "rows": fit.calibration.rows,
+        "label_training_rates": fit.training_rates,
+        "label_base_rates": fit.base_rates,
+        **extra,
+    }
 
 
 def match_reference(
@@ -642,19 +648,15 @@ def match_reference(
     reference_info = (
         json.loads(reference_info_file.read_text()) if reference_info_file.is_file() else {}
     )
-    info["calibration"] = {
-        "method": fit.calibration.method,
-        "fitted_on": fit.calibration.fitted_on,
-        "rows": fit.calibration.rows,
-        "label_training_rates": fit.training_rates,
-        "label_base_rates": fit.base_rates,
-        "reference": {
+    info["calibration"] = _calibration_record(
+        fit,
+        reference={
             "model_name": reference.model_name,
             "model_version": reference.model_version,
             "fitted_on": reference.calibration.fitted_on,
             "rows": reference.calibration.rows,
         },
-        "agreement_with_reference": {
+        agreement_with_reference={
             label: {
                 "mean_abs_difference": round(float(np.abs(ours[:, j] - theirs[:, j]).mean()), 6),
                 "flag_agreement": round(
@@ -664,14 +666,6 @@ def match_reference(
             for j, label in enumerate(labels)
         },
         # the reference's cross-fitted ECE on its held-out rows: this model has none
-        "table": (reference_info.get("calibration") or {}).get("table"),
-    }
-    log.info(
-        "calibration matched to %s: %s",
-        described,
-        ", ".join(
-            f"{label} a={e.slope:.3f} b={e.intercept:+.3f} shift={e.prior_shift:+.3f}"
-            for label, e in fit.calibration.labels.items()
-        ),
+        table=(reference_info.get("calibration") or {}).get("table"),
     )
     return fit, thresholds
