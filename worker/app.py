@@ -203,6 +203,7 @@ class Worker:
             )
         self.joined = False
         self.fatal: BaseException | None = None
+        self.stuck: list[str] = []  # tasks that did not end when cancelled at shutdown
         self._stop_requested = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -361,8 +362,9 @@ class Worker:
         for task in tasks.values():
             task.cancel()
         _, stuck = await asyncio.wait(tasks.values(), timeout=TASK_CANCEL_TIMEOUT_S)
-        for task in stuck:  # cannot happen unless a cancellation is lost; never wait forever
-            log.error("task %s did not end when cancelled: exiting without it", task.get_name())
+        self.stuck = sorted(task.get_name() for task in stuck)  # only if a cancellation is lost
+        for name in self.stuck:
+            log.error("task %s did not end when cancelled: exiting without it", name)
         await self.checkpoint.commit()  # only acknowledged offsets: safe even after a fatal error
         log.info("stopped (drained=%s, in flight=%d)", drained, self.checkpoint.in_flight())
         return drained
@@ -380,7 +382,12 @@ async def serve(
     """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code."""
     worker = Worker(settings, model, clock, shadow=shadow, policy=policy, tracing=tracing)
     install_signal_handlers(worker)
-    return await worker.run()
+    code = await worker.run()
+    if worker.stuck:  # asyncio.run would wait for them forever as it cancels what is left
+        log.error("exiting at once with code %d", code)
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def install_signal_handlers(worker: Worker) -> None:

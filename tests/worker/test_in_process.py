@@ -144,4 +144,5 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
     released.set()  # else a shutdown that waits for it would never end
     await running
     assert running in done and running.result() == 0, f"stopped after {took:.1f} s"
+    assert worker.stuck == ["commit"]  # `serve` then exits the process at once
     assert "task commit did not end when cancelled" in caplog.text
