@@ -398,13 +398,16 @@ def _split_estimate(work: Path) -> dict[str, Any]:
         raise ValueError(f"{work}: not the work directory of a --split-seed build")
     return {
         "split_seed": int(seed.group(1)),
-        **{name: validation[name] for name in ("student", "tfidf_lr", "teacher")},
+        **{
+            name: validation[name]
+            for name in ("student", "tfidf_lr", "teacher", "student_minus_tfidf_bootstrap")
+        },
     }
 
 
 def _split_note(other: dict[str, Any], estimate: dict[str, Any]) -> str:
     """The card's line on the recipe's figures on another split, beside the 80/20 build's."""
-    ours = estimate["reference_validation"]
+    ours, boot = estimate["reference_validation"], other["student_minus_tfidf_bootstrap"]
     return (
         f"The same recipe on another 80/20 split (random_state={other['split_seed']}), whose "
         "rows no setting was chosen on: student mean ROC-AUC "
@@ -412,7 +415,11 @@ def _split_note(other: dict[str, Any], estimate: dict[str, Any]) -> str:
         f"{other['tfidf_lr']['mean_roc_auc']:.4f}, MiniLM-L6 teacher "
         f"{other['teacher']['mean_roc_auc']:.4f} (on the split above: "
         f"{estimate['metrics']['mean_roc_auc']:.4f}, {ours['tfidf_lr']['mean_roc_auc']:.4f}, "
-        f"{ours['teacher']['mean_roc_auc']:.4f})."
+        f"{ours['teacher']['mean_roc_auc']:.4f}). There the student is above TF-IDF+LR by "
+        f"{boot['gain']:+.4f} (paired bootstrap, 95% interval [{boot['ci95_low']:+.4f}, "
+        f"{boot['ci95_high']:+.4f}], gain <= 0 in {boot['p_gain_le_0']:.1%} of "
+        f"{boot['resamples']} resamples): the gain on the split above is partly that split's "
+        "and the settings chosen on it."
     )
 
 
