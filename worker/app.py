@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SHADOW_DRAIN_S = 2.0  # at shutdown, after the primary: for the shadow queue, then its flush
 TASK_CANCEL_TIMEOUT_S = 5.0  # at shutdown: for the cancelled loops to end
+KAFKA_CLIENT_STOP_TIMEOUT_S = 10.0  # at shutdown, each: leave the group, flush the producer
 
 
 def process_age_s() -> float:
@@ -271,10 +272,10 @@ class Worker:
             return 1 if self.fatal is not None or not drained else 0
         finally:
             self.metrics.ready.set(0)
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
+            for client in (self.consumer, self.producer):  # a broker gone quiet cannot hold
+                with contextlib.suppress(Exception):  # the exit (so the pod is restarted)
+                    async with asyncio.timeout(KAFKA_CLIENT_STOP_TIMEOUT_S):
+                        await client.stop()
             await self._stop_side_tasks()
             if self.api is not None:
                 await self.api.stop()
@@ -325,7 +326,8 @@ class Worker:
         await asyncio.gather(*self._side_tasks.values(), return_exceptions=True)
         if self.shadow_producer is not None:
             with contextlib.suppress(Exception):
-                await self.shadow_producer.stop()
+                async with asyncio.timeout(KAFKA_CLIENT_STOP_TIMEOUT_S):
+                    await self.shadow_producer.stop()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

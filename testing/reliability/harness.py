@@ -123,6 +123,11 @@ class WorkerSupervisor:
         answer = self.get("/metrics")
         return metric_sum(answer[1], name) if answer and answer[0] == 200 else None
 
+    def ready(self) -> bool:
+        """/readyz answers 200: in the group, no fatal error, not stopping."""
+        answer = self.get("/readyz")
+        return answer is not None and answer[0] == 200
+
     def acknowledged(self) -> float | None:
         """Outputs plus dead letters acknowledged by the current process."""
         answer = self.get("/metrics")

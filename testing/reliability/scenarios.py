@@ -233,7 +233,8 @@ def broker_freeze(
                     sup.start()
                     base = None
                 now = sup.acknowledged()
-                if now is not None and now > (base or 0):
+                # a worker stopping after a fatal error still acknowledges what it flushes
+                if now is not None and now > (base or 0) and sup.ready():
                     recovered_s = time.monotonic() - thawed_at
                     break
                 time.sleep(0.2)

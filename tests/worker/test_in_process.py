@@ -146,3 +146,37 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
     assert running in done and running.result() == 0, f"stopped after {took:.1f} s"
     assert worker.stuck == ["commit"]  # `serve` then exits the process at once
     assert "task commit did not end when cancelled" in caplog.text
+
+
+async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
+    kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path
+) -> None:
+    """After a fatal error with the broker gone quiet (frozen), leaving the group and flushing
+    the producer would wait for it; each gives up after a bound, so that the process exits and
+    its supervisor restarts it."""
+    from worker.app import KAFKA_CLIENT_STOP_TIMEOUT_S
+
+    model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+    worker = Worker(settings_for(kafka_bootstrap, topics), model)
+    hang = asyncio.Event()
+    real_stop = worker.consumer.stop
+
+    async def unanswered_stop() -> None:  # as aiokafka's, against a frozen broker
+        await hang.wait()
+
+    worker.consumer.stop = unanswered_stop  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    joined_by = loop.time() + 60
+    while not worker.joined and loop.time() < joined_by:
+        await asyncio.sleep(0.1)
+    assert worker.joined
+    worker.fail(RuntimeError("publishing failed"))
+    stopping = loop.time()
+    done, _ = await asyncio.wait({running}, timeout=KAFKA_CLIENT_STOP_TIMEOUT_S + 20)
+    took = loop.time() - stopping
+    hang.set()
+    await running
+    await real_stop()
+    assert running in done and running.result() == 1, f"exited after {took:.1f} s"
+    assert took >= KAFKA_CLIENT_STOP_TIMEOUT_S - 1  # it did wait for the consumer, for a while
