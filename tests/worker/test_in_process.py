@@ -112,6 +112,17 @@ async def test_unreachable_broker_exits_nonzero(topics: Topics, tiny_model_dir: 
     assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1
 
 
+async def run_until_joined(worker: Worker, timeout_s: float = 60) -> asyncio.Task[int]:
+    """`worker.run()` as a task, once the worker has joined its group."""
+    running = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    joined_by = loop.time() + timeout_s
+    while not worker.joined and loop.time() < joined_by:
+        await asyncio.sleep(0.1)
+    assert worker.joined
+    return running
+
+
 async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancellation(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -131,12 +142,8 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     worker = Worker(settings_for(kafka_bootstrap, topics), model)
     worker.checkpoint.commit_periodically = stubborn  # type: ignore[method-assign]
-    running = asyncio.create_task(worker.run())
+    running = await run_until_joined(worker)
     loop = asyncio.get_running_loop()
-    joined_by = loop.time() + 60
-    while not worker.joined and loop.time() < joined_by:
-        await asyncio.sleep(0.1)
-    assert worker.joined
     worker.request_stop()
     stopping = loop.time()
     done, _ = await asyncio.wait({running}, timeout=TASK_CANCEL_TIMEOUT_S + 20)
@@ -165,12 +172,8 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
         await hang.wait()
 
     worker.consumer.stop = unanswered_stop  # type: ignore[method-assign]
-    running = asyncio.create_task(worker.run())
+    running = await run_until_joined(worker)
     loop = asyncio.get_running_loop()
-    joined_by = loop.time() + 60
-    while not worker.joined and loop.time() < joined_by:
-        await asyncio.sleep(0.1)
-    assert worker.joined
     worker.fail(RuntimeError("publishing failed"))
     stopping = loop.time()
     done, _ = await asyncio.wait({running}, timeout=KAFKA_CLIENT_STOP_TIMEOUT_S + 20)
