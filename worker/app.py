@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SHADOW_DRAIN_S = 2.0  # at shutdown, after the primary: for the shadow queue, then its flush
 TASK_CANCEL_TIMEOUT_S = 5.0  # at shutdown: for the cancelled loops to end
-KAFKA_CLIENT_STOP_TIMEOUT_S = 10.0  # at shutdown, each: leave the group, flush the producer
+KAFKA_CLIENT_STOP_TIMEOUT_S = 10.0  # at shutdown, each: final commit, leave group, flush
 
 
 def process_age_s() -> float:
@@ -367,7 +367,11 @@ class Worker:
         self.stuck = sorted(task.get_name() for task in stuck)  # only if a cancellation is lost
         for name in self.stuck:
             log.error("task %s did not end when cancelled: exiting without it", name)
-        await self.checkpoint.commit()  # only acknowledged offsets: safe even after a fatal error
+        try:  # only acknowledged offsets: safe even after a fatal error
+            async with asyncio.timeout(KAFKA_CLIENT_STOP_TIMEOUT_S):
+                await self.checkpoint.commit()
+        except TimeoutError:  # a broker gone quiet cannot hold the exit
+            log.warning("the final commit did not finish: records since the last one are redone")
         log.info("stopped (drained=%s, in flight=%d)", drained, self.checkpoint.in_flight())
         return drained
 

@@ -158,9 +158,9 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
 async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path
 ) -> None:
-    """After a fatal error with the broker gone quiet (frozen), leaving the group and flushing
-    the producer would wait for it; each gives up after a bound, so that the process exits and
-    its supervisor restarts it."""
+    """After a fatal error with the broker gone quiet (frozen), the final commit, leaving the
+    group and flushing the producer would wait for it; each gives up after a bound, so that the
+    process exits and its supervisor restarts it."""
     from worker.app import KAFKA_CLIENT_STOP_TIMEOUT_S
 
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
@@ -168,12 +168,15 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     hang = asyncio.Event()
     real_stop = worker.consumer.stop
 
-    async def unanswered_stop() -> None:  # as aiokafka's, against a frozen broker
+    async def unanswered(*args: object) -> None:  # as aiokafka's, against a frozen broker
         await hang.wait()
 
-    worker.consumer.stop = unanswered_stop  # type: ignore[method-assign]
+    worker.consumer.stop = unanswered  # type: ignore[method-assign]
+    worker.consumer.commit = unanswered  # type: ignore[method-assign]
     running = await run_until_joined(worker)
     loop = asyncio.get_running_loop()
+    await produce(kafka_bootstrap, topics.input, [comment(f"m{i}", "hello") for i in range(5)])
+    await read_all(kafka_bootstrap, topics.output, 5, settle=0.5)  # scored, never committed
     worker.fail(RuntimeError("publishing failed"))
     stopping = loop.time()
     done, _ = await asyncio.wait({running}, timeout=KAFKA_CLIENT_STOP_TIMEOUT_S + 20)
@@ -182,4 +185,4 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     await running
     await real_stop()
     assert running in done and running.result() == 1, f"exited after {took:.1f} s"
-    assert took >= KAFKA_CLIENT_STOP_TIMEOUT_S - 1  # it did wait for the consumer, for a while
+    assert took >= 2 * KAFKA_CLIENT_STOP_TIMEOUT_S - 1  # it waited for commit and stop, a while
