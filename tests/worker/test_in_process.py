@@ -17,12 +17,13 @@ from testing.topics import Topics
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
 from worker.config import Settings, load_settings
+from worker.lifecycle import ShutdownTimeouts
 from worker.model import ServedModel, load_served_model
 
 pytestmark = pytest.mark.integration
 
 
-class FailsOnPoison:
+class FailsOnPoison(Backend):
     """The real backend, except that a forward pass containing the token `poison_id` fails."""
 
     def __init__(self, real: Backend, poison_id: int) -> None:
@@ -128,8 +129,7 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
 ) -> None:
     """A loop that survives its cancellation (as the commit loop did when Python 3.11's
     `asyncio.wait_for` lost one: CPython gh-86296) holds the shutdown for a bounded time only."""
-    from worker.app import TASK_CANCEL_TIMEOUT_S
-
+    timeouts = ShutdownTimeouts(task_cancel_s=0.5)
     released = asyncio.Event()
 
     async def stubborn(interval_s: float) -> None:
@@ -140,13 +140,13 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
                 continue
 
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
-    worker = Worker(settings_for(kafka_bootstrap, topics), model)
+    worker = Worker(settings_for(kafka_bootstrap, topics), model, timeouts=timeouts)
     worker.checkpoint.commit_periodically = stubborn  # type: ignore[method-assign]
     running = await run_until_joined(worker)
     loop = asyncio.get_running_loop()
     worker.request_stop()
     stopping = loop.time()
-    done, _ = await asyncio.wait({running}, timeout=TASK_CANCEL_TIMEOUT_S + 20)
+    done, _ = await asyncio.wait({running}, timeout=timeouts.task_cancel_s + 20)
     took = loop.time() - stopping
     released.set()  # else a shutdown that waits for it would never end
     await running
@@ -161,10 +161,9 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     """After a fatal error with the broker gone quiet (frozen), the final commit, leaving the
     group and flushing the producer would wait for it; each gives up after a bound, so that the
     process exits and its supervisor restarts it."""
-    from worker.app import KAFKA_CLIENT_STOP_TIMEOUT_S
-
+    timeouts = ShutdownTimeouts(kafka_client_stop_s=1.0)
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
-    worker = Worker(settings_for(kafka_bootstrap, topics), model)
+    worker = Worker(settings_for(kafka_bootstrap, topics), model, timeouts=timeouts)
     hang = asyncio.Event()
     real_stop = worker.consumer.stop
 
@@ -179,10 +178,10 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     await read_all(kafka_bootstrap, topics.output, 5, settle=0.5)  # scored, never committed
     worker.fail(RuntimeError("publishing failed"))
     stopping = loop.time()
-    done, _ = await asyncio.wait({running}, timeout=KAFKA_CLIENT_STOP_TIMEOUT_S + 20)
+    done, _ = await asyncio.wait({running}, timeout=timeouts.kafka_client_stop_s + 20)
     took = loop.time() - stopping
     hang.set()
     await running
     await real_stop()
     assert running in done and running.result() == 1, f"exited after {took:.1f} s"
-    assert took >= 2 * KAFKA_CLIENT_STOP_TIMEOUT_S - 1  # it waited for commit and stop, a while
+    assert took >= 2 * timeouts.kafka_client_stop_s * 0.9  # it waited for commit and stop
