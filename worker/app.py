@@ -35,15 +35,16 @@ from schemas import ThresholdPolicy
 from worker.batching import BatchQueue, warm_up_shapes
 from worker.checkpoint import Checkpoint, CheckpointListener
 from worker.config import Settings
-from worker.consume import ConsumeLoop, IntakeLimits, build_consumer
+from worker.consume import ConsumeLoop, IntakeLimits
 from worker.health import HealthServer
 from worker.http_api import PerspectiveApi
 from worker.inference import InferenceLoop
+from worker.kafka_clients import build_consumer, build_producer
 from worker.lifecycle import Feature, ShutdownTimeouts
 from worker.metrics import Metrics
 from worker.model import ServedModel, load_from_settings
 from worker.policy import PolicyHolder, PolicyWatcher, TenantSource
-from worker.publish import Publisher, build_producer
+from worker.publish import Publisher
 from worker.shadow import ShadowScorer
 from worker.tracing import Tracing
 

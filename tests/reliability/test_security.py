@@ -227,8 +227,7 @@ def test_tansu_native_tls(tmp_path: Path) -> None:
 async def test_sasl_and_tls_settings_reach_the_aiokafka_clients(
     mechanism: str, protocol: str, tmp_path: Path
 ) -> None:
-    from worker.consume import build_consumer
-    from worker.publish import build_producer
+    from worker.kafka_clients import build_consumer, build_producer
 
     ca, _, _ = make_certificates(tmp_path) if shutil.which("openssl") else (None, None, None)
     (tmp_path / "password").write_text("pa55word\n")
