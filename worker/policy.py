@@ -252,7 +252,7 @@ class PolicyWatcher(Feature):
 
     async def stop(self) -> None:
         self._stop.set()
-        await cancel_and_wait(self._task, 1.0)
+        await cancel_and_wait(self._task, 1.0)  # it waits on `_stop`: it ends at once
 
     async def run(self) -> None:
         while not self._stop.is_set():

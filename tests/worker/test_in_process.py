@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,22 @@ async def test_unreachable_broker_exits_nonzero(topics: Topics, tiny_model_dir: 
     settings = settings_for(f"127.0.0.1:{free_port()}", topics)
     model: ServedModel = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1
+
+
+async def test_a_feature_that_cannot_start_stops_the_worker(
+    kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The HTTP API's port is taken: the worker drains what it has and exits 1, one log line
+    naming the feature (no traceback out of `run`)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = settings_for(
+            kafka_bootstrap, topics, http_api_host="127.0.0.1", http_api_port=taken.getsockname()[1]
+        )
+        model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+        assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1
+    assert "http_api cannot start" in caplog.text
 
 
 async def run_until_joined(worker: Worker, timeout_s: float = 60) -> asyncio.Task[int]:
