@@ -126,7 +126,8 @@ async def test_a_feature_that_cannot_start_stops_the_worker(
             kafka_bootstrap, topics, http_api_host="127.0.0.1", http_api_port=taken.getsockname()[1]
         )
         model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
-        assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1
+        quick = ShutdownTimeouts(kafka_client_stop_s=1.0)  # leaving a group still joining
+        assert await asyncio.wait_for(Worker(settings, model, timeouts=quick).run(), 120) == 1
     assert "http_api cannot start" in caplog.text
 
 
