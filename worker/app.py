@@ -1,4 +1,6 @@
-"""The front door: `serve(settings)` loads the model, then `Worker` wires the pipeline and runs it.
+"""The running worker: `worker.cli.run_worker` loads what is served (`load_and_warm_up`, the
+policy, the shadow, tracing), then `serve` runs a `Worker`, which wires the pipeline and its
+optional parts (`worker.lifecycle.Feature`) and runs them until a stop or a fatal error.
 
     Kafka ─▶ ConsumeLoop (decode, tokenize once) ─▶ BatchQueue ─▶ InferenceLoop (backend)
                  │ bad records                                        │ scores
