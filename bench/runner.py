@@ -15,6 +15,7 @@ from typing import Any
 from bench import ceiling, end_to_end, http_api, naive, profile, report, variants
 from bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to, validation_split
 from testing.broker import broker_kind, kafka_broker
+from worker.app import GIL_SWITCH_INTERVAL_S
 from worker.config import Settings
 from worker.hardware import SPEED_FLAGS, usable_cpus
 from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_from_settings
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 REPORTED_SETTINGS = (
     "model", "device", "precision", "max_batch_size", "max_wait_ms", "max_length", "token_budget",
-    "torch_threads", "torch_interop_threads", "max_in_flight",
+    "inference_threads", "torch_interop_threads", "max_in_flight",
     "max_poll_records", "fetch_max_wait_ms",
     "producer_linger_ms", "producer_max_batch_bytes", "producer_compression",
 )  # fmt: skip
@@ -118,7 +119,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     # collection of its own would stall the paced producer and show up as worker latency.
     gc.collect()
     gc.freeze()
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # as in the worker, for (a)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as in the worker, for (a)
     machine = machine_info(model)
     sample = unique[: min(len(unique), 5000)]
     token_lengths = [len(ids) for ids in model.tokenizer.encode(sample)]

@@ -13,8 +13,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
+from worker.kafka_clients import Headers
+
 Message = tuple[bytes | None, bytes | None]  # (key, value)
-Headers = list[tuple[str, bytes]]
 
 
 async def create_topics(bootstrap: str, names: dict[str, int]) -> None:

@@ -1,4 +1,6 @@
-"""The front door: `serve(settings)` loads the model, then `Worker` wires the pipeline and runs it.
+"""The running worker: `worker.cli.run_worker` loads what is served (`load_and_warm_up`, the
+policy, the shadow, tracing), then `serve` runs a `Worker`, which wires the pipeline and its
+optional parts (`worker.lifecycle.Feature`) and runs them until a stop or a fatal error.
 
     Kafka ─▶ ConsumeLoop (decode, tokenize once) ─▶ BatchQueue ─▶ InferenceLoop (backend)
                  │ bad records                                        │ scores
@@ -35,22 +37,26 @@ from schemas import ThresholdPolicy
 from worker.batching import BatchQueue, warm_up_shapes
 from worker.checkpoint import Checkpoint, CheckpointListener
 from worker.config import Settings
-from worker.consume import ConsumeLoop, IntakeLimits, build_consumer
+from worker.consume import ConsumeLoop, IntakeLimits
 from worker.health import HealthServer
 from worker.http_api import PerspectiveApi
 from worker.inference import InferenceLoop
+from worker.kafka_clients import build_consumer, build_producer
+from worker.lifecycle import Feature, ShutdownTimeouts
 from worker.metrics import Metrics
 from worker.model import ServedModel, load_from_settings
-from worker.policy import PolicyHolder, PolicyWatcher, TenantSource, load_policy_file
-from worker.publish import Publisher, build_producer
+from worker.policy import PolicyHolder, PolicyWatcher, TenantSource
+from worker.publish import Publisher
 from worker.shadow import ShadowScorer
-from worker.tracing import Tracing, tracing_from_settings
+from worker.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
-SHADOW_DRAIN_S = 2.0  # at shutdown, after the primary: for the shadow queue, then its flush
-TASK_CANCEL_TIMEOUT_S = 5.0  # at shutdown: for the cancelled loops to end
-KAFKA_CLIENT_STOP_TIMEOUT_S = 10.0  # at shutdown, each: final commit, leave group, flush
+# How long a thread waiting for the GIL waits before the holder is asked to let go (Python's
+# default: 5 ms). The event loop, tokenizer and inference threads hand the GIL over several times
+# per record; 1 ms cut p50 and p99 at half load (measured: docs/benchmarks.md). A measured
+# constant, not a setting (it was MODERATION_GIL_SWITCH_INTERVAL_MS until issue 21).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def process_age_s() -> float:
@@ -96,7 +102,7 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
     # (docs/benchmarks.md). Frozen, they are never scanned again; what serving allocates still is.
     gc.collect()
     gc.freeze()
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     clock.lap("warm_up")
     contract, backend = model.contract, model.backend
     log.info(
@@ -109,8 +115,13 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
 
 class Worker:
     """One worker process: `await Worker(settings, model).run()` returns the exit code.
-    Construct it inside the running event loop (the Kafka clients bind to it). `tracing`:
-    OpenTelemetry hooks (default: from the settings, None unless `MODERATION_OTEL`)."""
+    Construct it inside the running event loop (the Kafka clients bind to it).
+
+    It is given what was loaded before (`worker.cli` composes it): `policy`, the policy read
+    from `settings.policy_file` (required when that is set; None: the model's thresholds);
+    `shadow`, a loaded shadow model; `tracing`, OpenTelemetry hooks (None: off). It loads
+    nothing itself. The optional parts it wires (`self.features`) share one lifecycle
+    (`worker.lifecycle.Feature`); `timeouts` bound each step of the shutdown."""
 
     def __init__(
         self,
@@ -121,11 +132,13 @@ class Worker:
         shadow: ServedModel | None = None,
         policy: ThresholdPolicy | None = None,
         tracing: Tracing | None = None,
+        timeouts: ShutdownTimeouts | None = None,
     ) -> None:
-        """`policy`: the policy file already read (else it is read here from `policy_file`;
-        `PolicyError` if it is not valid for the model); `shadow`: a loaded shadow model."""
+        if settings.policy_file is not None and policy is None:
+            raise ValueError("policy_file is set: pass the policy read from it (load_policy_file)")
         self.settings = settings
-        self.tracing = tracing if tracing is not None else tracing_from_settings(settings)
+        self.tracing = tracing
+        self.timeouts = timeouts = timeouts or ShutdownTimeouts()
         self.model = model
         self.clock = clock or StartupClock()
         self.metrics = Metrics()
@@ -135,8 +148,6 @@ class Worker:
         self.metrics.set_model(
             contract.model_name, contract.model_version, backend.device, list(contract.labels)
         )
-        if policy is None and settings.policy_file is not None:
-            policy = load_policy_file(settings.policy_file, contract.labels)
         self.policies = PolicyHolder(
             contract,
             policy,
@@ -144,25 +155,6 @@ class Worker:
             source=TenantSource(settings.tenant_field, settings.tenant_header),
             metrics=self.metrics,
         )
-        self.policy_watcher = (
-            None
-            if settings.policy_file is None
-            else PolicyWatcher(
-                settings.policy_file, self.policies, self.metrics, settings.policy_poll_interval_s
-            )
-        )
-        self.shadow: ShadowScorer | None = None
-        self.shadow_producer = None
-        if shadow is not None:
-            self.shadow_producer = build_producer(settings)
-            self.shadow = ShadowScorer(
-                shadow, model, self.shadow_producer, settings.shadow_output_topic, self.metrics,
-                settings.shadow_queue_batches,
-            )  # fmt: skip
-            self.metrics.set_shadow(
-                shadow.contract.model_name, shadow.contract.model_version, list(contract.labels),
-                settings.shadow_flip_rate_alert,
-            )  # fmt: skip
         self.consumer = build_consumer(settings)
         self.producer = build_producer(settings)
         self.checkpoint = Checkpoint(self.consumer, self.metrics, settings.shutdown_grace_s)
@@ -191,21 +183,39 @@ class Worker:
             ),
             self.tracing,
         )
-        self.inference_loop = InferenceLoop(
-            self.queue, model, self.inference_thread, self.publisher, self.metrics,
-            policies=self.policies, shadow=self.shadow, tracing=self.tracing,
-        )  # fmt: skip
-        self._side_tasks: dict[str, asyncio.Task[None]] = {}
-        self.http = HealthServer(self.metrics, self.is_ready)
+        # --- the optional parts: each a `Feature`, started and stopped in this order
+        self.policy_watcher: PolicyWatcher | None = None
+        if settings.policy_file is not None:
+            self.policy_watcher = PolicyWatcher(
+                settings.policy_file, self.policies, self.metrics, settings.policy_poll_interval_s
+            )
+        self.shadow: ShadowScorer | None = None
+        if shadow is not None:
+            self.shadow = ShadowScorer(
+                shadow, model, build_producer(settings), settings.shadow_output_topic,
+                self.metrics, settings.shadow_queue_batches, timeouts,
+            )  # fmt: skip
+            self.metrics.set_shadow(
+                shadow.contract.model_name, shadow.contract.model_version, list(contract.labels)
+            )
         self.api: PerspectiveApi | None = None  # the Perspective-compatible HTTP API, if asked for
         if settings.http_api_port is not None:
             self.api = PerspectiveApi(
                 settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving
             )
+        self.features: list[Feature] = [
+            f for f in (self.policy_watcher, self.shadow, self.api) if f is not None
+        ]
+        self.inference_loop = InferenceLoop(
+            self.queue, model, self.inference_thread, self.publisher, self.metrics,
+            policies=self.policies, shadow=self.shadow, tracing=self.tracing,
+        )  # fmt: skip
+        self.http = HealthServer(self.metrics, self.is_ready)
         self.joined = False
         self.fatal: BaseException | None = None
         self.stuck: list[str] = []  # tasks that did not end when cancelled at shutdown
         self._stop_requested = asyncio.Event()
+        self._started: list[Feature] = []  # features whose start was called
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -263,10 +273,7 @@ class Worker:
             }
             for task in tasks.values():
                 task.add_done_callback(self._task_done)
-            await self._start_side_tasks()
-            if self.api is not None:
-                await self.api.start(settings.http_api_host, settings.http_api_port or 0)
-                log.info("Perspective-compatible HTTP API on port %s", self.api.port)
+            await self._start_features()
             await self._stop_requested.wait()
             drained = await self._drain(tasks)
             return 1 if self.fatal is not None or not drained else 0
@@ -274,60 +281,33 @@ class Worker:
             self.metrics.ready.set(0)
             for client in (self.consumer, self.producer):  # a broker gone quiet cannot hold
                 with contextlib.suppress(Exception):  # the exit (so the pod is restarted)
-                    async with asyncio.timeout(KAFKA_CLIENT_STOP_TIMEOUT_S):
+                    async with asyncio.timeout(self.timeouts.kafka_client_stop_s):
                         await client.stop()
-            await self._stop_side_tasks()
-            if self.api is not None:
-                await self.api.stop()
+            await self._stop_features()
             await self.http.stop()
             self.inference_thread.shutdown(wait=False, cancel_futures=True)
             self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
             if self.tracing is not None:
                 self.tracing.shutdown()  # export the spans still buffered
 
-    async def _start_side_tasks(self) -> None:
-        """The policy watcher and the shadow: tasks the primary never waits on or fails with."""
-        if self.policy_watcher is not None:
-            self._side_tasks["policy"] = asyncio.create_task(
-                self.policy_watcher.run(), name="policy"
-            )
-        if self.shadow is not None and self.shadow_producer is not None:
+    async def _start_features(self) -> None:
+        """After the primary started; a feature that cannot start stops the worker (exit 1)."""
+        for feature in self.features:
+            self._started.append(feature)
             try:
-                await self.shadow_producer.start()
+                await feature.start()
             except Exception as exc:
-                log.error("shadow scoring off: its producer cannot start: %r", exc)
-                self.metrics.shadow_failures.labels("publish").inc()
-                self.shadow.close()
+                self.fail(RuntimeError(f"{feature.name} cannot start: {exc!r}"))
                 return
-            self._side_tasks["shadow"] = asyncio.create_task(self.shadow.run(), name="shadow")
-        for task in self._side_tasks.values():
-            task.add_done_callback(self._side_task_done)
 
-    def _side_task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s task ended: %r (the primary goes on)", task.get_name(), task.exception())
-
-    async def _stop_side_tasks(self) -> None:
-        """After the primary drained: the shadow finishes what is queued (within
-        SHADOW_DRAIN_S) and flushes; then both tasks are cancelled."""
-        if self.policy_watcher is not None:
-            self.policy_watcher.stop()
-        shadow_task = self._side_tasks.get("shadow")
-        if self.shadow is not None:
-            self.shadow.close()
-            if shadow_task is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(SHADOW_DRAIN_S):
-                        await asyncio.shield(shadow_task)
-                await self.shadow.flush(SHADOW_DRAIN_S)
-            self.shadow.shutdown()
-        for task in self._side_tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._side_tasks.values(), return_exceptions=True)
-        if self.shadow_producer is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(KAFKA_CLIENT_STOP_TIMEOUT_S):
-                    await self.shadow_producer.stop()
+    async def _stop_features(self) -> None:
+        """After the primary drained, in the order they were started; each bounds its own
+        waits (the shadow: `timeouts.shadow_drain_s` for its queue, then for its flush)."""
+        for feature in self._started:
+            try:
+                await feature.stop()
+            except Exception as exc:
+                log.error("%s did not stop cleanly: %r", feature.name, exc)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -349,8 +329,8 @@ class Worker:
             with contextlib.suppress(Exception):  # records of its last fetch are still queued
                 async with asyncio.timeout_at(deadline):
                     await tasks["consume"]
-            if self.api is not None:  # new requests: 503; queued ones are still answered
-                self.api.close()
+            for feature in self.features:  # e.g. the API: new requests 503, queued answered
+                feature.close()
             self.queue.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout_at(deadline):
@@ -363,12 +343,12 @@ class Worker:
                 log.error("grace period over with %d in flight", self.checkpoint.in_flight())
         for task in tasks.values():
             task.cancel()
-        _, stuck = await asyncio.wait(tasks.values(), timeout=TASK_CANCEL_TIMEOUT_S)
+        _, stuck = await asyncio.wait(tasks.values(), timeout=self.timeouts.task_cancel_s)
         self.stuck = sorted(task.get_name() for task in stuck)  # only if a cancellation is lost
         for name in self.stuck:
             log.error("task %s did not end when cancelled: exiting without it", name)
         try:  # only acknowledged offsets: safe even after a fatal error
-            async with asyncio.timeout(KAFKA_CLIENT_STOP_TIMEOUT_S):
+            async with asyncio.timeout(self.timeouts.kafka_client_stop_s):
                 await self.checkpoint.commit()
         except TimeoutError:  # a broker gone quiet cannot hold the exit
             log.warning("the final commit did not finish: records since the last one are redone")
@@ -385,7 +365,8 @@ async def serve(
     policy: ThresholdPolicy | None = None,
     tracing: Tracing | None = None,
 ) -> int:
-    """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code."""
+    """Run one worker until SIGTERM/SIGINT (drain) or a fatal error; returns the exit code.
+    What it serves is loaded by the caller (`worker.cli`); see `Worker`."""
     worker = Worker(settings, model, clock, shadow=shadow, policy=policy, tracing=tracing)
     install_signal_handlers(worker)
     code = await worker.run()

@@ -42,7 +42,8 @@ class TokenBatch:
 
 
 class Backend(Protocol):
-    """One model resident on one device. `infer` is called from one thread at a time."""
+    """One model resident on one device. `infer` and `infer_passes` are called from one thread
+    at a time. A class that subclasses `Backend` inherits `infer_passes` as one `infer` a pass."""
 
     kind: str  # "torch", "onnx", ...
     device: str  # "cpu", "cuda:0", ...
@@ -57,11 +58,8 @@ class Backend(Protocol):
         """(batch, labels) float32 probabilities: one sigmoid per label, never a softmax."""
         ...
 
-
-def infer_passes(backend: Backend, batches: list[TokenBatch]) -> list[np.ndarray]:
-    """The forward passes of one batch: in one call where the backend has `infer_passes` (the
-    traced torch graph on CPU releases the GIL once for all of them), else one `infer` each."""
-    run_all = getattr(backend, "infer_passes", None)
-    if run_all is not None:
-        return run_all(batches)
-    return [backend.infer(batch) for batch in batches]
+    def infer_passes(self, batches: list[TokenBatch]) -> list[np.ndarray]:
+        """The forward passes of one batch, each as `infer` would score it, in order. A backend
+        that can run them in one call does (the traced torch graph on CPU releases the GIL once
+        for all of them)."""
+        return [self.infer(batch) for batch in batches]

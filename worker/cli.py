@@ -17,6 +17,7 @@ from worker.config import (
     Settings,
     SettingsError,
     default_text,
+    deprecated_variables,
     env_names,
     load_settings,
     unknown_variables,
@@ -171,6 +172,33 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
     } | loaded
 
 
+def run_worker(settings: Settings) -> int:
+    """`run`: the composition root. Everything the worker serves is loaded (or refused) here,
+    cheapest check first, before anything connects; `Worker` only wires and runs it.
+    Raises ModelLoadError, PolicyError or TracingError (one line each)."""
+    from worker.model import plan_from_settings
+
+    plan_from_settings(settings)  # path, artifact and device: refused in well under 1 s
+    from worker.app import StartupClock, load_and_warm_up, serve
+    from worker.tracing import tracing_from_settings
+
+    clock = StartupClock()
+    tracing = tracing_from_settings(settings)  # before the model: refuse at once
+    model = load_and_warm_up(settings, clock)
+    policy = None
+    if settings.policy_file is not None:
+        from worker.policy import load_policy_file
+
+        policy = load_policy_file(settings.policy_file, model.contract.labels)
+        log.info("threshold policy %s from %s", policy.version, settings.policy_file)
+    shadow = None
+    if settings.shadow_model is not None:
+        from worker.shadow import load_shadow
+
+        shadow = load_shadow(settings, model)
+    return asyncio.run(serve(settings, model, clock, shadow=shadow, policy=policy, tracing=tracing))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # moved out of the product (issue 11)
@@ -188,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    for warning in unknown_variables():
+    for warning in unknown_variables() + deprecated_variables():
         log.warning("%s", warning)
     if args.command == "dlq":
         from worker import dlq_cli
@@ -196,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return dlq_cli.run(args, settings)
     from worker.backend import ModelLoadError
     from worker.policy import PolicyError
-    from worker.tracing import TracingError, tracing_from_settings
+    from worker.tracing import TracingError
 
     try:
         if args.command == "info":
@@ -208,28 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key}: {value}")
             return 0
         log.info("starting with %s", settings.redacted())
-        from worker.model import plan_from_settings
-
-        plan_from_settings(settings)  # path, artifact and device: refused in well under 1 s
-        from worker.app import StartupClock, load_and_warm_up, serve
-
-        clock = StartupClock()
-        tracing = tracing_from_settings(settings)  # before the model: refuse at once
-        model = load_and_warm_up(settings, clock)
-        policy = None
-        if settings.policy_file is not None:
-            from worker.policy import load_policy_file
-
-            policy = load_policy_file(settings.policy_file, model.contract.labels)
-            log.info("threshold policy %s from %s", policy.version, settings.policy_file)
-        shadow = None
-        if settings.shadow_model is not None:
-            from worker.shadow import load_shadow
-
-            shadow = load_shadow(settings, model)
-        return asyncio.run(
-            serve(settings, model, clock, shadow=shadow, policy=policy, tracing=tracing)
-        )
+        return run_worker(settings)
     except (ModelLoadError, PolicyError, TracingError) as exc:
         print(f"moderation-worker: {exc}", file=sys.stderr)
         return 2

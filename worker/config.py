@@ -31,7 +31,13 @@ BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 RETIRED_VARIABLES = {
     "MODERATION_OVERLAP_TOKENIZATION": "removed in issue 11: every record is tokenized once, "
     "on arrival, overlapping inference",
+    "MODERATION_GIL_SWITCH_INTERVAL_MS": "removed in issue 21: a measured constant of the "
+    "worker now (1 ms, docs/benchmarks.md)",
+    "MODERATION_SHADOW_FLIP_RATE_ALERT": "removed in issue 21: the bound (5 %) is in the alert "
+    "rule ModerationWorkerShadowFlagFlipRateHigh (deploy/prometheus/alerts.yaml)",
 }
+# Old names still read (with a warning at start): old name -> the field it sets
+DEPRECATED_VARIABLES = {"MODERATION_TORCH_THREADS": "inference_threads"}  # until issue 21
 # host:port, the host a name, an IPv4 address or a bracketed IPv6 address
 _BROKER = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[^:]*)$")
 
@@ -122,9 +128,17 @@ class Settings(BaseSettings):
     """Larger texts are dead-lettered (text_too_large)."""
     max_in_flight: Annotated[int, Field(ge=1)] = 2048
     """Records consumed but not yet acknowledged, at most; at the limit the partitions pause."""
-    torch_threads: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
+    inference_threads: Annotated[
+        Literal["auto"] | Annotated[int, Field(ge=0)],
+        Field(
+            validation_alias=AliasChoices(
+                "MODERATION_INFERENCE_THREADS", "MODERATION_TORCH_THREADS"
+            )
+        ),
+    ] = "auto"
     """Intra-op threads of the backend (torch or ONNX Runtime); auto or 0: from the CPUs this
-    process may use (affinity mask and cgroup quota), see worker/hardware.py."""
+    process may use (affinity mask and cgroup quota), see worker/hardware.py. Also read from
+    MODERATION_TORCH_THREADS (deprecated)."""
     torch_interop_threads: Annotated[int, Field(ge=0)] = 0
     """torch inter-op threads (0: torch's default)."""
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
@@ -137,10 +151,6 @@ class Settings(BaseSettings):
     token_budget: Annotated[int, Field(ge=0)] = 2048
     """Padded tokens per forward pass: a batch is sorted by length and cut into passes of at
     most this many (0: off)."""
-    gil_switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
-    """How long a thread waiting for the GIL waits before the holder is asked to let go
-    (Python's default: 5). The event loop, tokenizer and inference threads hand the GIL over
-    several times per record; 1 cut p50 and p99 at half load (docs/benchmarks.md)."""
 
     # Threshold policy (worker/policy.py): a YAML or JSON file, re-read when it changes
     policy_file: Path | None = None
@@ -161,8 +171,6 @@ class Settings(BaseSettings):
     """Topic of the shadow's scores; unset: <output topic>-shadow."""
     shadow_queue_batches: Annotated[int, Field(ge=1, le=1024)] = 4
     """Batches the shadow may have waiting; beyond that, batches are skipped and counted."""
-    shadow_flip_rate_alert: Annotated[float, Field(gt=0, le=1)] = 0.05
-    """Flag flip rate per label above which the shadow alert fires (exported as a gauge)."""
 
     # Tracing
     otel: bool = False
@@ -298,7 +306,7 @@ def _field_of(loc: str) -> str | None:
     """The settings field an error location names (a field or one of its variables)."""
     if loc in Settings.model_fields:
         return loc
-    return env_names().get(loc.upper())
+    return (env_names() | DEPRECATED_VARIABLES).get(loc.upper())
 
 
 def _message(error: Mapping[str, Any]) -> str:
@@ -314,7 +322,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     known = env_names()
     warnings = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in known:
+        if not name.startswith(ENV_PREFIX) or name in known or name in DEPRECATED_VARIABLES:
             continue
         if name in RETIRED_VARIABLES:
             warnings.append(f"{name} is ignored: {RETIRED_VARIABLES[name]}")
@@ -324,6 +332,17 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
         hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
         warnings.append(f"unknown setting {name} is ignored{hint} (settings: docs/CONTRACTS.md)")
     return warnings
+
+
+def deprecated_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per deprecated variable set (it is still read; the new name wins)."""
+    environ = os.environ if environ is None else environ
+    return [
+        f"{name} is deprecated: set {_env_name(field)} instead (both are read; where both are "
+        f"set, {_env_name(field)} wins)"
+        for name, field in DEPRECATED_VARIABLES.items()
+        if name in environ
+    ]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -336,7 +355,7 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = _field_of(".".join(str(p) for p in error["loc"]))
+        field = _field_of(str(error["loc"][0])) if error["loc"] else None  # [1:]: a union's arm
         where = f"{field} ({_env_name(field)})" if field else "settings"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise SettingsError(f"invalid {where}: {_message(error)}{more}") from None

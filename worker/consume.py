@@ -14,7 +14,6 @@ from aiokafka.structs import ConsumerRecord
 from schemas import ErrorKind
 from worker.batching import BatchQueue, Tokenized
 from worker.checkpoint import Checkpoint
-from worker.config import Settings
 from worker.decode import InvalidMessage, decode_comment
 from worker.metrics import Metrics
 from worker.publish import Publisher
@@ -25,21 +24,6 @@ from worker.tracing import Tracing
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_MS = 100
-
-
-def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=settings.client_id,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset=settings.auto_offset_reset,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 10),
-        max_poll_records=settings.max_poll_records,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        **settings.kafka_security_kwargs(),
-    )
 
 
 @dataclass(frozen=True, slots=True)

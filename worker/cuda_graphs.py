@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
-from worker.backend import SHAPE_MULTIPLE, TokenBatch
+from worker.backend import TokenBatch
+from worker.batching import warm_up_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -41,24 +42,12 @@ WARMUP_RUNS = 2  # eager runs on a side stream before a capture (cuBLAS handles,
 
 
 def graph_buckets(
-    max_batch_size: int,
-    token_budget: int,
-    max_length: int,
-    multiple: int = SHAPE_MULTIPLE,
-    max_graphs: int | None = MAX_GRAPHS,
+    max_batch_size: int, token_budget: int, max_length: int, max_graphs: int | None = MAX_GRAPHS
 ) -> list[Shape]:
-    """Every (batch size, padded length) shape the batcher can cut, as
-    `worker.batching.warm_up_shapes` enumerates them (lengths padded to `multiple`, at most
-    `token_budget` padded tokens a pass; without a budget, one record of each length), sorted by
+    """The buckets of these settings: every shape the batcher can cut
+    (`worker.batching.warm_up_shapes`, what the worker's warm-up captures), sorted by
     (length, batch) and capped by `select_buckets`."""
-    if max_batch_size < 1 or max_length < 1 or multiple < 1:
-        raise ValueError("max_batch_size, max_length and multiple must be >= 1")
-    top = -(-max_length // multiple) * multiple
-    shapes: list[Shape] = []
-    for length in range(multiple, top + 1, multiple):
-        largest = min(max_batch_size, token_budget // length) if token_budget > 0 else 1
-        shapes.extend((batch, length) for batch in range(1, max(1, largest) + 1))
-    return select_buckets(shapes, max_graphs)
+    return select_buckets(warm_up_shapes(max_batch_size, token_budget, max_length), max_graphs)
 
 
 def select_buckets(shapes: Iterable[Shape], max_graphs: int | None = MAX_GRAPHS) -> list[Shape]:

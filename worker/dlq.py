@@ -31,8 +31,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetterHeaders, ErrorKind, RedriveHeaders
 from worker.config import Settings
-
-Headers = list[tuple[str, bytes]]
+from worker.kafka_clients import Headers, build_dlq_consumer, build_dlq_producer
 
 DEAD_LETTER_HEADERS = frozenset(
     field.alias for field in DeadLetterHeaders.model_fields.values() if field.alias
@@ -158,17 +157,6 @@ def age_bucket(timestamp_ms: int, now_ms: int) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-def build_consumer(settings: Settings, group_id: str | None) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-dlq",
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **settings.kafka_security_kwargs(),
-    )
-
-
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     if topic not in await consumer.topics():
         raise DlqError(f"topic {topic!r} does not exist", exit_code=2)
@@ -286,7 +274,7 @@ async def inspect(
 ) -> Inspection:
     """Read the whole dead-letter topic (no consumer group, nothing committed)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    consumer = build_consumer(settings, group_id=None)
+    consumer = build_dlq_consumer(settings, group_id=None)
     await _start(consumer, settings)
     report = Inspection(settings.dlq_topic)
     try:
@@ -366,7 +354,7 @@ async def redrive(
         settings.dlq_topic, to or settings.input_topic, kind.value, group, execute, since_ms,
         until_ms,
     )  # fmt: skip
-    consumer = build_consumer(settings, group_id=group)
+    consumer = build_dlq_consumer(settings, group_id=group)
     await _start(consumer, settings)
     producer: AIOKafkaProducer | None = None
     try:
@@ -374,12 +362,7 @@ async def redrive(
         if execute:
             if report.to not in await consumer.topics():
                 raise DlqError(f"topic {report.to!r} does not exist", exit_code=2)
-            producer = AIOKafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers,
-                client_id=f"{settings.client_id}-dlq",
-                acks="all",
-                **settings.kafka_security_kwargs(),
-            )
+            producer = build_dlq_producer(settings)
             await producer.start()
         consumer.assign(tps)
         beginnings = await consumer.beginning_offsets(tps)

@@ -27,6 +27,7 @@ from aiohttp import web
 from worker.batching import BatchQueue, Tokenized
 from worker.config import Settings
 from worker.health import start_site
+from worker.lifecycle import Feature
 from worker.metrics import Metrics
 from worker.model import ServedModel
 from worker.perspective import (
@@ -53,8 +54,10 @@ def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type=JSON)
 
 
-class PerspectiveApi:
+class PerspectiveApi(Feature):
     """The HTTP front door; `serving()` is asked on every request (False: 503)."""
+
+    name = "http_api"
 
     def __init__(
         self,
@@ -70,6 +73,7 @@ class PerspectiveApi:
         self._tokenize_executor = tokenize_executor
         self._metrics = metrics
         self._serving = serving
+        self._host, self._port = settings.http_api_host, settings.http_api_port or 0
         self._key = settings.http_api_key.get_secret_value() if settings.http_api_key else None
         self._max_text_bytes = settings.http_api_max_text_bytes
         self._max_pending = settings.http_api_max_pending
@@ -89,8 +93,9 @@ class PerspectiveApi:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> None:
-        self.port = await start_site(self._runner, host, port)
+    async def start(self) -> None:
+        self.port = await start_site(self._runner, self._host, self._port)
+        log.info("Perspective-compatible HTTP API on port %s", self.port)
 
     def close(self) -> None:
         """No new requests (503); those queued are still answered by the draining loop."""

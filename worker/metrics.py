@@ -134,10 +134,6 @@ class Metrics:
             "moderation_shadow_score_difference", "|primary - shadow| score per comment and label.",
             ["label"], buckets=SCORE_DIFF_BUCKETS, registry=r,
         )  # fmt: skip
-        self.shadow_flip_rate_bound = Gauge(
-            "moderation_shadow_flip_rate_bound",
-            "Flag flip rate per label above which the shadow alert fires (a setting).", registry=r,
-        )  # fmt: skip
 
     def init_labels(self, input_topic: str) -> None:
         """Export every known label value at 0 from the start, so rates see the first event."""
@@ -161,12 +157,9 @@ class Metrics:
             {"name": name, "version": version, "device": device, "labels": ",".join(labels)}
         )
 
-    def set_shadow(
-        self, name: str, version: str, labels: list[str], flip_rate_bound: float
-    ) -> None:
-        """A shadow is attached: its identity, the alert bound, every label series at 0."""
+    def set_shadow(self, name: str, version: str, labels: list[str]) -> None:
+        """A shadow is attached: its identity, every label series at 0."""
         self.shadow_model_info.info({"name": name, "version": version})
-        self.shadow_flip_rate_bound.set(flip_rate_bound)
         for label in labels:
             self.shadow_score_diff.labels(label)
             for direction in FLIP_DIRECTIONS:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from schemas.artifact import ArtifactContract, ArtifactError, read_contract
-from worker.backend import Backend, ModelLoadError, infer_passes
+from worker.backend import Backend, ModelLoadError
 from worker.batching import forward_passes
 from worker.config import Settings
 from worker.runtime import Runtime, choose_runtime
@@ -52,7 +52,7 @@ class ServedModel:
         probabilities = np.empty((len(sequences), len(self.contract.labels)), dtype=np.float32)
         passes = forward_passes([len(ids) for ids in sequences], self.token_budget)
         padded = [self.tokenizer.pad([sequences[i] for i in indices]) for indices in passes]
-        for indices, rows in zip(passes, infer_passes(self.backend, padded), strict=True):
+        for indices, rows in zip(passes, self.backend.infer_passes(padded), strict=True):
             probabilities[indices] = rows
         return probabilities
 
@@ -172,7 +172,7 @@ def plan_from_settings(settings: Settings) -> ModelPlan:
         backend=settings.backend,
         device=settings.device,
         precision=settings.precision,
-        threads=settings.torch_threads,
+        threads=settings.inference_threads,
     )
 
 
@@ -183,7 +183,7 @@ def load_from_settings(settings: Settings, **overrides: str | int) -> ServedMode
         "backend": settings.backend,
         "device": settings.device,
         "precision": settings.precision,
-        "threads": settings.torch_threads,
+        "threads": settings.inference_threads,
         "interop_threads": settings.torch_interop_threads,
         "max_length": settings.max_length,
         "token_budget": settings.token_budget,

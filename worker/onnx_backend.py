@@ -25,7 +25,7 @@ from schemas.artifact import (
     WEIGHTS_FILE,
     weights_version,
 )
-from worker.backend import ModelLoadError, TokenBatch
+from worker.backend import Backend, ModelLoadError, TokenBatch
 
 MODEL_FILES = ONNX_FILES
 OUTPUT_NAME = ONNX_OUTPUT
@@ -38,7 +38,7 @@ EXPORT_HINT = (
 )
 
 
-class OnnxBackend:
+class OnnxBackend(Backend):
     """One ONNX Runtime session over an exported artifact; `infer` from one thread at a time."""
 
     kind = "onnx"

@@ -30,6 +30,7 @@ import yaml
 from pydantic import ValidationError
 
 from schemas import MODEL_POLICY_VERSION, ArtifactContract, ThresholdPolicy
+from worker.lifecycle import Feature, cancel_and_wait, side_task
 from worker.metrics import Metrics
 from worker.records import InFlight
 
@@ -229,8 +230,10 @@ class _Seen:
     mtime_ns: int
 
 
-class PolicyWatcher:
+class PolicyWatcher(Feature):
     """Polls the policy file every `interval_s`; reloads on a content change (see the module)."""
+
+    name = "policy"
 
     def __init__(
         self, path: Path, holder: PolicyHolder, metrics: Metrics, interval_s: float
@@ -242,9 +245,14 @@ class PolicyWatcher:
         self._seen = self._stat()
         self._digest = self._hash(self._read()) if self._seen else None
         self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
-    def stop(self) -> None:
+    async def start(self) -> None:
+        self._task = side_task(self.run(), self.name)
+
+    async def stop(self) -> None:
         self._stop.set()
+        await cancel_and_wait(self._task, 1.0)  # it waits on `_stop`: it ends at once
 
     async def run(self) -> None:
         while not self._stop.is_set():

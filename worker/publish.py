@@ -31,30 +31,13 @@ from schemas import (
     ScoredComment,
 )
 from worker.checkpoint import Checkpoint
-from worker.config import Settings
+from worker.kafka_clients import Headers
 from worker.metrics import Metrics
 from worker.policy import Policy
 from worker.records import InFlight
 from worker.tracing import Tracing, trace_headers
 
 log = logging.getLogger(__name__)
-
-Headers = list[tuple[str, bytes]]
-
-
-def build_producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=settings.client_id,
-        acks="all",
-        enable_idempotence=settings.producer_idempotence,
-        linger_ms=settings.producer_linger_ms,
-        max_batch_size=settings.producer_max_batch_bytes,
-        compression_type=None
-        if settings.producer_compression == "none"
-        else settings.producer_compression,
-        **settings.kafka_security_kwargs(),
-    )
 
 
 def encode_output(

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 from worker.backend import ModelLoadError
 from worker.batching import Tokenized, warm_up_shapes
 from worker.config import Settings
+from worker.lifecycle import Feature, ShutdownTimeouts, cancel_and_wait, side_task
 from worker.metrics import FLIP_DIRECTIONS, Metrics
 from worker.model import ServedModel, load_from_settings
 from worker.policy import Policies
@@ -88,8 +89,14 @@ class _Job:
     policies: Policies  # the policies the primary's outputs of this batch followed
 
 
-class ShadowScorer:
-    """Scores submitted batches with the shadow model and publishes them (see the module)."""
+class ShadowScorer(Feature):
+    """Scores submitted batches with the shadow model and publishes them (see the module).
+    As a `Feature` it owns its producer and its task: `start` starts both (a producer that
+    cannot start turns the shadow off, not the worker); `stop`, after the primary drained,
+    finishes what is queued and flushes (each within `timeouts.shadow_drain_s`), then stops
+    the producer (within `timeouts.kafka_client_stop_s`)."""
+
+    name = "shadow"
 
     def __init__(
         self,
@@ -99,9 +106,12 @@ class ShadowScorer:
         topic: str,
         metrics: Metrics,
         max_batches: int,
+        timeouts: ShutdownTimeouts | None = None,
     ) -> None:
         check_shadow(primary, model)
         self.model = model
+        self._timeouts = timeouts or ShutdownTimeouts()
+        self._task: asyncio.Task[None] | None = None
         self.topic = topic
         self.same_tokens = same_tokenizer(primary.tokenizer, model.tokenizer)
         self._producer = producer
@@ -136,10 +146,37 @@ class ShadowScorer:
         except Exception as exc:  # the primary goes on whatever happens here
             self._failed("infer", exc)
 
-    def close(self) -> None:
+    def _end_of_input(self) -> None:
         """No more batches: `run` finishes what is queued, then returns."""
         self._closed = True
         self._wake.set()
+
+    # --- lifecycle (`worker.lifecycle.Feature`) ----------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except Exception as exc:
+            log.error("shadow scoring off: its producer cannot start: %r", exc)
+            self._metrics.shadow_failures.labels("publish").inc()
+            self._end_of_input()
+            return
+        self._task = side_task(self.run(), self.name)
+
+    async def stop(self) -> None:
+        """The primary has drained (its last batches are submitted): finish and release."""
+        self._end_of_input()
+        drain_s = self._timeouts.shadow_drain_s
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(drain_s):
+                    await asyncio.shield(self._task)
+            await self.flush(drain_s)
+        self.shutdown()
+        await cancel_and_wait(self._task, self._timeouts.task_cancel_s)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeouts.kafka_client_stop_s):
+                await self._producer.stop()
 
     # --- the shadow's own task and thread ---------------------------------------------------
 

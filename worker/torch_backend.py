@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.backend import ModelLoadError, TokenBatch
+from worker.backend import Backend, ModelLoadError, TokenBatch
 from worker.cuda_graphs import CudaGraphRunner
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def trace_on_cpu(model: torch.nn.Module, uses_token_types: bool) -> torch.jit.Sc
         return torch.jit.freeze(torch.jit.script(_Passes(traced)).eval())
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """`AutoModelForSequenceClassification` in inference mode; sigmoid per label. On CPU the
     forward pass is a traced TorchScript graph (`trace_on_cpu`); on CUDA, eager with one CUDA
     graph per batch shape."""
@@ -202,6 +202,8 @@ class TorchBackend:
             self.infer(TokenBatch(ids, np.ones_like(ids), ids))
 
     def infer_passes(self, batches: list[TokenBatch]) -> list[np.ndarray]:
+        """On CPU, all passes in one call of the traced graph; else (CUDA graphs, eager) one
+        `infer` each."""
         if self._traced is None:
             return [self.infer(batch) for batch in batches]
         tensors = [

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from worker.config import Settings
+    from worker.kafka_clients import Headers
     from worker.records import InFlight
 
 TRACE_HEADERS = ("traceparent", "tracestate")
-
-Headers = list[tuple[str, bytes]]
 
 
 def trace_headers(headers: Iterable[tuple[str, bytes]] | None) -> Headers:

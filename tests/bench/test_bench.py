@@ -52,7 +52,7 @@ def test_bench_quick_writes_every_figure(
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "MODERATION_MODEL": str(tiny_model_dir),
         "MODERATION_DEVICE": "cpu",
-        "MODERATION_TORCH_THREADS": "1",
+        "MODERATION_INFERENCE_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
     out = tmp_path / "results"

@@ -254,7 +254,7 @@ def test_gpu_overlay_requests_a_gpu_and_cpu_overlay_does_not(builds: dict[str, A
     assert container(builds["cpu"])["image"].endswith("-cpu")
     assert cpu["requests"]["cpu"] == cpu["limits"]["cpu"]
     # threads stay auto (0): chosen from the pod's CPU quota at start (worker/hardware.py)
-    assert configmap(builds["cpu"])["MODERATION_TORCH_THREADS"] in ("0", "auto")
+    assert configmap(builds["cpu"])["MODERATION_INFERENCE_THREADS"] in ("0", "auto")
 
 
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:

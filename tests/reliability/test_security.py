@@ -227,8 +227,12 @@ def test_tansu_native_tls(tmp_path: Path) -> None:
 async def test_sasl_and_tls_settings_reach_the_aiokafka_clients(
     mechanism: str, protocol: str, tmp_path: Path
 ) -> None:
-    from worker.consume import build_consumer
-    from worker.publish import build_producer
+    from worker.kafka_clients import (
+        build_consumer,
+        build_dlq_consumer,
+        build_dlq_producer,
+        build_producer,
+    )
 
     ca, _, _ = make_certificates(tmp_path) if shutil.which("openssl") else (None, None, None)
     (tmp_path / "password").write_text("pa55word\n")
@@ -237,17 +241,18 @@ async def test_sasl_and_tls_settings_reach_the_aiokafka_clients(
         sasl_password_file=str(tmp_path / "password"),
         ssl_cafile=str(ca) if ca and protocol == "SASL_SSL" else None,
     )  # fmt: skip
-    consumer, producer = build_consumer(settings), build_producer(settings)
+    consumers = [build_consumer(settings), build_dlq_consumer(settings, None)]  # the worker's
+    producers = [build_producer(settings), build_dlq_producer(settings)]  # and `dlq`'s
     try:
-        for client in (consumer._client, producer.client):
+        for client in [c._client for c in consumers] + [p.client for p in producers]:
             assert client._security_protocol == protocol
             assert client._sasl_mechanism == mechanism
             assert client._sasl_plain_username == "moderation"
             assert client._sasl_plain_password == "pa55word"
             assert (client._ssl_context is not None) == (protocol == "SASL_SSL")
     finally:
-        await producer.stop()
-        await consumer.stop()
+        for client in [*producers, *consumers]:
+            await client.stop()
     assert "pa55word" not in str(settings.redacted()) and "pa55word" not in repr(settings)
 
 

@@ -116,6 +116,17 @@ def test_unknown_moderation_variables_are_named_with_the_closest_setting() -> No
     assert "MODERATION_ZZZ is ignored (settings: docs/CONTRACTS.md)" in warnings[1]
 
 
+def test_the_old_threads_variable_still_works_with_one_warning_at_start() -> None:
+    code, lines, _ = run_cli(
+        "info", "--json", env={"MODERATION_DEVICE": "cpu", "MODERATION_TORCH_THREADS": "1"}
+    )
+    assert code == 0, lines
+    warnings = [line for line in lines if "MODERATION_TORCH_THREADS" in line]
+    assert len(warnings) == 1, lines
+    assert "deprecated: set MODERATION_INFERENCE_THREADS instead" in warnings[0]
+    assert not [line for line in lines if "unknown setting" in line], lines
+
+
 def test_run_help_shows_defaults_and_every_setting() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "worker", "run", "--help"],

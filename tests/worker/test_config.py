@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import SettingsError, load_settings
+from worker.config import SettingsError, deprecated_variables, load_settings, unknown_variables
 
 
 def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -16,6 +16,38 @@ def test_settings_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.bootstrap_servers == "broker-1:9092,broker-2:9092"
     assert settings.max_batch_size == 32 and settings.max_wait_ms == 3
     assert load_settings(bootstrap_servers="other:1").bootstrap_servers == "other:1"
+
+
+def test_inference_threads_under_its_new_and_its_deprecated_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().inference_threads == "auto"
+    monkeypatch.setenv("MODERATION_TORCH_THREADS", "3")
+    assert load_settings().inference_threads == 3  # the old name still works
+    monkeypatch.setenv("MODERATION_INFERENCE_THREADS", "2")
+    assert load_settings().inference_threads == 2  # where both are set, the new name wins
+    assert load_settings(inference_threads=1).inference_threads == 1  # the flag/override
+    monkeypatch.delenv("MODERATION_INFERENCE_THREADS")
+    monkeypatch.setenv("MODERATION_TORCH_THREADS", "many")
+    with pytest.raises(SettingsError, match=r"invalid inference_threads \(MODERATION_INFER"):
+        load_settings()
+
+
+def test_deprecated_and_removed_variables_are_named() -> None:
+    environ = {
+        "MODERATION_TORCH_THREADS": "2",
+        "MODERATION_INFERENCE_THREADS": "2",
+        "MODERATION_GIL_SWITCH_INTERVAL_MS": "1",
+        "MODERATION_SHADOW_FLIP_RATE_ALERT": "0.1",
+    }
+    [deprecated] = deprecated_variables(environ)
+    assert deprecated.startswith("MODERATION_TORCH_THREADS is deprecated: set MODERATION_INFE")
+    assert deprecated_variables({"MODERATION_INFERENCE_THREADS": "2"}) == []
+    ignored = unknown_variables(environ)
+    assert [w.split()[0] for w in ignored] == [
+        "MODERATION_GIL_SWITCH_INTERVAL_MS", "MODERATION_SHADOW_FLIP_RATE_ALERT",
+    ]  # fmt: skip
+    assert all("is ignored: removed in issue 21" in w for w in ignored)
 
 
 @pytest.mark.parametrize(

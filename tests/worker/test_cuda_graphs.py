@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from testing.models import SAMPLE_TEXTS
 from worker.backend import TokenBatch
-from worker.batching import forward_passes, padded_length, warm_up_shapes
+from worker.batching import forward_passes, padded_length
 from worker.cuda_graphs import (
     CudaGraphRunner,
     GraphBook,
@@ -47,21 +47,6 @@ def test_without_a_budget_one_record_of_each_length() -> None:
 
 def test_a_length_over_the_budget_still_gets_a_single_record_bucket() -> None:
     assert graph_buckets(8, 64, 128) == [(1, 32), (2, 32), (1, 64), (1, 96), (1, 128)]
-
-
-def test_other_shape_multiples() -> None:
-    assert graph_buckets(4, 64, 20, multiple=8) == [
-        (1, 8), (2, 8), (3, 8), (4, 8), (1, 16), (2, 16), (3, 16), (4, 16), (1, 24), (2, 24),
-    ]  # fmt: skip
-    with pytest.raises(ValueError):
-        graph_buckets(0, 2048, 128)
-
-
-@settings(max_examples=60, deadline=None)
-@given(max_batch=st.integers(1, 200), budget=st.integers(0, 6000), max_length=st.integers(8, 600))
-def test_buckets_are_the_batchers_warm_up_shapes(max_batch: int, budget: int, max_length: int):
-    expected = sorted(set(warm_up_shapes(max_batch, budget, max_length)), key=lambda s: (s[1], s))
-    assert graph_buckets(max_batch, budget, max_length, max_graphs=None) == expected
 
 
 @settings(max_examples=80, deadline=None)

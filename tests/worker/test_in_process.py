@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,13 @@ from testing.topics import Topics
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
 from worker.config import Settings, load_settings
+from worker.lifecycle import ShutdownTimeouts
 from worker.model import ServedModel, load_served_model
 
 pytestmark = pytest.mark.integration
 
 
-class FailsOnPoison:
+class FailsOnPoison(Backend):
     """The real backend, except that a forward pass containing the token `poison_id` fails."""
 
     def __init__(self, real: Backend, poison_id: int) -> None:
@@ -112,6 +114,23 @@ async def test_unreachable_broker_exits_nonzero(topics: Topics, tiny_model_dir: 
     assert await asyncio.wait_for(Worker(settings, model).run(), 120) == 1
 
 
+async def test_a_feature_that_cannot_start_stops_the_worker(
+    kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The HTTP API's port is taken: the worker drains what it has and exits 1, one log line
+    naming the feature (no traceback out of `run`)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = settings_for(
+            kafka_bootstrap, topics, http_api_host="127.0.0.1", http_api_port=taken.getsockname()[1]
+        )
+        model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+        quick = ShutdownTimeouts(kafka_client_stop_s=1.0)  # leaving a group still joining
+        assert await asyncio.wait_for(Worker(settings, model, timeouts=quick).run(), 120) == 1
+    assert "http_api cannot start" in caplog.text
+
+
 async def run_until_joined(worker: Worker, timeout_s: float = 60) -> asyncio.Task[int]:
     """`worker.run()` as a task, once the worker has joined its group."""
     running = asyncio.create_task(worker.run())
@@ -128,8 +147,7 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
 ) -> None:
     """A loop that survives its cancellation (as the commit loop did when Python 3.11's
     `asyncio.wait_for` lost one: CPython gh-86296) holds the shutdown for a bounded time only."""
-    from worker.app import TASK_CANCEL_TIMEOUT_S
-
+    timeouts = ShutdownTimeouts(task_cancel_s=0.5)
     released = asyncio.Event()
 
     async def stubborn(interval_s: float) -> None:
@@ -140,13 +158,13 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
                 continue
 
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
-    worker = Worker(settings_for(kafka_bootstrap, topics), model)
+    worker = Worker(settings_for(kafka_bootstrap, topics), model, timeouts=timeouts)
     worker.checkpoint.commit_periodically = stubborn  # type: ignore[method-assign]
     running = await run_until_joined(worker)
     loop = asyncio.get_running_loop()
     worker.request_stop()
     stopping = loop.time()
-    done, _ = await asyncio.wait({running}, timeout=TASK_CANCEL_TIMEOUT_S + 20)
+    done, _ = await asyncio.wait({running}, timeout=timeouts.task_cancel_s + 20)
     took = loop.time() - stopping
     released.set()  # else a shutdown that waits for it would never end
     await running
@@ -161,10 +179,9 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     """After a fatal error with the broker gone quiet (frozen), the final commit, leaving the
     group and flushing the producer would wait for it; each gives up after a bound, so that the
     process exits and its supervisor restarts it."""
-    from worker.app import KAFKA_CLIENT_STOP_TIMEOUT_S
-
+    timeouts = ShutdownTimeouts(kafka_client_stop_s=1.0)
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
-    worker = Worker(settings_for(kafka_bootstrap, topics), model)
+    worker = Worker(settings_for(kafka_bootstrap, topics), model, timeouts=timeouts)
     hang = asyncio.Event()
     real_stop = worker.consumer.stop
 
@@ -179,10 +196,10 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     await read_all(kafka_bootstrap, topics.output, 5, settle=0.5)  # scored, never committed
     worker.fail(RuntimeError("publishing failed"))
     stopping = loop.time()
-    done, _ = await asyncio.wait({running}, timeout=KAFKA_CLIENT_STOP_TIMEOUT_S + 20)
+    done, _ = await asyncio.wait({running}, timeout=timeouts.kafka_client_stop_s + 20)
     took = loop.time() - stopping
     hang.set()
     await running
     await real_stop()
     assert running in done and running.result() == 1, f"exited after {took:.1f} s"
-    assert took >= 2 * KAFKA_CLIENT_STOP_TIMEOUT_S - 1  # it waited for commit and stop, a while
+    assert took >= 2 * timeouts.kafka_client_stop_s * 0.9  # it waited for commit and stop

@@ -17,6 +17,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from schemas import Comment
+from worker.backend import Backend
 from worker.batching import BatchQueue, Tokenized
 from worker.checkpoint import PartitionOffsets, Ticket
 from worker.inference import InferenceLoop
@@ -37,7 +38,7 @@ class RecordingPublisher:
         self.dead.append((item, kind))
 
 
-class CountingBackend:
+class CountingBackend(Backend):
     """The real backend; counts forward passes, fails on a pass holding `poison_id`."""
 
     def __init__(self, real: Any, poison_id: int) -> None:

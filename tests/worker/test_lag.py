@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 AGE_S = 600
 
 
-class GatedBackend:
+class GatedBackend(Backend):
     """The real backend, except that every forward pass waits until `gate` is set."""
 
     def __init__(self, real: Backend) -> None:

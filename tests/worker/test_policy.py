@@ -22,7 +22,8 @@ from testing.topics import Topics
 from testing.worker_process import refusal_line
 from tests.worker.test_in_process import settings_for
 from worker.app import Worker
-from worker.model import DEFAULT_MODEL_DIR, load_served_model
+from worker.config import Settings
+from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_served_model
 from worker.policy import (
     Policy,
     PolicyError,
@@ -153,6 +154,13 @@ async def wait_for_version(worker: Worker, version: str, timeout: float = 20) ->
         await asyncio.sleep(0.05)
 
 
+def policy_worker(settings: Settings, model: ServedModel) -> Worker:
+    """A worker with the policy file of `settings` read first, as `worker.cli` does."""
+    assert settings.policy_file is not None
+    policy = load_policy_file(settings.policy_file, model.contract.labels)
+    return Worker(settings, model, policy=policy)
+
+
 def info_version(worker: Worker) -> str:
     [sample] = [
         s
@@ -216,7 +224,7 @@ async def test_reload_swaps_versions_and_flags_and_a_bad_file_changes_nothing(
     settings = settings_for(
         kafka_bootstrap, topics, policy_file=str(policy_file), policy_poll_interval_s=0.1
     )
-    worker = Worker(settings, model)
+    worker = policy_worker(settings, model)
     running = asyncio.create_task(worker.run())
     try:
         assert info_version(worker) == "v1"
@@ -266,7 +274,7 @@ async def test_a_configmap_symlink_swap_is_reloaded(
     settings = settings_for(
         kafka_bootstrap, topics, policy_file=str(mount / "policy.yaml"), policy_poll_interval_s=0.1
     )
-    worker = Worker(settings, model)
+    worker = policy_worker(settings, model)
     running = asyncio.create_task(worker.run())
     try:
         sent = await produce_round(kafka_bootstrap, topics.input, "a")
@@ -364,11 +372,24 @@ async def test_the_worker_reads_tenants_where_the_settings_say(
         "127.0.0.1:9", Topics.fresh("wiring"), policy_file=str(policy_file),
         tenant_field="community", tenant_header="x-tenant",
     )  # fmt: skip
-    worker = Worker(settings, load_served_model(tiny_model_dir, device="cpu", precision="fp32"))
+    worker = policy_worker(
+        settings, load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+    )
     policy = worker.policies.current.primary
     assert policy.version == "v2"
     assert policy.source == TenantSource(metadata_field="community", header="x-tenant")
     assert worker.policy_watcher is not None and worker.shadow is None
+
+
+async def test_the_worker_reads_no_policy_file_itself(tiny_model_dir: Path, tmp_path: Path):
+    """One start-up path: the caller (`worker.cli`) reads the policy file; a worker given the
+    file's name but not its policy refuses, rather than reading it a second way."""
+    policy_file = tmp_path / "policy.json"
+    write_atomically(policy_file, V2)
+    settings = settings_for("127.0.0.1:9", Topics.fresh("wiring"), policy_file=str(policy_file))
+    model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
+    with pytest.raises(ValueError, match="pass the policy read from it"):
+        Worker(settings, model)
 
 
 @pytest.mark.integration
@@ -400,7 +421,7 @@ async def test_the_tenant_header_wins_over_metadata_on_the_real_broker(
             await producer.send_and_wait(topics.input, value, key=key.encode(), headers=headers)
     finally:
         await producer.stop()
-    worker = Worker(settings, model)
+    worker = policy_worker(settings, model)
     running = asyncio.create_task(worker.run())
     try:
         records = await read_all(kafka_bootstrap, topics.output, len(cases), settle=0.3)

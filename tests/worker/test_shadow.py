@@ -30,7 +30,7 @@ from worker.shadow import same_tokenizer
 BAD = [(b"bad-json", b"{not json"), (b"no-id", b'{"text": "hello"}')]
 
 
-class Failing:
+class Failing(Backend):
     """A backend that raises on every forward pass (after warm-up)."""
 
     def __init__(self, real: Backend) -> None:
@@ -46,7 +46,7 @@ class Failing:
         raise RuntimeError("shadow kernel failure")
 
 
-class Slow:
+class Slow(Backend):
     """The real backend, `delay_s` slower per forward pass."""
 
     def __init__(self, real: Backend, delay_s: float) -> None:
@@ -160,7 +160,6 @@ async def test_shadow_outputs_and_agreement_metrics(
         assert histogram._sum.get() == pytest.approx(sum(diffs[label]), abs=1e-4)
     assert metrics.shadow_scored._value.get() == len(texts)
     assert metrics.shadow_dropped._value.get() == 0
-    assert metrics.shadow_flip_rate_bound._value.get() == 0.05
 
 
 @pytest.mark.integration
