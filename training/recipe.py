@@ -23,7 +23,7 @@ from training.fit import fit
 from training.loop import LoopConfig
 from training.run import PosWeight, RunOptions
 
-log = logging.getLogger("training.default_model")
+log = logging.getLogger("training.default_model")  # the build's log, as before the split
 T = TypeVar("T")
 
 TEACHER_NAME = "minilm-l6-jigsaw-teacher"
