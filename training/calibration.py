@@ -3,9 +3,10 @@ expected calibration error, reliability diagrams and cross-fitted estimates of b
 
 Platt scaling (p = sigmoid(a * z + b) per label, fitted on validation logits z) and the prior
 correction (a shift of logit(base rate) - logit(training rate)) are both affine in logit space,
-so `training.export` folds them into the classifier head's weight and bias: every consumer of
-the artifact (the worker's torch and ONNX backends, `transformers.pipeline(...,
-function_to_apply="sigmoid")`) then gives the calibrated probabilities with no extra code.
+so an export folds them into the classifier head's weight and bias
+(`training.export_calibration`): every consumer of the artifact (the worker's torch and ONNX
+backends, `transformers.pipeline(..., function_to_apply="sigmoid")`) then gives the calibrated
+probabilities with no extra code.
 Isotonic regression is measured beside Platt (`calibration_table`) but not shipped: it did not
 lower the cross-fitted error enough to be worth a map the consumers would have to apply
 (docs/training.md).
@@ -14,7 +15,6 @@ lower the cross-fitted error enough to be worth a map the consumers would have t
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,35 +419,24 @@ def plot_reliability(
 ) -> None:
     """Reliability diagrams (observed rate against mean probability per equal-mass bin), one
     panel per label, one line per entry of `curves` (name -> (n, labels) probabilities)."""
-    import matplotlib
+    from training.plots import label_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 3
-    rows = math.ceil(len(labels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), squeeze=False)
-    for j, label in enumerate(labels):
-        ax = axes[j // cols][j % cols]
-        yj = (y[:, j] >= 0.5).astype(np.float64)
-        top = 0.0
-        for name, probs in curves.items():
-            mean_p, observed = reliability_points(yj, probs[:, j], bins)
-            ece = expected_calibration_error(yj, probs[:, j], bins)
-            ax.plot(mean_p, observed, marker="o", markersize=3, label=f"{name} (ECE {ece:.3f})")
-            top = max(top, float(mean_p.max()), float(observed.max()))
-        top = min(1.0, top * 1.05 + 0.01)
-        ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
-        ax.set_xlim(0, top)
-        ax.set_ylim(0, top)
-        ax.set_title(f"{label} (rate {yj.mean():.3f})")
-        ax.set_xlabel("mean predicted probability")
-        ax.set_ylabel("observed rate")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    for k in range(len(labels), rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    fig.suptitle(f"Reliability, {bins} equal-mass bins", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    title = f"Reliability, {bins} equal-mass bins"
+    with label_panels(labels, path, panel_height=3.8, title=title) as panels:
+        for j, (label, ax) in enumerate(zip(labels, panels, strict=True)):
+            yj = (y[:, j] >= 0.5).astype(np.float64)
+            top = 0.0
+            for name, probs in curves.items():
+                mean_p, observed = reliability_points(yj, probs[:, j], bins)
+                ece = expected_calibration_error(yj, probs[:, j], bins)
+                ax.plot(mean_p, observed, marker="o", markersize=3, label=f"{name} (ECE {ece:.3f})")
+                top = max(top, float(mean_p.max()), float(observed.max()))
+            top = min(1.0, top * 1.05 + 0.01)
+            ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+            ax.set_title(f"{label} (rate {yj.mean():.3f})")
+            ax.set_xlabel("mean predicted probability")
+            ax.set_ylabel("observed rate")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from training.plots import label_panels, pyplot, save_figure
+
 log = logging.getLogger(__name__)
 
 _EPS = 1e-7
@@ -101,48 +103,29 @@ def compute_metrics(
 
 
 def _plot_pr_curves(y: np.ndarray, p: np.ndarray, labels: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve
 
-    cols = 3
-    rows = math.ceil(len(labels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
-    for j, label in enumerate(labels):
-        ax = axes[j // cols][j % cols]
-        yj = (y[:, j] >= 0.5).astype(int)
-        if yj.any():
-            precision, recall, _ = precision_recall_curve(yj, p[:, j])
-            ax.plot(recall, precision)
-        ax.set_title(label)
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    for k in range(len(labels), rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    with label_panels(labels, path, panel_height=3.4) as panels:
+        for j, (label, ax) in enumerate(zip(labels, panels, strict=True)):
+            yj = (y[:, j] >= 0.5).astype(int)
+            if yj.any():
+                precision, recall, _ = precision_recall_curve(yj, p[:, j])
+                ax.plot(recall, precision)
+            ax.set_title(label)
+            ax.set_xlabel("recall")
+            ax.set_ylabel("precision")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
 
 
 def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.plot([h["step"] for h in history], [h["loss"] for h in history])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (mean over 50 steps)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_metric(value: object, digits: int = 4) -> str:
@@ -271,6 +254,7 @@ def evaluate_model(
     cross-fitted (`training.calibration.calibration_table`); the artifact is not changed
     (`export --calibration-data` stores a calibration)."""
     from schemas.artifact import read_contract
+    from training.artifact_files import resolve_model_dir
     from training.calibration import (
         calibration_table,
         crossfitted_probabilities,
@@ -280,7 +264,6 @@ def evaluate_model(
         sigmoid,
     )
     from training.data import load_dataset
-    from training.export import resolve_model_dir
     from training.modeling import load_classifier, load_tokenizer, predict
     from training.provenance import portable_path
 

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from training.artifact_files import HISTORY_FILE
+from training.artifact_writer import save_artifact
 from training.data import DataOptions, TextDataset, skipped_total
 from training.evaluate import (
     Metrics,
@@ -29,7 +31,6 @@ from training.evaluate import (
     compute_metrics,
     write_report,
 )
-from training.export import HISTORY_FILE, save_artifact
 from training.loop import LoopConfig, StepFn, TrainingLoop
 from training.modeling import encode, predict
 from training.provenance import portable_path

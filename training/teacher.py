@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.artifact import WEIGHTS_FILE, weights_version
-from training.export import resolve_model_dir
+from training.artifact_files import resolve_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -832,7 +832,8 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     """The recipe's function calls fit together (the real runs take hours): the 80/20 build
     (baseline, a mean-pooled teacher, the distilled student, export and re-evaluation), a
     second estimate on another split, and the refit on all rows that ships."""
-    from training.default_model import Recipe, build
+    from training.default_model import build
+    from training.recipe import Recipe
 
     out = work / "recipe-artifact"
     recipe = Recipe(
