@@ -10,7 +10,7 @@ import orjson
 
 from schemas.artifact import read_contract
 from scripts.demo import EXPECTED, MODEL_DIR, SAMPLES, misses
-from training.export import limitations_section, model_card
+from training.model_card import limitations_section, model_card
 from worker.model import load_served_model
 
 

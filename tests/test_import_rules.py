@@ -166,15 +166,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 @pytest.mark.parametrize(
     "package",
-    [
-        pytest.param(
-            top,
-            marks=pytest.mark.xfail(reason="worker.tracing <-> worker.otel, left to the worker"),
-        )
-        if top == "worker"
-        else top
-        for top in OURS
-    ],
+    OURS,
 )
 def test_no_import_cycles_inside_a_package(package: str) -> None:
     """Modules of a package import one another one way: a module that needs a piece of another

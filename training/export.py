@@ -22,10 +22,6 @@ from training.artifact_writer import save_artifact
 from training.calibration import BaseRates
 from training.export_calibration import calibrate, match_reference
 from training.export_target import check_export_target, exported_from
-
-# re-exported only for tests/test_demo.py: import them from training.model_card there, then drop
-from training.model_card import limitations_section as limitations_section
-from training.model_card import model_card as model_card
 from training.sources import UsageError
 
 

@@ -22,6 +22,7 @@ from worker.config import (
     load_settings,
     unknown_variables,
 )
+from worker.tracing import Tracing, TracingError
 
 log = logging.getLogger("worker")
 
@@ -172,6 +173,21 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
     } | loaded
 
 
+def tracing_from_settings(settings: Settings) -> Tracing | None:
+    """None unless `MODERATION_OTEL` is on; then OpenTelemetry configured by the standard
+    `OTEL_*` variables. Raises `TracingError` if the packages or the exporter are missing."""
+    if not settings.otel:
+        return None
+    try:
+        from worker.otel import OtelTracing
+    except ImportError as exc:
+        raise TracingError(
+            f"MODERATION_OTEL is on but OpenTelemetry is not installed ({exc.name}): "
+            "pip install 'moderation-worker[otel]'"
+        ) from None
+    return OtelTracing.from_environment()
+
+
 def run_worker(settings: Settings) -> int:
     """`run`: the composition root. Everything the worker serves is loaded (or refused) here,
     cheapest check first, before anything connects; `Worker` only wires and runs it.
@@ -180,7 +196,6 @@ def run_worker(settings: Settings) -> int:
 
     plan_from_settings(settings)  # path, artifact and device: refused in well under 1 s
     from worker.app import StartupClock, load_and_warm_up, serve
-    from worker.tracing import tracing_from_settings
 
     clock = StartupClock()
     tracing = tracing_from_settings(settings)  # before the model: refuse at once
@@ -224,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         return dlq_cli.run(args, settings)
     from worker.backend import ModelLoadError
     from worker.policy import PolicyError
-    from worker.tracing import TracingError
 
     try:
         if args.command == "info":

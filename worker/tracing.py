@@ -4,7 +4,7 @@ Always: the W3C trace context headers of an input record (`traceparent`, `traces
 carried to its output; its dead letter keeps every original header anyway. That is the whole
 cost when tracing is off: no OpenTelemetry import, no span, one filter over the headers.
 
-With `MODERATION_OTEL=1` (the `otel` extra installed), `tracing_from_settings` returns a
+With `MODERATION_OTEL=1` (the `otel` extra installed), `worker.cli.tracing_from_settings` returns a
 `Tracing` (`worker/otel.py`): a consume span per record (child of the record's incoming
 context), a batch span per inference batch (linked to each record's consume span) and a
 publish span per output or dead letter (child of the consume span). An output's trace headers
@@ -18,7 +18,6 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from worker.config import Settings
     from worker.kafka_clients import Headers
     from worker.records import InFlight
 
@@ -57,18 +56,3 @@ class Tracing(Protocol):
     def shutdown(self) -> None:
         """Export what is left."""
         ...
-
-
-def tracing_from_settings(settings: Settings) -> Tracing | None:
-    """None unless `MODERATION_OTEL` is on; then OpenTelemetry configured by the standard
-    `OTEL_*` variables. Raises `TracingError` if the packages or the exporter are missing."""
-    if not settings.otel:
-        return None
-    try:
-        from worker.otel import OtelTracing
-    except ImportError as exc:
-        raise TracingError(
-            f"MODERATION_OTEL is on but OpenTelemetry is not installed ({exc.name}): "
-            "pip install 'moderation-worker[otel]'"
-        ) from None
-    return OtelTracing.from_environment()

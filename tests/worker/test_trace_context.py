@@ -71,7 +71,7 @@ def test_without_otel_nothing_of_opentelemetry_is_imported() -> None:
         "import sys\n"
         "import worker.app, worker.cli, worker.consume, worker.inference, worker.publish\n"
         "from worker.config import load_settings\n"
-        "from worker.tracing import tracing_from_settings\n"
+        "from worker.cli import tracing_from_settings\n"
         "assert tracing_from_settings(load_settings()) is None\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
         "assert not loaded, loaded\n"
