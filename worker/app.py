@@ -136,7 +136,9 @@ class Worker:
             contract.model_name, contract.model_version, backend.device, list(contract.labels)
         )
         if policy is None and settings.policy_file is not None:
-            policy = load_policy_file(settings.policy_file, contract.labels)
+            policy = load_policy_file(
+                settings.policy_file, contract.labels, settings.policy_max_bytes
+            )
         self.policies = PolicyHolder(
             contract,
             policy,
@@ -148,7 +150,11 @@ class Worker:
             None
             if settings.policy_file is None
             else PolicyWatcher(
-                settings.policy_file, self.policies, self.metrics, settings.policy_poll_interval_s
+                settings.policy_file,
+                self.policies,
+                self.metrics,
+                settings.policy_poll_interval_s,
+                settings.policy_max_bytes,
             )
         )
         self.shadow: ShadowScorer | None = None

@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     policy_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     """How often the policy file is checked for a change (a valid change is swapped in between
     two batches)."""
+    policy_max_bytes: Annotated[int, Field(ge=1024, le=67_108_864)] = 1_048_576
+    """Largest policy file read, in bytes; a larger one (or one that is not a regular file: a
+    FIFO, a device) is refused at start and rejected on reload (1 MiB: ~10,000 tenants)."""
     tenant_field: Annotated[str, Field(min_length=1)] = "tenant"
     """Key of a comment's metadata that holds its tenant (for per-tenant thresholds)."""
     tenant_header: Annotated[str, Field(min_length=1)] | None = None
