@@ -193,7 +193,11 @@ class Worker:
             self.publisher,
             self.metrics,
             IntakeLimits(
-                settings.max_in_flight, settings.max_poll_records, settings.max_text_bytes
+                settings.max_in_flight,
+                settings.max_poll_records,
+                settings.max_text_bytes,
+                settings.max_in_flight_bytes,
+                settings.max_metadata_bytes,
             ),
             self.tracing,
         )

@@ -120,8 +120,15 @@ class Settings(BaseSettings):
     """Tokens per text; longer texts are truncated."""
     max_text_bytes: Annotated[int, Field(ge=1)] = 65_536
     """Larger texts are dead-lettered (text_too_large)."""
+    max_metadata_bytes: Annotated[int, Field(ge=2)] = 65_536
+    """Larger metadata (as JSON) is dead-lettered (metadata_too_large); it is copied into the
+    output, and parsed it takes several times its size."""
     max_in_flight: Annotated[int, Field(ge=1)] = 2048
     """Records consumed but not yet acknowledged, at most; at the limit the partitions pause."""
+    max_in_flight_bytes: Annotated[int, Field(ge=65_536)] = 67_108_864
+    """Bytes (key, value, headers) of the records consumed but not yet acknowledged, at most;
+    at the limit the partitions pause, as at MODERATION_MAX_IN_FLIGHT (64 MiB: 2048 records
+    of 32 KiB)."""
     torch_threads: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     """Intra-op threads of the backend (torch or ONNX Runtime); auto or 0: from the CPUs this
     process may use (affinity mask and cgroup quota), see worker/hardware.py."""
