@@ -130,7 +130,11 @@ class HealthPinger:
 
 
 def _metrics(worker_url: str) -> str:
-    return http_get(worker_url + "/metrics", timeout=10).body
+    """/metrics, or "" when the worker does not answer in time (a stalled loop)."""
+    try:
+        return http_get(worker_url + "/metrics", timeout=5).body
+    except OSError:
+        return ""
 
 
 def probe_policy_files(
