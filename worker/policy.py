@@ -293,23 +293,25 @@ class PolicyHolder:
         self._primary, self._shadow = primary, shadow
         self._source = source or TenantSource()
         self._metrics = metrics
-        self.current = self._build(spec)
+        self.current = self.build(spec)
         self._publish_info()
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self._primary.labels
 
-    def _build(self, spec: ThresholdPolicy | None) -> Policies:
+    def build(self, spec: ThresholdPolicy | None) -> Policies:
+        """The policies `spec` makes for the models (pure: safe on a thread)."""
         return Policies(
             spec,
             Policy.build(self._primary, spec, self._source),
             None if self._shadow is None else Policy.build(self._shadow, spec, self._source),
         )
 
-    def swap(self, spec: ThresholdPolicy | None) -> None:
-        """Put `spec` in force (already validated against the labels)."""
-        self.current = self._build(spec)
+    def swap(self, spec: ThresholdPolicy | None, built: Policies | None = None) -> None:
+        """Put `spec` in force (already validated against the labels); `built`: its
+        `build(spec)`, made beforehand (off the loop)."""
+        self.current = built if built is not None else self.build(spec)
         self._publish_info()
 
     def _publish_info(self) -> None:
@@ -334,6 +336,7 @@ class _Poll:
     seen: _Seen | None
     digest: str | None
     spec: ThresholdPolicy | None = None  # a new valid policy to put in force
+    built: Policies | None = None  # its thresholds per tenant, built off the loop
     error: str | None = None  # why the changed file is rejected
 
 
@@ -422,7 +425,7 @@ class PolicyWatcher:
             return _Poll(seen, digest, error=str(exc))
         except Exception as exc:  # parse_policy wraps all it knows of
             return _Poll(seen, digest, error=f"policy file {self._path}: {type(exc).__name__}")
-        return _Poll(seen, digest, spec=spec)
+        return _Poll(seen, digest, spec=spec, built=self._holder.build(spec))
 
     def apply(self, found: _Poll | None) -> bool:
         """Put what `poll` found in force (on the loop); True if a new policy was."""
@@ -436,7 +439,7 @@ class PolicyWatcher:
             self._reject(found.error or f"policy file {self._path}: cannot read it")
             return False
         previous = self._holder.current.version
-        self._holder.swap(found.spec)
+        self._holder.swap(found.spec, found.built)
         self._metrics.policy_reloads.inc()
         log.info("policy reloaded: version %s (was %s)", found.spec.version, previous)
         return True
