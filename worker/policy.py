@@ -136,6 +136,9 @@ def read_policy_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     Opened non-blocking, so a FIFO with no writer cannot hang the open; never reads more than
     `max_bytes + 1` bytes, so /dev/zero-like files cannot read forever."""
     try:
+        before = os.stat(path)  # a device is refused before it is opened (opening may act)
+        if not stat.S_ISREG(before.st_mode):
+            raise PolicyError(f"policy file {path}: not a regular file ({_file_type(before)})")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise PolicyError(f"policy file {path}: cannot read it: {exc.strerror or exc}") from None
