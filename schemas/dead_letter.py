@@ -20,6 +20,7 @@ class ErrorKind(StrEnum):
     NOT_AN_OBJECT = "not_an_object"
     INVALID_FIELD = "invalid_field"
     TEXT_TOO_LARGE = "text_too_large"
+    METADATA_TOO_LARGE = "metadata_too_large"  # its metadata is over MODERATION_MAX_METADATA_BYTES
     INFERENCE_FAILED = "inference_failed"
     OUTPUT_TOO_LARGE = "output_too_large"  # valid, but its output is over the producer's limit
 

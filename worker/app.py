@@ -179,7 +179,11 @@ class Worker:
             self.publisher,
             self.metrics,
             IntakeLimits(
-                settings.max_in_flight, settings.max_poll_records, settings.max_text_bytes
+                settings.max_in_flight,
+                settings.max_poll_records,
+                settings.max_text_bytes,
+                settings.max_in_flight_bytes,
+                settings.max_metadata_bytes,
             ),
             self.tracing,
         )
@@ -187,7 +191,11 @@ class Worker:
         self.policy_watcher: PolicyWatcher | None = None
         if settings.policy_file is not None:
             self.policy_watcher = PolicyWatcher(
-                settings.policy_file, self.policies, self.metrics, settings.policy_poll_interval_s
+                settings.policy_file,
+                self.policies,
+                self.metrics,
+                settings.policy_poll_interval_s,
+                settings.policy_max_bytes,
             )
         self.shadow: ShadowScorer | None = None
         if shadow is not None:

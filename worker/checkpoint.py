@@ -37,19 +37,25 @@ class PartitionOffsets:
         # (offset, record timestamp in ms or None) of every tracked record not yet committed,
         # acknowledged or not: the first one is the oldest record not yet committed (lag).
         self._uncommitted: deque[tuple[int, int | None]] = deque()
+        self._sizes: dict[int, int] = {}  # bytes of each record not yet acknowledged
+        self.bytes = 0  # their sum: what the intake's byte bound counts
         self.next_commit: int | None = None  # first offset not yet done, once known
         self.committed: int | None = None  # last offset handed to Kafka's commit
         self.detached = False  # set when the partition is given up; late acks are ignored
 
-    def track(self, offset: int, timestamp_ms: int | None = None) -> None:
+    def track(self, offset: int, timestamp_ms: int | None = None, size: int = 0) -> None:
         if self._pending and offset <= self._pending[-1]:
             raise ValueError(f"offset {offset} tracked out of order")
+        if size:
+            self._sizes[offset] = size
+            self.bytes += size
         if not self._pending and self.next_commit is None:
             self.next_commit = offset
         self._pending.append(offset)
         self._uncommitted.append((offset, timestamp_ms))
 
     def ack(self, offset: int) -> None:
+        self.bytes -= self._sizes.pop(offset, 0)  # its record is released now
         self._done.add(offset)
         while self._pending and self._pending[0] in self._done:
             done = self._pending.popleft()
@@ -95,13 +101,15 @@ class Checkpoint:
 
     # --- tracking ---------------------------------------------------------------------------
 
-    def track(self, tp: TopicPartition, offset: int, timestamp_ms: int | None = None) -> Ticket:
-        """Record a consumed offset (and its record's timestamp, for the lag in seconds);
-        returns the ticket to acknowledge it with."""
+    def track(
+        self, tp: TopicPartition, offset: int, timestamp_ms: int | None = None, size: int = 0
+    ) -> Ticket:
+        """Record a consumed offset (its record's timestamp, for the lag in seconds, and its
+        size in bytes, for the intake's byte bound); returns the ticket to acknowledge it with."""
         state = self._partitions.get(tp)
         if state is None:
             state = self._partitions[tp] = PartitionOffsets()
-        state.track(offset, timestamp_ms)
+        state.track(offset, timestamp_ms, size)
         return Ticket(state, offset)
 
     def ack(self, ticket: Ticket) -> None:
@@ -114,6 +122,10 @@ class Checkpoint:
     def in_flight(self, tps: Iterable[TopicPartition] | None = None) -> int:
         keys = self._partitions.keys() if tps is None else tps
         return sum(self._partitions[tp].in_flight for tp in keys if tp in self._partitions)
+
+    def in_flight_bytes(self) -> int:
+        """Bytes of the consumed records not yet acknowledged (key, value and headers)."""
+        return sum(state.bytes for state in self._partitions.values())
 
     def committable(self, tps: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Each partition's commit point, where it moved since the last commit."""

@@ -204,7 +204,9 @@ def run_worker(settings: Settings) -> int:
     if settings.policy_file is not None:
         from worker.policy import load_policy_file
 
-        policy = load_policy_file(settings.policy_file, model.contract.labels)
+        policy = load_policy_file(
+            settings.policy_file, model.contract.labels, settings.policy_max_bytes
+        )
         log.info("threshold policy %s from %s", policy.version, settings.policy_file)
     shadow = None
     if settings.shadow_model is not None:

@@ -126,8 +126,15 @@ class Settings(BaseSettings):
     """Tokens per text; longer texts are truncated."""
     max_text_bytes: Annotated[int, Field(ge=1)] = 65_536
     """Larger texts are dead-lettered (text_too_large)."""
+    max_metadata_bytes: Annotated[int, Field(ge=2)] = 65_536
+    """Larger metadata (as JSON) is dead-lettered (metadata_too_large); it is copied into the
+    output, and parsed it takes several times its size."""
     max_in_flight: Annotated[int, Field(ge=1)] = 2048
     """Records consumed but not yet acknowledged, at most; at the limit the partitions pause."""
+    max_in_flight_bytes: Annotated[int, Field(ge=65_536)] = 67_108_864
+    """Bytes (key, value, headers) of the records consumed but not yet acknowledged, at most;
+    at the limit the partitions pause, as at MODERATION_MAX_IN_FLIGHT (64 MiB: 2048 records
+    of 32 KiB)."""
     inference_threads: Annotated[
         Literal["auto"] | Annotated[int, Field(ge=0)],
         Field(
@@ -159,6 +166,9 @@ class Settings(BaseSettings):
     policy_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     """How often the policy file is checked for a change (a valid change is swapped in between
     two batches)."""
+    policy_max_bytes: Annotated[int, Field(ge=1024, le=67_108_864)] = 1_048_576
+    """Largest policy file read, in bytes; a larger one (or one that is not a regular file: a
+    FIFO, a device) is refused at start and rejected on reload (1 MiB: ~10,000 tenants)."""
     tenant_field: Annotated[str, Field(min_length=1)] = "tenant"
     """Key of a comment's metadata that holds its tenant (for per-tenant thresholds)."""
     tenant_header: Annotated[str, Field(min_length=1)] | None = None

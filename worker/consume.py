@@ -31,10 +31,22 @@ class IntakeLimits:
     max_in_flight: int  # pause fetching at this many unacknowledged records, resume at half
     max_poll_records: int
     max_text_bytes: int
+    max_in_flight_bytes: int = 67_108_864  # the same, in bytes of those records
+    max_metadata_bytes: int = 65_536
+
+
+def record_size(record: ConsumerRecord) -> int:
+    """Bytes a consumed record holds: key, value, header names and values."""
+    size = len(record.key or b"") + len(record.value or b"")
+    for name, value in record.headers or ():
+        size += len(name) + len(value or b"")
+    return size
 
 
 class ConsumeLoop:
-    """Takes records from Kafka into the batch queue, never more than `max_in_flight` at once.
+    """Takes records from Kafka into the batch queue: fetching pauses at `max_in_flight`
+    records or `max_in_flight_bytes` bytes not yet acknowledged, and resumes once both are down
+    to half (one fetch may pass the byte bound: the sizes are known only once fetched).
 
     Tokenization runs on `tokenize_executor` (one thread), one call per fetched chunk, while the
     backend infers on its own thread: batch n+1 is tokenized during batch n by construction.
@@ -84,26 +96,29 @@ class ConsumeLoop:
                 self._queue.put(await self._tokenize(items))
 
     def _apply_backpressure(self) -> int:
-        """Pause all partitions at the limit, resume at half of it; returns the room left."""
-        limit = self._limits.max_in_flight
+        """Pause all partitions at either limit, resume at half of both; returns the room left
+        (in records)."""
+        limit, byte_limit = self._limits.max_in_flight, self._limits.max_in_flight_bytes
         in_flight = self._checkpoint.in_flight()
-        if not self._paused and in_flight >= limit:
+        in_flight_bytes = self._checkpoint.in_flight_bytes()
+        if not self._paused and (in_flight >= limit or in_flight_bytes >= byte_limit):
             self._paused = True
-            log.debug("pausing: %d messages in flight", in_flight)
-        elif self._paused and in_flight <= limit // 2:
+            log.debug("pausing: %d messages, %d bytes in flight", in_flight, in_flight_bytes)
+        elif self._paused and in_flight <= limit // 2 and in_flight_bytes <= byte_limit // 2:
             self._paused = False
             self._consumer.resume(*self._consumer.assignment())
         if self._paused:  # also covers partitions assigned since the pause began
             self._consumer.pause(*self._consumer.assignment())
         self._metrics.paused.set(1 if self._paused else 0)
         self._metrics.in_flight.set(in_flight)
-        return max(0, limit - in_flight)
+        self._metrics.in_flight_bytes.set(in_flight_bytes)
+        return 0 if in_flight_bytes >= byte_limit else max(0, limit - in_flight)
 
     def _admit(self, tp: TopicPartition, record: ConsumerRecord) -> InFlight | None:
         """Track and decode one record (synchronously: tracked before a rebalance can
         interleave); a record that cannot be scored is dead-lettered and None returned."""
         self._metrics.consumed.labels(tp.topic).inc()
-        ticket = self._checkpoint.track(tp, record.offset, record.timestamp)
+        ticket = self._checkpoint.track(tp, record.offset, record.timestamp, record_size(record))
         item = InFlight(record=record, ticket=ticket)
         if self._tracing is not None:
             with self._tracing.consume(item):
@@ -112,7 +127,9 @@ class ConsumeLoop:
 
     def _decode(self, item: InFlight) -> InFlight | None:
         try:
-            item.comment = decode_comment(item.record.value, self._limits.max_text_bytes)
+            item.comment = decode_comment(
+                item.record.value, self._limits.max_text_bytes, self._limits.max_metadata_bytes
+            )
         except InvalidMessage as bad:
             self._publisher.dead_letter_soon(item, bad.kind, bad.detail)
             return None

@@ -24,7 +24,12 @@ def _describe(error: ValidationError) -> str:
     return f"field '{where}': {first['msg']}{more}"
 
 
-def decode_comment(value: bytes | None, max_text_bytes: int) -> Comment:
+DEFAULT_MAX_METADATA_BYTES = 65_536  # MODERATION_MAX_METADATA_BYTES's default
+
+
+def decode_comment(
+    value: bytes | None, max_text_bytes: int, max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+) -> Comment:
     """Parse and validate one record value. Raises `InvalidMessage`."""
     if value is None:
         raise InvalidMessage(ErrorKind.NOT_AN_OBJECT, "record has no value (tombstone)")
@@ -53,9 +58,14 @@ def decode_comment(value: bytes | None, max_text_bytes: int) -> Comment:
         )
     if comment.metadata is not None:  # it is copied into the output: it must serialize again
         try:
-            orjson.dumps(comment.metadata)
+            size = len(orjson.dumps(comment.metadata))
         except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (254 levels)
             raise InvalidMessage(
                 ErrorKind.INVALID_FIELD, f"field 'metadata': cannot be passed through: {exc}"
             ) from None
+        if size > max_metadata_bytes:
+            raise InvalidMessage(
+                ErrorKind.METADATA_TOO_LARGE,
+                f"metadata is {size} bytes as JSON, over the limit of {max_metadata_bytes}",
+            )
     return comment

@@ -12,6 +12,11 @@ its own consumer group's committed offsets and commits what it has handled (afte
 acknowledged what it produced), so a second run does not repeat the first; within one run it
 re-drives each `source.*` coordinate once (the at-least-once worker may have dead-lettered a
 record twice).
+
+`redrive --to` takes only a topic the worker reads: the output topics (primary and shadow), the
+dead-letter topic itself and internal topics (`__*`) are refused unless `force_topic`. Text
+printed for the operator (`printable_line`) has every control character escaped: a producer
+controls header names and values, keys and values, and must not reach the operator's terminal.
 """
 
 from __future__ import annotations
@@ -51,6 +56,37 @@ class DlqError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# Control characters (C0, DEL, C1) and the bidirectional overrides that reorder what a terminal
+# shows: escaped in everything the text output prints.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable_line(text: str) -> str:
+    """`text` with every control character escaped (`\\x1b`, `\\u202e`): safe to print."""
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
+def check_redrive_target(to: str, settings: Settings, *, force: bool = False) -> None:
+    """`DlqError` (exit 2) if `to` is a topic a re-drive must not write raw records into: an
+    output topic, the dead-letter topic or an internal topic, unless `force`."""
+    if force:
+        return
+    if to == settings.dlq_topic:
+        why = "the dead-letter topic itself"
+    elif to in (settings.output_topic, settings.shadow_output_topic):
+        why = "an output topic"
+    elif to.startswith("__"):
+        why = "an internal topic"
+    else:
+        return
+    raise DlqError(
+        f"--to {printable_line(repr(to))} is {why}; --force-topic to re-drive there anyway",
+        exit_code=2,
+    )
 
 
 # ----------------------------------------------------------------------------- headers

@@ -16,7 +16,16 @@ import orjson
 
 from schemas import ErrorKind
 from worker.config import Settings
-from worker.dlq import DlqError, Inspection, Redrive, inspect, parse_time, redrive
+from worker.dlq import (
+    DlqError,
+    Inspection,
+    Redrive,
+    check_redrive_target,
+    inspect,
+    parse_time,
+    printable_line,
+    redrive,
+)
 
 # flag -> settings field, for `load_settings(**overrides)` (worker/cli.py)
 DLQ_FLAGS = {
@@ -82,7 +91,14 @@ def add_parser(commands: Any) -> None:
     again.add_argument(
         "--until", type=_time, help="dead-lettered at or before this time (later ones stay)"
     )
-    again.add_argument("--to", help="topic to produce to (default: the input topic)")
+    again.add_argument(
+        "--to",
+        help="topic to produce to (default: the input topic); the output topics, the dead-letter "
+        "topic and internal topics (__*) are refused without --force-topic",
+    )
+    again.add_argument(
+        "--force-topic", action="store_true", help="re-drive to --to even where it is refused"
+    )
     again.add_argument(
         "--group-id", help="consumer group of the re-drive (default: <group>-dlq-redrive-<kind>)"
     )
@@ -106,19 +122,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 inspect(settings, kind=args.kind, samples=args.samples, show_text=args.show_text)
             )
         else:
-            report = asyncio.run(
-                redrive(
-                    settings,
-                    kind=ErrorKind(args.kind),
-                    to=args.to,
-                    since_ms=args.since,
-                    until_ms=args.until,
-                    execute=args.execute,
-                    group_id=args.group_id,
-                )
-            )
+            report = _redrive(args, settings)
     except DlqError as exc:
-        print(f"moderation-worker dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        line = printable_line(f"moderation-worker dlq {args.dlq_command}: {exc}")
+        print(line, file=sys.stderr)
         return exc.exit_code
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -129,39 +136,74 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _redrive(args: argparse.Namespace, settings: Settings) -> Redrive:
+    """A dry run; with --execute, the dry run's plan on stderr first, then the re-drive."""
+    to = args.to or settings.input_topic
+    check_redrive_target(to, settings, force=args.force_topic)
+
+    def run(execute: bool) -> Redrive:
+        return asyncio.run(
+            redrive(
+                settings,
+                kind=ErrorKind(args.kind),
+                to=to,
+                since_ms=args.since,
+                until_ms=args.until,
+                execute=execute,
+                group_id=args.group_id,
+            )
+        )
+
+    if not args.execute:
+        return run(False)
+    plan = run(False)
+    _say(
+        f"moderation-worker dlq redrive: will re-drive {plan.redriven} dead letters of kind "
+        f"{plan.kind} from {plan.dlq_topic} to {plan.to} (group {plan.group}); executing",
+        file=sys.stderr,
+    )
+    return run(True)
+
+
+def _say(line: str, file: Any = None) -> None:
+    """Print one line with its control characters escaped (what a producer wrote must not
+    reach the operator's terminal)."""
+    print(printable_line(line), file=file or sys.stdout)
+
+
 def print_inspection(report: Inspection) -> None:
     data = report.to_json()
-    print(f"{report.topic}: {report.records} dead letters, oldest {data['oldest']}, "
-          f"newest {data['newest']}")  # fmt: skip
+    _say(f"{report.topic}: {report.records} dead letters, oldest {data['oldest']}, "
+         f"newest {data['newest']}")  # fmt: skip
     for title, counts in (("error.kind", "by_kind"), ("source", "by_source"), ("age", "by_age")):
-        print(f"by {title}:")
+        _say(f"by {title}:")
         for name, count in data[counts].items():
-            print(f"  {name:<24} {count}")
+            _say(f"  {name:<24} {count}")
     if report.samples:
-        print("samples (values hidden; --show-text prints them):")
+        _say("samples (values hidden; --show-text prints them):")
     for item in report.samples:
-        print(f"  {item['kind']}  {item['dlq']}  {item['timestamp']}  key={item['key']!r}  "
-              f"value: {item['value_bytes']} bytes")  # fmt: skip
+        _say(f"  {item['kind']}  {item['dlq']}  {item['timestamp']}  key={item['key']!r}  "
+             f"value: {item['value_bytes']} bytes")  # fmt: skip
         for name, value in item["headers"]:
-            print(f"    {name}: {value}")
+            _say(f"    {name}: {value}")
         if "value" in item:
-            print(f"    value: {item['value']}")
+            _say(f"    value: {item['value']}")
 
 
 def print_redrive(report: Redrive) -> None:
     verb = "re-drove" if report.execute else "dry run: would re-drive"
-    print(f"{verb} {report.redriven} dead letters of kind {report.kind} from {report.dlq_topic} "
-          f"to {report.to} (group {report.group})")  # fmt: skip
-    print(
+    _say(f"{verb} {report.redriven} dead letters of kind {report.kind} from {report.dlq_topic} "
+         f"to {report.to} (group {report.group})")  # fmt: skip
+    _say(
         f"  read {report.scanned}; skipped: {report.other_kinds} other kinds, "
         f"{report.before_since} before --since, {report.duplicates} duplicates (same source), "
         f"{report.no_payload} without payload (originals too large to copy: see source.*)"
     )
     if report.stopped_at_until:
-        print(f"  stopped at --until: {report.stopped_at_until} (left for a later run)")
+        _say(f"  stopped at --until: {report.stopped_at_until} (left for a later run)")
     for example in report.examples:
-        print(f"  {example}")
+        _say(f"  {example}")
     if report.execute:
-        print(f"  committed {report.committed or 'nothing (nothing new)'}")
+        _say(f"  committed {report.committed or 'nothing (nothing new)'}")
     else:
-        print("  nothing produced, nothing committed: add --execute to re-drive")
+        _say("  nothing produced, nothing committed: add --execute to re-drive")

@@ -67,6 +67,11 @@ class Metrics:
         self.in_flight = Gauge(
             "moderation_in_flight_messages", "Consumed but not yet acknowledged.", registry=r
         )
+        self.in_flight_bytes = Gauge(
+            "moderation_in_flight_bytes",
+            "Bytes (key, value, headers) of the records consumed but not yet acknowledged.",
+            registry=r,
+        )
         self.paused = Gauge(
             "moderation_consumer_paused", "1 while partitions are paused for backpressure.",
             registry=r,

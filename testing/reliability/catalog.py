@@ -13,6 +13,8 @@ the dead-letter reason (`error.kind`). The decisions behind the less obvious one
 - a text over `MODERATION_MAX_TEXT_BYTES`: `text_too_large`; when the record itself is also over
   the producer's `max_request_size` (e.g. 10 MB), the dead letter carries the headers but not the
   original key and value (they stay readable at `source.topic/partition/offset`).
+- metadata over `MODERATION_MAX_METADATA_BYTES` as JSON (64 KiB): `metadata_too_large` (it is
+  copied into the output, and parsed it takes several times its size in memory).
 - a valid comment whose output cannot be published (a 1 MB key is copied to the output):
   `output_too_large`.
 """
@@ -25,6 +27,7 @@ import orjson
 
 SCORED = "scored"
 MAX_TEXT_BYTES = 65_536  # the worker's default MODERATION_MAX_TEXT_BYTES
+MAX_METADATA_BYTES = 65_536  # the worker's default MODERATION_MAX_METADATA_BYTES
 MiB = 1_048_576
 
 
@@ -97,7 +100,9 @@ def catalog(include_huge: bool = True) -> list[Case]:
         Case("text-over-limit", obj("text-over-limit", "x" * (MAX_TEXT_BYTES + 1)), "text_too_large"),
         Case("text-at-limit", obj("text-at-limit", "y" * MAX_TEXT_BYTES), SCORED),
         Case("text-many-tokens", obj("text-many-tokens", "word " * 10_000), SCORED),
-        Case("metadata-huge", obj("metadata-huge", metadata={f"k{i}": "v" * 100 for i in range(7000)}), SCORED),
+        Case("metadata-huge", obj("metadata-huge", metadata={f"k{i}": "v" * 100 for i in range(7000)}), "metadata_too_large"),
+        Case("metadata-under-limit", obj("metadata-under-limit", metadata={f"k{i:03d}": "v" * 100 for i in range(500)}), SCORED),
+        Case("metadata-over-limit", obj("metadata-over-limit", metadata={"k": "m" * MAX_METADATA_BYTES}), "metadata_too_large"),
         Case("metadata-deep-254", obj("metadata-deep-254", metadata=orjson.loads(nested(253))), SCORED),
         Case("metadata-deep-300", b'{"id": "metadata-deep-300", "text": "t", "metadata": ' + nested(300) + b"}", "invalid_field"),
         Case("metadata-deep-5000", b'{"id": "metadata-deep-5000", "text": "t", "metadata": ' + nested(5000) + b"}", "invalid_json"),

@@ -180,3 +180,19 @@ async def test_the_commit_loop_ends_when_cancelled_as_a_lag_lookup_completes() -
         consumer.broken = True
         await asyncio.wait({task}, timeout=2.0)
     assert task in done and task.cancelled()
+
+
+def test_bytes_in_flight_are_released_as_each_record_is_acknowledged() -> None:
+    """The intake's byte bound counts a record until its own ack, even while an earlier offset
+    holds the commit point (and so the count) back; a partition given up stops counting."""
+    checkpoint = Checkpoint(consumer=None, metrics=Metrics(), drain_timeout_s=1)  # type: ignore[arg-type]
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    tickets = [checkpoint.track(a, offset, None, size) for offset, size in ((0, 100), (1, 50))]
+    checkpoint.track(b, 7, None, 1000)
+    assert checkpoint.in_flight_bytes() == 1150
+    checkpoint.ack(tickets[1])  # out of order: offset 0 still pending
+    assert checkpoint.in_flight() == 3 and checkpoint.in_flight_bytes() == 1100
+    checkpoint.ack(tickets[0])
+    assert checkpoint.in_flight() == 1 and checkpoint.in_flight_bytes() == 1000
+    checkpoint._forget([b])
+    assert checkpoint.in_flight_bytes() == 0

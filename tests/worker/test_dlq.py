@@ -63,11 +63,16 @@ def count(bootstrap: str, topic: str, at_least: int) -> int:
             "--since is after",
         ),
         (["inspect", "--samples", "-1"], "is not a count"),
+        (["redrive", "--kind", "invalid_json", "--to", "comment-scores"], "an output topic"),
+        (["redrive", "--kind", "invalid_json", "--to", "comment-scores-shadow"], "output topic"),
+        (["redrive", "--kind", "invalid_json", "--to", "comments-dlq", "--execute"], "itself"),
+        (["redrive", "--kind", "invalid_json", "--to", "__consumer_offsets"], "internal topic"),
         (["purge"], "invalid choice: 'purge'"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str) -> None:
-    result = cli(*args)
+    """Refused before any broker is asked (none listens on the address given)."""
+    result = cli(*args, env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -237,3 +242,76 @@ def test_reads_every_record_of_a_batch_and_names_foreign_records(
     nowhere = cli("redrive", "--kind", "invalid_json", "--to", "no-such-topic-y", "--execute",
                   env=env)  # fmt: skip
     assert nowhere.returncode == 2 and "'no-such-topic-y' does not exist" in nowhere.stderr
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[31m"  # sets the terminal's title, then turns the text red
+
+
+@pytest.mark.integration
+def test_inspect_escapes_what_producers_wrote_and_redrive_refuses_foreign_topics(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """Header names and values, keys and values of dead letters are a producer's: the text
+    output escapes their control characters. `--to` refuses the output, dead-letter and
+    internal topics unless --force-topic; --execute says what it will do first."""
+    letters = [
+        (
+            b"k\x1b[2J%d" % i,
+            f"{{bad {HOSTILE}".encode(),
+            [
+                (f"x-{HOSTILE}", HOSTILE.encode()),
+                ("x-bidi", "\u202eevil".encode()),
+                *DeadLetterHeaders(
+                    error_kind=ErrorKind.INVALID_JSON,
+                    error_detail=f"detail {HOSTILE}",
+                    source_topic=f"{topics.input}\x1b[0m",
+                    source_partition=0,
+                    source_offset=i,
+                ).to_kafka(),
+            ],
+        )
+        for i in range(2)
+    ]
+    asyncio.run(produce(kafka_bootstrap, topics.dlq, letters))
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "MODERATION_INPUT_TOPIC": topics.input,
+        "MODERATION_OUTPUT_TOPIC": topics.output,
+        "MODERATION_DLQ_TOPIC": topics.dlq,
+        "MODERATION_GROUP_ID": topics.group,
+    }
+    shown = cli("inspect", "--show-text", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert not [c for c in shown.stdout if c != "\n" and (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0)]
+    assert "\u202e" not in shown.stdout and "\\u202eevil" in shown.stdout
+    assert "x-\\x1b]0;pwned\\x07\\x1b[31m: \\x1b]0;pwned\\x07\\x1b[31m" in shown.stdout
+    assert "value: {bad \\x1b]0;pwned" in shown.stdout and "detail \\x1b]0;pwned" in shown.stdout
+    assert orjson.loads(cli("inspect", "--json", env=env).stdout)["samples"][0]["headers"][0] == [
+        f"x-{HOSTILE}",
+        HOSTILE,
+    ]  # JSON escapes them itself, and keeps them exact
+
+    for to, why in (
+        (topics.output, "an output topic"),
+        (f"{topics.output}-shadow", "an output topic"),
+        (topics.dlq, "the dead-letter topic itself"),
+        ("__consumer_offsets", "an internal topic"),
+    ):
+        refused = cli("redrive", "--kind", "invalid_json", "--to", to, "--execute", env=env)
+        assert refused.returncode == 2
+        assert refused.stderr.splitlines() == [
+            f"moderation-worker dlq redrive: --to {to!r} is {why}; --force-topic to re-drive "
+            "there anyway"
+        ]
+    forced = cli("redrive", "--kind", "invalid_json", "--to", topics.dlq, "--force-topic", env=env)
+    assert forced.returncode == 0 and "would re-drive 2 dead letters" in forced.stdout
+
+    done = cli("redrive", "--kind", "invalid_json", "--execute", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"moderation-worker dlq redrive: will re-drive 2 dead letters of kind invalid_json from "
+        f"{topics.dlq} to {topics.input} (group {topics.group}-dlq-redrive-invalid_json); "
+        "executing"
+    ]
+    assert done.stdout.startswith(f"re-drove 2 dead letters of kind invalid_json from {topics.dlq}")
+    assert "\x1b" not in done.stdout and "\\x1b[0m[0]@0" in done.stdout

@@ -434,3 +434,166 @@ async def test_the_tenant_header_wins_over_metadata_on_the_real_broker(
         thresholds = V2["thresholds"] | V2["tenants"].get(tenant, {}).get("thresholds", {})
         assert message.flagged == expected_flags(message, thresholds), record.key
         assert (message.flagged == LABELS) == (tenant == "kids"), record.key
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),  # RecursionError in the composer
+        (b"version: !!int abc\n", "cannot build the document (ValueError)"),
+        (b"version: v\nthresholds: !!float [1]\n", "not valid YAML"),
+    ],
+)
+def test_every_parse_failure_is_a_one_line_policy_error(content: bytes, needle: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(content, "p.yaml", tuple(LABELS))
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_yaml_errors_name_the_position_never_the_content() -> None:
+    """A policy path pointed at a secret must not log a line of it."""
+    secret = b"api_key: sk-live-CANARY1234\nother: [\n  - : {\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(secret, "/run/secrets/key", tuple(LABELS))
+    assert "CANARY" not in str(caught.value) and "sk-live" not in str(caught.value)
+    assert "line 3 column" in str(caught.value)
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(b"token: CANARY-abc\n  nested: CANARY-def\n", "k.yaml", tuple(LABELS))
+    assert "CANARY" not in str(caught.value) and "line 2 column" in str(caught.value)
+
+
+def _hostile_files(tmp_path: Path) -> dict[str, Path]:
+    """Targets a policy symlink may be pointed at: none of them may be read to the end."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"version: big\ntenants:\n" + b"  t: {thresholds: {toxic: 0.5}}\n" * 80_000)
+    return {"fifo": fifo, "device": Path("/dev/zero"), "huge": huge, "directory": tmp_path}
+
+
+def test_only_regular_files_under_the_cap_are_read(tmp_path: Path) -> None:
+    from worker.policy import read_policy_bytes
+
+    expected = {
+        "fifo": "not a regular file (a FIFO)",
+        "device": "not a regular file (a device)",
+        "huge": "over the limit of 1048576",
+        "directory": "not a regular file (a directory)",
+    }
+    for name, target in _hostile_files(tmp_path).items():
+        link = tmp_path / f"policy-{name}.yaml"
+        link.symlink_to(target)
+        with pytest.raises(
+            PolicyError, match=expected[name].replace("(", r"\(").replace(")", r"\)")
+        ):
+            read_policy_bytes(link)
+    small = tmp_path / "small.yaml"
+    small.write_bytes(b"version: '1'\n" + b"#" * 2000)
+    with pytest.raises(PolicyError, match="over the limit of 1024"):
+        read_policy_bytes(small, max_bytes=1024)
+    assert load_policy_file(small, tuple(LABELS), max_bytes=4096).version == "1"
+
+
+async def _wait_for(condition: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_the_watcher_survives_every_hostile_file_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A running watcher, its policy name re-pointed at each hostile target in turn: each is
+    rejected once (the failure counter +1), the policy in force stays, the watcher goes on to
+    apply a valid file after them, and the event loop never stalls meanwhile (a FIFO read on
+    the loop would hang it until a writer came: a helper thread plays that writer after 10 s)."""
+    import threading
+
+    from worker.metrics import Metrics
+    from worker.policy import PolicyWatcher
+
+    contract = read_contract(DEFAULT_MODEL_DIR)
+    real = tmp_path / "v1.json"
+    write_atomically(real, V1)
+    path = tmp_path / "policy.yaml"  # JSON files are YAML too
+    path.symlink_to(real)
+    metrics = Metrics()
+    holder = PolicyHolder(contract, load_policy_file(path, contract.labels), metrics=metrics)
+    watcher = PolicyWatcher(path, holder, metrics, interval_s=0.02)
+    targets = _hostile_files(tmp_path)
+    bad = {
+        "deep": b"[" * 5000 + b"]" * 5000,
+        "int": b"version: !!int abc\n",
+        "secret": b"version: v9\n  CANARY-SECRET: x\n",
+    }
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+        targets[name] = tmp_path / name
+    release = threading.Event()
+
+    def writer() -> None:  # unblocks a reader stuck on the FIFO (the old code's hang)
+        if not release.wait(10):
+            with open(targets["fifo"], "wb"):
+                pass
+
+    threading.Thread(target=writer, daemon=True).start()
+    worst = 0.0
+    running = asyncio.create_task(watcher.run())
+    stop_ticking = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal worst
+        loop = asyncio.get_running_loop()
+        while not stop_ticking.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            worst = max(worst, loop.time() - before)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        for failures, target in enumerate(targets.values(), start=1):
+            swap = tmp_path / "swap"
+            swap.symlink_to(target)
+            os.replace(swap, path)
+            await _wait_for(
+                lambda n=failures: metrics.policy_reload_failures._value.get() >= n,
+                f"{target} was never rejected",
+            )
+            assert holder.current.version == "v1"
+        release.set()
+        write_atomically(tmp_path / "v2.json", V2)
+        swap = tmp_path / "swap"
+        swap.symlink_to(tmp_path / "v2.json")
+        os.replace(swap, path)
+        await _wait_for(lambda: holder.current.version == "v2", "the watcher died")
+        assert metrics.policy_reload_failures._value.get() == len(targets)
+        assert metrics.policy_reloads._value.get() == 1
+        assert worst < 1.0, f"the event loop stalled {worst:.2f} s"
+    finally:
+        release.set()
+        stop_ticking.set()
+        watcher.stop()
+        await asyncio.wait_for(asyncio.gather(running, ticker), 30)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("version: !!int abc\n", "(ValueError)"),
+        ("password: CANARY-9\n  x: y\n", "line 2 column"),
+    ],
+)
+def test_the_worker_refuses_a_hostile_policy_with_one_line(
+    tiny_model_dir: Path, tmp_path: Path, content: str, needle: str
+) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(content)
+    line = refusal_line(
+        {"MODERATION_MODEL": str(tiny_model_dir), "MODERATION_POLICY_FILE": str(policy_file)}
+    )
+    assert needle in line and "CANARY" not in line
