@@ -576,7 +576,7 @@ async def test_the_watcher_survives_every_hostile_file_without_blocking_the_loop
     finally:
         release.set()
         stop_ticking.set()
-        watcher.stop()
+        await watcher.stop()
         await asyncio.wait_for(asyncio.gather(running, ticker), 30)
 
 
