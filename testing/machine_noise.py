@@ -151,7 +151,7 @@ def _pct(part: int, whole: int) -> float:
 def figures(start: Snapshot, end: Snapshot) -> dict[str, Any]:
     """What happened on the machine between two snapshots; shares in % of all CPU time."""
     result: dict[str, Any] = {
-        "seconds": round(end.at - start.at, 1),
+        "seconds": round(end.at - start.at, 2),
         "steal_pct": None,
         "busy_pct": None,
         "own_pct": None,
