@@ -47,6 +47,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| {_f(c['comments_per_s'], 1)} | {describe(c.get('noise'))} |",
         *_shadow_row(r.get("shadow")),
         "",
+        *_sizing(r),
         f"Best of {len(a.get('runs', [1]))} alternating runs each for (a) and (b): a runs "
         f"{a.get('runs')}, b runs {b.get('runs')}. "
         f"Ratios: **b/a = {ratios['b_over_a']:.2f}** (goal ≥ 0.9), "
@@ -179,6 +180,21 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     lines += noise_table(r.get("noise"))
     return "\n".join(lines)
+
+
+def _sizing(r: dict[str, Any]) -> list[str]:
+    """How many comments each (a)/(b)/shadow run got, and why (runner.sized_messages)."""
+    probe, bench = r.get("probe"), r["settings_bench"]
+    if not probe or "throughput_seconds" not in bench:
+        return []
+    return [
+        f"Each (a), (b) and shadow run timed {r['corpus']['messages']:,} comments, what (a) "
+        f"scores in {bench['throughput_seconds']:.0f} s at the rate a {probe['messages']:,}-"
+        f"comment probe measured ({probe['comments_per_s']:,.0f}/s), kept within "
+        f"{min(bench['min_messages'], bench['messages']):,} to {bench['messages']:,}: a slow "
+        "machine times fewer comments rather than taking longer.",
+        "",
+    ]
 
 
 def _stage_noise(noise: dict[str, Any] | None, name: str) -> dict[str, Any] | None:

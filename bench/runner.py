@@ -267,6 +267,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     results = {
         "started_at": started_at,
         "broker": broker_kind(),
+        "probe": probe,
         "ceiling": a,
         "end_to_end": b,
         "latency": latency,

@@ -131,8 +131,9 @@ def test_bench_quick_writes_every_figure(
         assert report[figure]["noise"] == by_name[name]  # beside the figure it was taken over
     assert report["shadow"]["run"]["noise"] == by_name["(b) with a shadow model, run 1"]
     assert {"cpu_flags", "usable_cpus", "cgroup_cpu_quota"} <= set(report["machine"])
+    assert report["probe"]["messages"] == 300 and report["probe"]["comments_per_s"] > 0
     markdown = (out / "REPORT.md").read_text()
-    assert "## Machine noise per stage" in markdown
+    assert "## Machine noise per stage" in markdown and "300-comment probe measured" in markdown
     for name in stages:
         assert f"| {name} | " in markdown
     assert "usable CPUs" in markdown and "cgroup CPU quota" in markdown

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.http_api import _numbers
-from bench.report import noise_table, noise_warning
+from bench.report import _sizing, noise_table, noise_warning
 from bench.runner import BenchOptions, sized_messages
 from bench.stages import StageLog
 from scripts.reliability import noisy_scenarios, print_machine
@@ -168,6 +168,21 @@ def test_throughput_runs_are_sized_by_the_probed_rate() -> None:
     assert sized_messages(9000.0, options) == 50_000  # a fast machine: the full corpus
     assert sized_messages(100.0, options) == 10_000  # never fewer than the floor
     assert sized_messages(100.0, BenchOptions(messages=300)) == 300  # nor more than asked
+
+
+def test_report_says_how_the_runs_were_sized() -> None:
+    options = BenchOptions()
+    results = {
+        "probe": {"comments_per_s": 1750.4, "messages": 5000},
+        "corpus": {"messages": sized_messages(1750.4, options)},
+        "settings_bench": {"throughput_seconds": 12.0, "min_messages": 10_000, "messages": 50_000},
+    }
+    [sentence, _] = _sizing(results)
+    assert "timed 21,004 comments" in sentence and "5,000-comment probe measured (1,750/s)" in (
+        sentence
+    )
+    assert "within 10,000 to 50,000" in sentence
+    assert _sizing({"settings_bench": {}, "corpus": {}}) == []  # a bench.json from before
 
 
 def test_http_levels_stop_taking_requests_after_their_time() -> None:
