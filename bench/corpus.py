@@ -55,15 +55,18 @@ def repeat_to(texts: list[str], n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def validation_split(path: Path = DEFAULT_CORPUS) -> TextDataset | None:
-    """The labelled validation split, as `moderation-train` makes it; None for a corpus
-    without the label columns."""
+def validation_split(path: Path = DEFAULT_CORPUS, limit: int | None = None) -> TextDataset | None:
+    """The labelled validation split, as `moderation-train` makes it (its first `limit` rows:
+    the split is shuffled, so a random sample); None for a corpus without the label columns."""
     from training.data import DataError, DataOptions, load_split
 
     try:
-        return load_split(DataOptions(train=path))[1]
+        validation = load_split(DataOptions(train=path))[1]
     except DataError:
         return None
+    if limit is not None and len(validation) > limit:
+        return validation.subset(range(limit))
+    return validation
 
 
 def length_stats(lengths: list[int] | np.ndarray) -> dict[str, float]:

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from testing.machine_noise import describe, is_noisy
+
 
 def _f(value: Any, digits: int = 0) -> str:
     if value is None:
@@ -30,16 +32,22 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['started_at']} · {machine['cpu']} · {machine['cores']} cores · device "
         f"`{machine['device']}` · {r['corpus']['messages']:,} messages · broker {r['broker']}",
         "",
-        "| figure | comments/s |",
-        "|---|---:|",
+        f"CPU flags: {machine.get('cpu_flags', 'n/a')} · usable CPUs "
+        f"{machine.get('usable_cpus', 'n/a')} · cgroup CPU quota "
+        f"{machine.get('cgroup_cpu_quota', 'n/a')}",
+        "",
+        *noise_warning(r.get("noise")),
+        "| figure | comments/s | machine over the (best) run |",
+        "|---|---:|---|",
         f"| (a) model-only ceiling (tokenize + infer, worker batching, no Kafka) "
-        f"| {_f(a['comments_per_s'])} |",
+        f"| {_f(a['comments_per_s'])} | {describe(a.get('noise'))} |",
         f"| (b) worker end to end (produced first, until every score acknowledged) "
-        f"| {_f(b['comments_per_s'])} |",
+        f"| {_f(b['comments_per_s'])} | {describe(b.get('noise'))} |",
         f"| (c) naive consumer (one message at a time, `transformers.pipeline`, commit each) "
-        f"| {_f(c['comments_per_s'], 1)} |",
+        f"| {_f(c['comments_per_s'], 1)} | {describe(c.get('noise'))} |",
         *_shadow_row(r.get("shadow")),
         "",
+        *_sizing(r),
         f"Best of {len(a.get('runs', [1]))} alternating runs each for (a) and (b): a runs "
         f"{a.get('runs')}, b runs {b.get('runs')}. "
         f"Ratios: **b/a = {ratios['b_over_a']:.2f}** (goal ≥ 0.9), "
@@ -53,11 +61,12 @@ def markdown(r: dict[str, Any]) -> str:
         "worker's publish of the score (output record timestamp, ms resolution). The worker's own "
         "histogram (record timestamp → broker ack, bucket-interpolated): "
         + ", ".join(f"{k} {_f(v, 1)} ms" for k, v in lat["worker_histogram_ms"].items())
-        + ".",
+        + f". Machine: {describe(lat.get('noise'))}.",
         "",
         f"Single comment (tokenize + infer one at a time, {r['single_comment']['comments']} "
         f"real comments): p50 {r['single_comment']['p50_ms']:.2f} ms, p99 "
-        f"{r['single_comment']['p99_ms']:.2f} ms (the 2021 write-up: ~6 ms; GPU goal ≤ 2 ms).",
+        f"{r['single_comment']['p99_ms']:.2f} ms (the 2021 write-up: ~6 ms; GPU goal ≤ 2 ms). "
+        f"Machine: {describe(r['single_comment'].get('noise'))}.",
         "",
         *_shadow_paragraph(r.get("shadow")),
         "Start-up (s, from process start; `moderation_startup_seconds`): "
@@ -97,6 +106,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     http = r.get("http_api")
+    http_noise = _stage_noise(r.get("noise"), "(d) HTTP API")
     if http:
         lines += [
             "## (d) Perspective-compatible HTTP API (`comments:analyze`)",
@@ -104,7 +114,8 @@ def markdown(r: dict[str, Any]) -> str:
             "Concurrent clients (asyncio + aiohttp, back to back) against a fresh worker with "
             "`MODERATION_HTTP_API_PORT` set, real comments, TOXICITY and INSULT; latency as the "
             "client sees it. Batched: the worker's `MAX_BATCH_SIZE`; one at a time: "
-            "`MAX_BATCH_SIZE=1`.",
+            "`MAX_BATCH_SIZE=1`. Machine over the stage: "
+            f"{describe(http_noise)}.",
             "",
             "| mode | clients | requests/s | p50 ms | p99 ms | texts per batch | answers |",
             "|---|---:|---:|---:|---:|---:|---|",
@@ -142,6 +153,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"## Backends and precisions (model-only, {compared['comments']:,} comments, "
             f"{compared['threads']} threads, best of interleaved rounds)",
             "",
+            f"Machine over the stage: {describe(compared.get('noise'))}.",
+            "",
             "| variant | comments/s | vs torch fp32 | mean ROC-AUC drop | min flag agreement "
             "| max abs diff | accuracy rule |",
             "|---|---:|---:|---:|---:|---:|---|",
@@ -165,7 +178,66 @@ def markdown(r: dict[str, Any]) -> str:
             "diff is reported, not gated.",
             "",
         ]
+    lines += noise_table(r.get("noise"))
     return "\n".join(lines)
+
+
+def _sizing(r: dict[str, Any]) -> list[str]:
+    """How many comments each (a)/(b)/shadow run got, and why (runner.sized_messages)."""
+    probe, bench = r.get("probe"), r["settings_bench"]
+    if not probe or "throughput_seconds" not in bench:
+        return []
+    return [
+        f"Each (a), (b) and shadow run timed {r['corpus']['messages']:,} comments, what (a) "
+        f"scores in {bench['throughput_seconds']:.0f} s at the rate a {probe['messages']:,}-"
+        f"comment probe measured ({probe['comments_per_s']:,.0f}/s), kept within "
+        f"{min(bench['min_messages'], bench['messages']):,} to {bench['messages']:,}: a slow "
+        "machine times fewer comments rather than taking longer.",
+        "",
+    ]
+
+
+def _stage_noise(noise: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    return next((s for s in (noise or {}).get("stages", []) if s["stage"] == name), None)
+
+
+def noise_warning(noise: dict[str, Any] | None) -> list[str]:
+    """A line above the figures when any stage ran on a noisy machine."""
+    if not noise or not noise.get("noisy_stages"):
+        return []
+    names = noise["noisy_stages"]
+    return [
+        f"**Noisy machine**: {len(names)} of {len(noise['stages'])} stages ran while the "
+        f"hypervisor took more than {noise['noisy_steal_pct']:.0f} % of the CPU (steal): "
+        + ", ".join(names)
+        + ". Their figures understate what this code does on a quiet machine of this kind.",
+        "",
+    ]
+
+
+def noise_table(noise: dict[str, Any] | None) -> list[str]:
+    """Every stage: its wall time and the machine's steal, load and other processes' share."""
+    if not noise:
+        return []
+    lines = [
+        "## Machine noise per stage",
+        "",
+        f"Shares of all CPU time over the stage (/proc/stat): steal is what the hypervisor gave "
+        f"to other guests (noisy above {noise['noisy_steal_pct']:.0f} %), other processes are "
+        f"busy CPU outside the bench, its worker and broker. Total {noise['total_seconds']:.0f} s.",
+        "",
+        "| stage | seconds | steal % | load (1 min) start → end | busy % | other processes % "
+        "| noisy |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    for s in noise["stages"]:
+        lines.append(
+            f"| {s['stage']} | {s['seconds']:.1f} | {_f(s['steal_pct'], 1)} "
+            f"| {_f(s['load1_start'], 2)} → {_f(s['load1_end'], 2)} | {_f(s['busy_pct'], 0)} "
+            f"| {_f(s['others_pct'], 0)} | {'**noisy**' if is_noisy(s) else 'no'} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _shadow_row(shadow: dict[str, Any] | None) -> list[str]:
@@ -173,7 +245,7 @@ def _shadow_row(shadow: dict[str, Any] | None) -> list[str]:
         return []
     return [
         f"| (b) with a shadow model attached (`{shadow['shadow_model']}`, same batches) "
-        f"| {_f(shadow['with_comments_per_s'])} |"
+        f"| {_f(shadow['with_comments_per_s'])} | {describe(shadow['run'].get('noise'))} |"
     ]
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 from bench import ceiling, end_to_end, http_api, naive, profile, report, variants
 from bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to, validation_split
+from bench.stages import StageLog
 from testing.broker import broker_kind, kafka_broker
 from worker.app import GIL_SWITCH_INTERVAL_S
 from worker.config import Settings
-from worker.hardware import SPEED_FLAGS, usable_cpus
+from worker.hardware import SPEED_FLAGS, cgroup_cpus, usable_cpus
 from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_from_settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,16 @@ REPORTED_SETTINGS = (
 
 @dataclass(frozen=True)
 class BenchOptions:
-    messages: int = 50_000
+    """The bench's sizes. Each stage is bounded in time as well as in size, so that a machine at
+    half speed (CPU steal, neighbours) still finishes `make bench` in under 10 minutes: the
+    (a)/(b)/shadow runs are sized from a probed rate (`sized_messages`), the latency and naive
+    stages run for fixed seconds, each (d) level stops after `http_level_seconds`, and the
+    accuracy check scores at most `validation_comments`."""
+
+    messages: int = 50_000  # the most comments per (a), (b) and shadow run
+    throughput_seconds: float = 12.0  # ... or what (a) scores in this long at the probed rate
+    min_messages: int = 10_000  # ... but never fewer than this
+    probe_messages: int = 5000  # the (a) run that measures that rate
     corpus: Path = DEFAULT_CORPUS
     output_dir: Path = Path("bench-results")
     partitions: int = 3
@@ -47,14 +57,17 @@ class BenchOptions:
     shadow_model: str | None = None  # None: the primary's model (BERT-Tiny by default)
     http_clients: tuple[int, ...] = (1, 16, 256)  # (d) concurrent HTTP API clients
     http_requests: int = 3000  # per concurrency level and mode (at least 4 per client)
+    http_level_seconds: float = 8.0  # a level sends no more once this long has passed
     http: bool = True
+    validation_comments: int | None = 10_000  # accuracy check per variant; None: the split
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
         """A smoke run: small corpus, short phases (figures are indicative only)."""
         return cls(**({
             "messages": 2000, "latency_seconds": 3.0, "naive_messages": 200,
-            "naive_seconds": 5.0, "repeats": 1, "http_requests": 100,
+            "naive_seconds": 5.0, "repeats": 1, "http_requests": 100, "probe_messages": 500,
+            "validation_comments": 2000,
         } | overrides))  # fmt: skip
 
 
@@ -70,6 +83,7 @@ def machine_info(model: ServedModel) -> dict[str, Any]:
         "cpu_flags": " ".join(sorted(cpu.flags & SPEED_FLAGS)) or "none of " + str(SPEED_FLAGS),
         "cores": os.cpu_count(),
         "usable_cpus": usable_cpus(),
+        "cgroup_cpu_quota": cgroup_cpus() or "none",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -108,19 +122,37 @@ def _shadow_cost(model: str, without: dict[str, Any], runs: list[dict[str, Any]]
     }
 
 
+def sized_messages(rate: float, options: BenchOptions) -> int:
+    """Comments for each (a), (b) and shadow run: what (a) scores in `throughput_seconds` at
+    the probed `rate`, within [min(min_messages, messages), messages]. A machine at half speed
+    times half the comments instead of taking twice as long; a fast one times `messages`."""
+    floor = min(options.min_messages, options.messages)
+    return max(floor, min(options.messages, int(rate * options.throughput_seconds)))
+
+
 def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     out = options.output_dir
     out.mkdir(parents=True, exist_ok=True)
     started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    unique = load_texts(options.corpus)
-    texts = repeat_to(unique, options.messages)
-    model = load_from_settings(settings)
+    stages = StageLog()
+    with stages.stage("set-up: corpus, model"):
+        unique = load_texts(options.corpus)
+        model = load_from_settings(settings)
     # The bench process is also the load generator: with torch and transformers loaded, a full
     # collection of its own would stall the paced producer and show up as worker latency.
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as in the worker, for (a)
     machine = machine_info(model)
+    with stages.stage("(a) probe: the rate that sizes the runs") as noise:
+        probe = ceiling.run_ceiling(
+            model, repeat_to(unique, min(options.messages, options.probe_messages)),
+            settings.max_batch_size,
+        )  # fmt: skip
+    probe["noise"] = noise.figures
+    texts = repeat_to(unique, sized_messages(probe["comments_per_s"], options))
+    log.info("(a) probe: %.0f comments/s, so %d comments per run", probe["comments_per_s"],
+             len(texts))  # fmt: skip
     sample = unique[: min(len(unique), 5000)]
     token_lengths = [len(ids) for ids in model.tokenizer.encode(sample)]
     profile_raw = out / "profile.raw.txt" if options.profile else None
@@ -134,30 +166,38 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         # the report gives the best run of each and lists every run.
         for run in range(options.repeats):
             log.info("(a) model-only ceiling on %d comments (run %d)", len(texts), run + 1)
-            ceilings.append(ceiling.run_ceiling(model, texts, settings.max_batch_size))
+            with stages.stage(f"(a) model-only ceiling, run {run + 1}") as noise:
+                ceilings.append(ceiling.run_ceiling(model, texts, settings.max_batch_size))
+            ceilings[-1]["noise"] = noise.figures
             log.info("(a) %.0f comments/s", ceilings[-1]["comments_per_s"])
             log.info("(b) worker end to end on %d comments (run %d)", len(texts), run + 1)
-            saturations.append(
-                end_to_end.run_saturation(
-                    settings,
-                    bootstrap,
-                    texts,
-                    out,
-                    options.partitions,
-                    profile_raw if run == options.repeats - 1 else None,
+            with stages.stage(f"(b) worker end to end, run {run + 1}") as noise:
+                saturations.append(
+                    end_to_end.run_saturation(
+                        settings,
+                        bootstrap,
+                        texts,
+                        out,
+                        options.partitions,
+                        profile_raw if run == options.repeats - 1 else None,
+                    )
                 )
-            )
+            saturations[-1]["noise"] = noise.figures
             log.info("(b) %.0f comments/s", saturations[-1]["comments_per_s"])
             if options.shadow:
                 log.info("(b) with shadow %s on %d comments (run %d)", shadow_model, len(texts),
                          run + 1)  # fmt: skip
-                shadowed.append(
-                    end_to_end.run_saturation(
-                        with_shadow, bootstrap, texts, out, options.partitions, None
+                with stages.stage(f"(b) with a shadow model, run {run + 1}") as noise:
+                    shadowed.append(
+                        end_to_end.run_saturation(
+                            with_shadow, bootstrap, texts, out, options.partitions, None
+                        )
                     )
-                )
+                shadowed[-1]["noise"] = noise.figures
                 log.info("(b) with shadow: %.0f comments/s", shadowed[-1]["comments_per_s"])
-        single = ceiling.run_single(model, unique)
+        with stages.stage("single comment") as noise:
+            single = ceiling.run_single(model, unique)
+        single["noise"] = noise.figures
         log.info("single comment: p50 %.2f ms, p99 %.2f ms", single["p50_ms"], single["p99_ms"])
         a, b = _best_run(ceilings), _best_run(saturations)
         a["runs"] = [round(r["comments_per_s"], 1) for r in ceilings]
@@ -166,20 +206,28 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         rate = max(1.0, options.latency_load * b["comments_per_s"])
         paced = repeat_to(unique, max(50, int(rate * options.latency_seconds)))
         log.info("(b) latency at %.0f comments/s for %d comments", rate, len(paced))
-        latency = end_to_end.run_latency(settings, bootstrap, paced, rate, out, options.partitions)
+        with stages.stage("(b) latency at half load") as noise:
+            latency = end_to_end.run_latency(
+                settings, bootstrap, paced, rate, out, options.partitions
+            )
+        latency["noise"] = noise.figures
         log.info("(b) p50 %.1f ms, p99 %.1f ms", latency["p50_ms"], latency["p99_ms"])
         log.info("(c) naive baseline")
-        c = naive.run_naive(
-            settings, bootstrap, texts[: options.naive_messages], options.naive_seconds,
-            options.partitions,
-        )  # fmt: skip
+        with stages.stage("(c) naive consumer") as noise:
+            c = naive.run_naive(
+                settings, bootstrap, texts[: options.naive_messages], options.naive_seconds,
+                options.partitions,
+            )  # fmt: skip
+        c["noise"] = noise.figures
         log.info("(c) %.1f comments/s", c["comments_per_s"])
         d = None
         if options.http:
             log.info("(d) HTTP API at %s concurrent clients", options.http_clients)
-            d = http_api.run_http_api(
-                settings, bootstrap, unique, out, options.http_clients, options.http_requests
-            )
+            with stages.stage("(d) HTTP API") as noise:
+                d = http_api.run_http_api(
+                    settings, bootstrap, unique, out, options.http_clients,
+                    options.http_requests, options.http_level_seconds,
+                )  # fmt: skip
             for mode, runs in d.items():
                 for level in runs["levels"]:
                     log.info(
@@ -190,9 +238,12 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     compared = None
     if options.precision_check:
         log.info("backends and precisions side by side")
-        compared = variants.compare_variants(
-            settings, model.runtime, unique[:2000], validation_split(options.corpus), out
-        )
+        with stages.stage("backends and precisions") as noise:
+            compared = variants.compare_variants(
+                settings, model.runtime, unique[:2000],
+                validation_split(options.corpus, options.validation_comments), out,
+            )  # fmt: skip
+        compared["noise"] = noise.figures
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     b_over_a = b["comments_per_s"] / a["comments_per_s"]
     b_over_c = b["comments_per_s"] / c["comments_per_s"]
@@ -217,6 +268,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     results = {
         "started_at": started_at,
         "broker": broker_kind(),
+        "probe": probe,
         "ceiling": a,
         "end_to_end": b,
         "latency": latency,
@@ -243,6 +295,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         },
         "profile": profile.summarize(profile_raw) if profile_raw else None,
         "variants": compared,
+        "noise": stages.summary(),
     }
     report.write_json(results, out / "bench.json")
     report.write_markdown(results, out / "REPORT.md")

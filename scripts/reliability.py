@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from testing.broker import TansuBroker  # noqa: E402
+from testing.machine_noise import NoiseMeter, describe, machine_description  # noqa: E402
 from testing.models import build_tiny_model  # noqa: E402
 from testing.reliability import scenarios  # noqa: E402
 from testing.reliability.catalog import catalog  # noqa: E402
@@ -120,6 +121,7 @@ def main() -> int:
         for name in wanted:
             print(f"== {name} ...", flush=True)
             started = time.monotonic()
+            noise = NoiseMeter().begin()  # steal, load, other processes over the scenario
             try:
                 figures = runs[name]()
             except AssertionError as exc:
@@ -129,12 +131,15 @@ def main() -> int:
                 figures = {"scenario": name, "error": traceback.format_exc()[-2000:]}
                 failures.append(name)
             figures["wall_s"] = round(time.monotonic() - started, 1)
+            figures["machine_noise"] = noise.end()
             results.append(figures)
             print(json.dumps(figures, indent=1), flush=True)
     finally:
         if broker is not None:
             broker.close()
     report = {
+        "machine": machine_description(),
+        "noisy_scenarios": noisy_scenarios(results),
         "model": args.model,
         "broker": "tansu (own process)" if broker else bootstrap,
         "results": results,
@@ -152,8 +157,24 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def noisy_scenarios(results: list[dict]) -> list[str]:
+    """Scenarios run while the hypervisor took more than NOISY_STEAL_PCT % of the CPU."""
+    return [r["scenario"] for r in results if r.get("machine_noise", {}).get("noisy")]
+
+
+def print_machine(report: dict) -> None:
+    """The machine, and each scenario's steal and load (flagged noisy above the threshold)."""
+    print(", ".join(f"{k}: {v}" for k, v in report["machine"].items()))
+    print("machine over each scenario (CPU steal, 1-min load start→end, other processes):")
+    for r in report["results"]:
+        print(f"  {r['scenario']}: {describe(r.get('machine_noise'))}")
+    if report["noisy_scenarios"]:
+        print(f"NOISY (CPU steal): {', '.join(report['noisy_scenarios'])}")
+
+
 def print_summary(report: dict) -> None:
     print("\n== reliability report ==")
+    print_machine(report)
     for r in report["results"]:
         name = r["scenario"]
         keys = ["messages", "crashes", "lost", "duplicates", "duplicates_bound", "unexpected",

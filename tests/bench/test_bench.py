@@ -108,7 +108,35 @@ def test_bench_quick_writes_every_figure(
             assert level["requests_per_s"] > 0 and 0 < level["p50_ms"] <= level["p99_ms"]
     assert all(level["mean_batch_size"] == 1 for level in http["one_at_a_time"]["levels"])
     assert http["batched"]["levels"][-1]["mean_batch_size"] > 1  # 256 clients share batches
+    noise = report["noise"]  # steal, load and other processes over every stage, in order
+    stages = [s["stage"] for s in noise["stages"]]
+    assert stages == [
+        "set-up: corpus, model", "(a) probe: the rate that sizes the runs",
+        "(a) model-only ceiling, run 1", "(b) worker end to end, run 1",
+        "(b) with a shadow model, run 1", "single comment", "(b) latency at half load",
+        "(c) naive consumer", "(d) HTTP API", "backends and precisions",
+    ]  # fmt: skip
+    for s in noise["stages"]:
+        assert s["seconds"] >= 0 and s["load1_start"] is not None
+        if Path("/proc/stat").exists() and s["seconds"] >= 1:  # the kernel counts in 10 ms ticks
+            assert 0 <= s["steal_pct"] <= s["steal_pct"] + s["busy_pct"] <= 100.1
+            assert s["noisy"] == (s["steal_pct"] > noise["noisy_steal_pct"])
+    assert noise["noisy_stages"] == [s["stage"] for s in noise["stages"] if s["noisy"]]
+    by_name = {s.pop("stage"): s for s in noise["stages"]}
+    for figure, name in {
+        "ceiling": "(a) model-only ceiling, run 1", "end_to_end": "(b) worker end to end, run 1",
+        "latency": "(b) latency at half load", "single_comment": "single comment",
+        "naive": "(c) naive consumer", "variants": "backends and precisions",
+    }.items():  # fmt: skip
+        assert report[figure]["noise"] == by_name[name]  # beside the figure it was taken over
+    assert report["shadow"]["run"]["noise"] == by_name["(b) with a shadow model, run 1"]
+    assert {"cpu_flags", "usable_cpus", "cgroup_cpu_quota"} <= set(report["machine"])
+    assert report["probe"]["messages"] == 300 and report["probe"]["comments_per_s"] > 0
     markdown = (out / "REPORT.md").read_text()
+    assert "## Machine noise per stage" in markdown and "300-comment probe measured" in markdown
+    for name in stages:
+        assert f"| {name} | " in markdown
+    assert "usable CPUs" in markdown and "cgroup CPU quota" in markdown
     needles = ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single")
     for needle in (
         *needles,
