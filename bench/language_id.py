@@ -7,6 +7,7 @@ Per candidate: (a) accuracy on real short sentences in many languages, from the 
 Apache-2.0); (b) the share of English Jigsaw comments called "not English", raw and under a rule
 "not English only when confidence >= X and the text has >= N letters", the rule chosen on one
 Jigsaw sample and reported on another; (c) single-thread throughput and import + load time.
+Every candidate reads the first `--max-chars` characters (default: worker/language.py's).
 Outside the product: it may import candidates the worker does not depend on.
 """
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpus import DEFAULT_CORPUS, CorpusError, load_texts
+from worker.language import MAX_CHARS
 
 # The languages of the accuracy set: Coral's five first, then others with many web comments.
 LANGUAGES = (
@@ -180,11 +182,19 @@ def _rule_code(code: str, conf: float, text: str, min_conf: float, min_letters: 
 
 
 def measure(
-    cand: Candidate, multi: list[tuple[str, str]], tune: list[str], report: list[str]
+    cand: Candidate,
+    multi: list[tuple[str, str]],
+    tune: list[str],
+    report: list[str],
+    max_chars: int | None = None,
 ) -> dict[str, object]:
     start = time.perf_counter()
-    detect = cand.load()
+    whole = cand.load()
     load_s = time.perf_counter() - start
+
+    def detect(text: str) -> tuple[str, float]:
+        return whole(text[:max_chars])
+
     multi_out = [(truth, text, detect(text)) for truth, text in multi]
     per_language = {
         code: round(
@@ -238,6 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-language", type=int, default=40)
     parser.add_argument("--jigsaw-n", type=int, default=2000, help="comments to report on")
     parser.add_argument("--tune-n", type=int, default=6000, help="other comments, for the rule")
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=MAX_CHARS,
+        help="read only the first N characters of each text, as worker/language.py does (0: all)",
+    )
     parser.add_argument("--only", nargs="*", choices=sorted(CANDIDATES), default=None)
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -254,8 +270,10 @@ def main(argv: list[str] | None = None) -> None:
         "languages": list(LANGUAGES),
         "jigsaw_report_n": len(report),
         "jigsaw_tune_n": len(tune),
+        "max_chars": args.max_chars or None,
         "candidates": [
-            measure(CANDIDATES[name], multi, tune, report) for name in args.only or CANDIDATES
+            measure(CANDIDATES[name], multi, tune, report, args.max_chars or None)
+            for name in args.only or CANDIDATES
         ],
     }
     text = json.dumps(results, indent=2, ensure_ascii=False)

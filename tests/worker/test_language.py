@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.language import (
+    MAX_CHARS,
     UNDETERMINED,
     Detection,
     LanguageDetector,
@@ -71,3 +72,10 @@ def test_a_broken_model_file_refuses_to_load(tmp_path: Path) -> None:
     broken.write_bytes(b"not a fasttext model")
     with pytest.raises(LanguageModelError, match="cannot load language model"):
         LanguageDetector(broken)
+
+
+def test_only_the_first_max_chars_are_read(detector: LanguageDetector) -> None:
+    french = TEXTS["fr"] + " " + TEXTS["fr"] + " " + TEXTS["fr"]
+    assert len(french) >= MAX_CHARS
+    detection = detector.detect(french + " " + TEXTS["en"] * 40)
+    assert (detection.code, detection.reliable) == ("fr", True)
