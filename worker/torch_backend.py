@@ -105,6 +105,19 @@ class _Passes(torch.nn.Module):
         return probabilities
 
 
+class _DropLossTypeNotice(logging.Filter):
+    """transformers' "`loss_type=None` ... Using the default loss: `ForCausalLMLoss`." line.
+    Tracing probes every attribute of every submodule (torch.jit's scan for exported methods),
+    including `loss_function`, a training-only property that warns for a class with no loss
+    type (the bare `BertModel` inside the classifier). It says nothing true about serving."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("`loss_type=")
+
+
+HF_MODELING_LOGGER = "transformers.modeling_utils"
+
+
 def trace_on_cpu(model: torch.nn.Module, uses_token_types: bool) -> torch.jit.ScriptModule:
     """The eager model traced, wrapped in `_Passes` and frozen: one C++ call per batch instead
     of a few hundred Python module calls per pass, which holds the GIL far less (the event loop
@@ -114,15 +127,20 @@ def trace_on_cpu(model: torch.nn.Module, uses_token_types: bool) -> torch.jit.Sc
     ids = torch.full((2, 16), 1000, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings about Python values in transformers
-        traced = torch.jit.trace(
-            _Probabilities(model, uses_token_types).eval(),
-            (ids, mask, torch.zeros_like(ids)),
-            check_trace=False,
-            strict=False,
-        )
-        return torch.jit.freeze(torch.jit.script(_Passes(traced)).eval())
+    quiet, hf_logger = _DropLossTypeNotice(), logging.getLogger(HF_MODELING_LOGGER)
+    hf_logger.addFilter(quiet)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python values in transformers
+            traced = torch.jit.trace(
+                _Probabilities(model, uses_token_types).eval(),
+                (ids, mask, torch.zeros_like(ids)),
+                check_trace=False,
+                strict=False,
+            )
+            return torch.jit.freeze(torch.jit.script(_Passes(traced)).eval())
+    finally:
+        hf_logger.removeFilter(quiet)
 
 
 class TorchBackend(Backend):

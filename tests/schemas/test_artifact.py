@@ -49,7 +49,9 @@ def test_old_artifacts_without_calibration_stay_valid() -> None:
         "problem_type",
         "label_thresholds",
         "api_attributes",  # the HTTP API's attribute map, defaulted from the labels
+        "served_languages",  # English only, for an artifact that names none
     }
+    assert contract.served_languages == ("en",)
 
 
 def test_calibration_and_rates_round_trip_through_config_json() -> None:
@@ -69,9 +71,30 @@ def test_calibration_and_rates_round_trip_through_config_json() -> None:
     json.dumps(entries)  # plain JSON
 
 
+def test_served_languages_round_trip_through_config_json() -> None:
+    contract = _contract(served_languages=["es", "en"])
+    assert contract.served_languages == ("es", "en")
+    entries = contract.config_entries()
+    assert entries["served_languages"] == ["es", "en"]
+    again = ArtifactContract.from_config(
+        {**_config(), **entries}, default_name="x", default_version="y"
+    )
+    assert again == contract
+
+
+def test_the_bundled_model_serves_english() -> None:
+    from worker.model import DEFAULT_MODEL_DIR
+
+    config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    assert config["served_languages"] == ["en"]
+    assert read_contract(DEFAULT_MODEL_DIR).served_languages == ("en",)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
+        ({"served_languages": ["English"]}, "served_languages.0: String should match pattern"),
+        ({"served_languages": "en"}, "served_languages: Input should be a valid tuple"),
         ({"label_base_rates": {"toxic": 0.1}}, "label_base_rates must name every label"),
         ({"label_base_rates": {"toxic": 0.1, "threat": 0.0}}, "strictly between 0 and 1"),
         ({"label_training_rates": {"toxic": 1.0, "threat": 0.1}}, "strictly between 0 and 1"),

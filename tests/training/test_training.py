@@ -299,6 +299,7 @@ def test_fit_writes_a_complete_artifact(fitted: Path) -> None:
     # config.json carries exactly the artifact contract's entries, as the worker reads them
     contract = ArtifactContract.from_config(config, default_name="-", default_version="-")
     assert contract.config_entries() == {key: config[key] for key in contract.config_entries()}
+    assert config["served_languages"] == ["en"]  # Jigsaw is English
     assert contract.model_version == weights_version(model_dir / "model.safetensors")
     assert contract.model_name == "model" and contract.labels == tuple(JIGSAW_LABELS)
     ckpt = fitted / "checkpoint"

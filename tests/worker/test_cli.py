@@ -165,3 +165,11 @@ def test_info_load_scores_one_text_on_the_chosen_backend() -> None:
     assert info["loaded"]["device"] == "cpu"
     scores = info["loaded"]["scores"]
     assert len(scores) == len(info["labels"]) and all(0 < p < 1 for p in scores)
+
+
+def test_loading_the_model_prints_no_transformers_loss_type_notice() -> None:
+    """Tracing the model (CPU torch, as `run` serves) used to print transformers' training-only
+    "`loss_type=None` ... `ForCausalLMLoss`" line at every start."""
+    code, lines, _ = run_cli("info", "--load", "--json", env={"MODERATION_BACKEND": "torch"})
+    assert code == 0, lines
+    assert not [line for line in lines if "loss_type" in line or "ForCausalLMLoss" in line], lines

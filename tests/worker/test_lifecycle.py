@@ -99,3 +99,16 @@ def test_second_worker_shares_partitions_and_nothing_is_lost(
     assert set(seen) == {f"r{i}" for i in range(1500)} | {f"q{i}" for i in range(500)}
     assert len(seen) - len(set(seen)) <= 2 * 128  # duplicates bounded by what was in flight
     assert "assigned" in second.log()
+
+
+def test_the_log_says_when_the_group_join_starts_and_ends(
+    topics: Topics, worker_process: WorkerFactory
+) -> None:
+    worker = worker_process(topics)
+    assert worker.terminate() == 0
+    log = worker.log()
+    joining = log.find(f"joining group {topics.group} on topic {topics.input} ...")
+    joined = log.find(f"joined group {topics.group} in ")
+    assert 0 <= joining < joined, log
+    assert log.find("ready: start-up phases") > joined
+    assert "loss_type" not in log  # the transformers notice tracing used to print

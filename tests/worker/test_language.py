@@ -1,0 +1,81 @@
+"""Language identification (worker/language.py) on real texts, with the model the worker ships."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from worker.language import (
+    MAX_CHARS,
+    UNDETERMINED,
+    Detection,
+    LanguageDetector,
+    LanguageModelError,
+    served_language,
+)
+
+TEXTS = {
+    "fr": "Va te faire foutre, espèce de connard, personne ne lit tes conneries",
+    "es": "Eres un idiota y no sabes nada de este tema, cállate ya",
+    "de": "Du bist ein Vollidiot und hast keine Ahnung, wovon du redest",
+    "pt": "Você é um idiota e não sabe nada sobre este assunto",
+    "en": "u r such a dumbass lol!!! go f urself and stop editing my page",
+}
+
+
+@pytest.fixture(scope="module")
+def detector() -> LanguageDetector:
+    return LanguageDetector()
+
+
+@pytest.mark.parametrize("code", sorted(TEXTS))
+def test_coral_languages_are_detected_reliably(detector: LanguageDetector, code: str) -> None:
+    detection = detector.detect(TEXTS[code])
+    assert detection.code == code
+    assert detection.reliable
+    assert served_language(detection, ["en"]) == code
+
+
+def test_messy_multiline_english_comment_is_english(detector: LanguageDetector) -> None:
+    text = (
+        'Y U REMUV MY POST?\n\nseriously dude,  its not vandalism. (talk) 21:51, 11 Jan 2016 (UTC)"'
+    )
+    detection = detector.detect(text)
+    assert served_language(detection, ["en"]) == "en"
+
+
+@pytest.mark.parametrize("text", ["lol", "Merci", "ok"])
+def test_short_text_is_unreliable_and_served_as_the_served_language(
+    detector: LanguageDetector, text: str
+) -> None:
+    detection = detector.detect(text)
+    assert not detection.reliable
+    assert served_language(detection, ["en"]) == "en"
+
+
+@pytest.mark.parametrize("text", ["", "   \n", ":) 12345 !!!"])
+def test_text_without_letters_is_undetermined(detector: LanguageDetector, text: str) -> None:
+    assert detector.detect(text) == Detection(UNDETERMINED, 0.0, False)
+
+
+def test_detect_is_thread_safe(detector: LanguageDetector) -> None:
+    texts = list(TEXTS.values()) * 200
+    expected = [detector.detect(t) for t in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(detector.detect, texts)) == expected
+
+
+def test_a_broken_model_file_refuses_to_load(tmp_path: Path) -> None:
+    broken = tmp_path / "lid.176.ftz"
+    broken.write_bytes(b"not a fasttext model")
+    with pytest.raises(LanguageModelError, match="cannot load language model"):
+        LanguageDetector(broken)
+
+
+def test_only_the_first_max_chars_are_read(detector: LanguageDetector) -> None:
+    french = TEXTS["fr"] + " " + TEXTS["fr"] + " " + TEXTS["fr"]
+    assert len(french) >= MAX_CHARS
+    detection = detector.detect(french + " " + TEXTS["en"] * 40)
+    assert (detection.code, detection.reliable) == ("fr", True)
