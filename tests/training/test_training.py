@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -19,12 +20,13 @@ from transformers import BertConfig, pipeline
 from transformers.utils import logging as hf_logging
 
 from schemas.artifact import ArtifactContract, weights_version
-from training import JIGSAW_LABELS
+from training import JIGSAW_LABELS, provenance
 from training.cli import main
 from training.data import DataError, load_dataset, split_dataset
 from training.distill import soft_target_loss
 from training.evaluate import choose_thresholds, compute_metrics
 from training.modeling import length_grouped_batches
+from training.provenance import portable_command, portable_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[2]
@@ -93,21 +95,27 @@ def data_file(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(work: Path, tiny_model: Path, data_file: Path) -> Path:
+    """A fit run from a checkout and a current directory that hold none of its sources, wherever
+    this clone and the temporary folder live."""
     out = work / "fit-run"
-    code = main(
-        [
-            "fit",
-            "--base-model",
-            str(tiny_model),
-            "--train",
-            str(data_file),
-            "--output-dir",
-            str(out),
-            "--max-length",
-            "32",
-            *COMMON,
-        ]
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(provenance, "CHECKOUT", work / "checkout")
+        (work / "cwd").mkdir()
+        patch.chdir(work / "cwd")
+        code = main(
+            [
+                "fit",
+                "--base-model",
+                str(tiny_model),
+                "--train",
+                str(data_file),
+                "--output-dir",
+                str(out),
+                "--max-length",
+                "32",
+                *COMMON,
+            ]
+        )
     assert code == 0
     return out
 
@@ -261,19 +269,26 @@ def test_training_imports_nothing_from_worker() -> None:
 def test_portable_paths_name_sources_as_a_user_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.provenance import portable_command, portable_path
-
-    monkeypatch.chdir(tmp_path)
+    checkout, cwd, elsewhere = tmp_path / "checkout", tmp_path / "cwd", tmp_path / "tmp"
+    for folder in (checkout, cwd, elsewhere):
+        folder.mkdir()
+    monkeypatch.setattr(provenance, "CHECKOUT", checkout)
+    monkeypatch.chdir(cwd)
     site = "/opt/venv/lib/python3.11/site-packages/some_model/model"
     assert portable_path(site) == "some_model/model"
-    assert portable_path(tmp_path / "data" / "x.csv") == "data/x.csv"
-    assert portable_path(REPO / "runs" / "teacher") == "runs/teacher"
-    assert portable_path(REPO.parent / "shared" / "d.csv") == "../shared/d.csv"
-    assert portable_path(Path.home() / "x.csv").endswith("x.csv")
+    assert portable_path(cwd / "data" / "x.csv") == "data/x.csv"
+    assert portable_path(checkout / "runs" / "teacher") == "runs/teacher"
+    assert portable_path(tmp_path / "shared" / "d.csv") == "../shared/d.csv"  # the project's data
+    data = elsewhere / "train.csv"
+    data.write_bytes(b"id,text\n")
+    digest = hashlib.sha256(b"id,text\n").hexdigest()
+    assert portable_path(data) == f"train.csv (sha256 {digest})"  # never `../tmp/train.csv`
+    assert portable_path(elsewhere / "base-model") == "base-model"
+    assert portable_path(Path.home() / "downloads" / "x.csv") == "x.csv"
     assert portable_path("google/bert_uncased_L-2_H-128_A-2") == "google/bert_uncased_L-2_H-128_A-2"
     assert portable_path("runs/a") == "runs/a"
-    command = portable_command(["t", "--train", str(REPO / "a b.csv"), f"--val={REPO / 'v.csv'}"])
-    assert command == "t --train 'a b.csv' --val=v.csv"
+    argv = ["t", "--train", str(checkout / "a b.csv"), f"--val={checkout / 'v.csv'}", str(data)]
+    assert portable_command(argv) == "t --train 'a b.csv' --val=v.csv train.csv"
 
 
 def test_no_pickle_loading_in_training_code() -> None:
@@ -314,7 +329,9 @@ def test_fit_writes_a_complete_artifact(fitted: Path) -> None:
     assert "mean ROC-AUC" in (model_dir / "README.md").read_text()
     info = json.loads((model_dir / "training_info.json").read_text())
     assert info["command"].startswith("moderation-train fit --base-model ")  # how it was made
-    assert info["train_data"] == str(fitted.parent / "train.csv.gz")  # outside the checkout
+    assert " --train train.csv.gz " in info["command"]
+    digest = hashlib.sha256((fitted.parent / "train.csv.gz").read_bytes()).hexdigest()
+    assert info["train_data"] == f"train.csv.gz (sha256 {digest})"  # outside the checkout
 
 
 def test_resume_reproduces_an_uninterrupted_run(
