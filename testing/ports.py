@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
+
+from testing.wait import wait_until
 
 
 def free_port() -> int:
@@ -14,11 +15,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def accepts(host: str, port: int) -> bool:
+    """Whether `host:port` accepts a connection now."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
 def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
     """Return once `host:port` accepts a connection; TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+    wait_until(lambda: accepts(host, port), timeout, message=f"nothing listens on {host}:{port}")

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from testing.http import metric_sum
 from testing.kafka import committed_offsets
 from testing.topics import Topics
+from testing.wait import wait_until
 from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
 
 # --- memory ------------------------------------------------------------------------------
@@ -147,14 +148,17 @@ class WorkerSupervisor:
         return took
 
     def wait_progress(self, timeout: float = 120) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Whether the worker acknowledged a record within `timeout` s (False if it died)."""
+
+        def outcome() -> str | None:
             if not self.alive():
-                return False
-            if (self.acknowledged() or 0) > 0:
-                return True
-            time.sleep(0.1)
-        return False
+                return "died"
+            return "progress" if (self.acknowledged() or 0) > 0 else None
+
+        try:
+            return wait_until(outcome, timeout) == "progress"
+        except TimeoutError:
+            return False
 
     def kill9(self) -> Restart:
         assert self.process is not None
