@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TypeVar
 
 T = TypeVar("T")
 Message = str | Callable[[], str]  # a callable is called only on timeout (e.g. to read a log)
 
 
-def _timed_out(message: Message, timeout: float) -> TimeoutError:
-    text = message() if callable(message) else message
-    return TimeoutError(f"{text} (after {timeout:g} s)")
+def _pauses(
+    predicate: Callable[[], T], timeout: float, interval: float, message: Message
+) -> Generator[float, None, T]:
+    """The polling itself: yields how long to sleep before the next look; returns the first
+    truthy value (StopIteration.value); raises TimeoutError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        left = deadline - time.monotonic()
+        if left <= 0:
+            text = message() if callable(message) else message
+            raise TimeoutError(f"{text} (after {timeout:g} s)")
+        yield min(interval, left)
 
 
 def wait_until(
@@ -32,15 +44,12 @@ def wait_until(
 ) -> T:
     """`predicate()`'s first truthy value, polled every `interval` seconds; TimeoutError (with
     `message`) after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _timed_out(message, timeout)
-        time.sleep(min(interval, left))
+    pauses = _pauses(predicate, timeout, interval, message)
+    try:
+        while True:
+            time.sleep(next(pauses))
+    except StopIteration as done:
+        return done.value
 
 
 async def wait_until_async(
@@ -51,13 +60,9 @@ async def wait_until_async(
     message: Message = "the condition never held",
 ) -> T:
     """`wait_until` for a coroutine: the event loop runs while it waits."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        left = deadline - loop.time()
-        if left <= 0:
-            raise _timed_out(message, timeout)
-        await asyncio.sleep(min(interval, left))
+    pauses = _pauses(predicate, timeout, interval, message)
+    try:
+        while True:
+            await asyncio.sleep(next(pauses))
+    except StopIteration as done:
+        return done.value

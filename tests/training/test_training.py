@@ -99,25 +99,13 @@ def fitted(work: Path, tiny_model: Path, data_file: Path) -> Path:
     """A fit run from a checkout and a current directory that hold none of its sources, wherever
     this clone and the temporary folder live."""
     out = work / "fit-run"
+    argv = ["fit", "--base-model", str(tiny_model), "--train", str(data_file),
+            "--output-dir", str(out), "--max-length", "32", *COMMON]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(provenance, "CHECKOUT", work / "checkout")
         (work / "cwd").mkdir()
         patch.chdir(work / "cwd")
-        code = main(
-            [
-                "fit",
-                "--base-model",
-                str(tiny_model),
-                "--train",
-                str(data_file),
-                "--output-dir",
-                str(out),
-                "--max-length",
-                "32",
-                *COMMON,
-            ]
-        )
-    assert code == 0
+        assert main(argv) == 0
     return out
 
 
