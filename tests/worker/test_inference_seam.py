@@ -17,6 +17,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from schemas import Comment
+from testing.queues import reader_has_looked
 from testing.wait import wait_until_async
 from worker.batching import BatchQueue, Tokenized
 from worker.checkpoint import PartitionOffsets, Ticket
@@ -123,15 +124,6 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-async def looked_at(queue: BatchQueue) -> None:
-    """Until the queue's reader has seen the last `put`: a `put` sets the queue's change event,
-    and a reader clears it when it goes back to waiting (`BatchQueue._wait_for_change`). Then
-    whatever the reader does with what it saw (here: nothing) has been done."""
-    await wait_until_async(
-        lambda: not queue._changed.is_set(), 10, message="the queue's reader never looked"
-    )
-
-
 async def test_a_full_batch_goes_to_the_backend_while_the_one_before_is_scored(
     model: ServedModel,
 ) -> None:
@@ -152,7 +144,7 @@ async def test_a_full_batch_goes_to_the_backend_while_the_one_before_is_scored(
         queue.put(entries[:3])
         assert await asyncio.to_thread(backend.entered.wait, 30)  # batch 1 is on the thread
         queue.put(entries[3:5])  # a partial batch: not handed over while the backend is busy
-        await looked_at(queue)
+        await reader_has_looked(queue)
         assert executor.submitted == 1 and len(queue) == 2
         queue.put(entries[5:7])  # now 4 queued: a full batch of 3 goes at once
         await wait_until_async(lambda: executor.submitted == 2, 10, message="no full batch")
