@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from testing.ports import free_port, wait_for_port
+from testing.processes import stop_process
 
 
 def docker_available() -> bool:
@@ -83,12 +84,7 @@ class TansuBroker:
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, 10)
         if self._log is not subprocess.DEVNULL:
             self._log.close()
 

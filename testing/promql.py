@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from testing.ports import free_port
+from testing.processes import stop_process
 from testing.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -377,13 +378,8 @@ class Prometheus:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
+        if self.proc:
+            stop_process(self.proc, 15)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
