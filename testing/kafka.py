@@ -7,7 +7,7 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -158,23 +158,49 @@ async def read_all(
     await consumer.start()
     records: list[ConsumerRecord] = []
     keys: set[bytes | None] = set()
+
+    def take(_: str, record: ConsumerRecord) -> None:
+        records.append(record)
+        keys.add(record.key)
+
+    def enough() -> bool:
+        return (len(keys) if distinct_keys else len(records)) >= expected
+
     try:
-        deadline = time.monotonic() + timeout
-        while (len(keys) if distinct_keys else len(records)) < expected:
-            if time.monotonic() > deadline:
-                if partial:
-                    return records
-                raise TimeoutError(f"{topic}: {len(records)} of {expected} records")
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-                keys.update(record.key for record in batch)
-        end = time.monotonic() + settle
-        while time.monotonic() < end:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
+        if not await consume_until(consumer, take, enough, timeout, settle) and not partial:
+            raise TimeoutError(f"{topic}: {len(records)} of {expected} records")
         return records
     finally:
         await consumer.stop()
+
+
+async def consume_until(
+    consumer: AIOKafkaConsumer,
+    take: Callable[[str, ConsumerRecord], None],
+    done: Callable[[], bool],
+    timeout: float,
+    settle: float = 0.0,
+    max_records: int | None = None,
+) -> bool:
+    """Hand each record the started `consumer` fetches to `take(topic, record)` until `done()`,
+    then `settle` seconds more (to catch extras, e.g. duplicates); whether `done()` held before
+    `timeout` seconds (the reading stops then)."""
+
+    async def fetch() -> None:
+        batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+        for tp, batch in batches.items():
+            for record in batch:
+                take(tp.topic, record)
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        await fetch()
+    end = time.monotonic() + settle
+    while time.monotonic() < end:
+        await fetch()
+    return True
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:

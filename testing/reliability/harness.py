@@ -25,9 +25,10 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from testing.http import metric_sum
-from testing.kafka import committed_offsets
+from testing.kafka import committed_offsets, consume_until
 from testing.topics import Topics
 from testing.wait import wait_until
 from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
@@ -324,25 +325,21 @@ async def collect(
     await consumer.start()
     seen = Collected()
     missing = set(expected)
+
+    def take(topic: str, record: ConsumerRecord) -> None:
+        seen.records += 1
+        if topic == output_topic:
+            id_ = orjson.loads(record.value)["id"]
+            seen.outputs[id_] += 1
+        else:
+            id_ = _dead_letter_id(record)
+            seen.dead[id_] += 1
+            seen.dead_reasons[id_] = dict(record.headers or ())["error.kind"].decode()
+        seen.placements.append((id_, record.timestamp))
+        missing.discard(id_)
+
     try:
-        deadline = time.monotonic() + timeout
-        settle_until: float | None = None
-        while time.monotonic() < min(deadline, settle_until or deadline):
-            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for tp, records in batches.items():
-                for record in records:
-                    seen.records += 1
-                    if tp.topic == output_topic:
-                        id_ = orjson.loads(record.value)["id"]
-                        seen.outputs[id_] += 1
-                    else:
-                        id_ = _dead_letter_id(record)
-                        seen.dead[id_] += 1
-                        seen.dead_reasons[id_] = dict(record.headers or ())["error.kind"].decode()
-                    seen.placements.append((id_, record.timestamp))
-                    missing.discard(id_)
-            if not missing and settle_until is None:
-                settle_until = time.monotonic() + settle
+        await consume_until(consumer, take, lambda: not missing, timeout, settle, 10_000)
         return seen
     finally:
         await consumer.stop()
