@@ -1,26 +1,37 @@
 """Small aiokafka helpers: create topics, produce (all at once or paced), read everything back,
-committed offsets."""
+committed offsets (and waiting for them)."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
+from testing.wait import wait_until
 from worker.kafka_clients import Headers
 
 Message = tuple[bytes | None, bytes | None]  # (key, value)
 
 
-async def create_topics(bootstrap: str, names: dict[str, int]) -> None:
-    """Create each topic with its number of partitions (replication factor 1)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+def _over(tls: ssl.SSLContext | None) -> dict[str, Any]:
+    """A client's connection options: plaintext, or TLS trusting `tls`."""
+    return {} if tls is None else {"security_protocol": "SSL", "ssl_context": tls}
+
+
+async def create_topics(
+    bootstrap: str, names: dict[str, int], *, tls: ssl.SSLContext | None = None
+) -> None:
+    """Create each topic with its number of partitions (replication factor 1); over TLS when
+    given `tls`, the client's context (as `produce` and `read_all`)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_over(tls))
     await admin.start()
     try:
         await admin.create_topics(
@@ -42,13 +53,16 @@ async def produce(
     linger_ms: int = 5,
     max_batch_size: int = 16384,
     timestamp_ms: int | None = None,
+    *,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
     """Produce (key, value) pairs, or (key, value, headers), as fast as the broker takes them
     (acks=all) and wait for every acknowledgement; returns the count. `timestamp_ms`: the
     records' timestamp (default: now)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all", max_batch_size=max_batch_size
-    )
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
+        max_batch_size=max_batch_size, **_over(tls),
+    )  # fmt: skip
     await producer.start()
     try:
         futures = [
@@ -132,33 +146,61 @@ async def read_all(
     *,
     distinct_keys: bool = False,
     partial: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> list[ConsumerRecord]:
     """Read `topic` from the start until `expected` records arrived (with `distinct_keys`:
     records with `expected` different keys), then `settle` seconds more to catch extras.
     Raises TimeoutError with the count if fewer arrive, unless `partial` (then returns them)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        **_over(tls),
+    )  # fmt: skip
     await consumer.start()
     records: list[ConsumerRecord] = []
     keys: set[bytes | None] = set()
+
+    def take(_: str, record: ConsumerRecord) -> None:
+        records.append(record)
+        keys.add(record.key)
+
+    def enough() -> bool:
+        return (len(keys) if distinct_keys else len(records)) >= expected
+
     try:
-        deadline = time.monotonic() + timeout
-        while (len(keys) if distinct_keys else len(records)) < expected:
-            if time.monotonic() > deadline:
-                if partial:
-                    return records
-                raise TimeoutError(f"{topic}: {len(records)} of {expected} records")
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-                keys.update(record.key for record in batch)
-        end = time.monotonic() + settle
-        while time.monotonic() < end:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
+        if not await consume_until(consumer, take, enough, timeout, settle) and not partial:
+            raise TimeoutError(f"{topic}: {len(records)} of {expected} records")
         return records
     finally:
         await consumer.stop()
+
+
+async def consume_until(
+    consumer: AIOKafkaConsumer,
+    take: Callable[[str, ConsumerRecord], None],
+    done: Callable[[], bool],
+    timeout: float,
+    settle: float = 0.0,
+    max_records: int | None = None,
+) -> bool:
+    """Hand each record the started `consumer` fetches to `take(topic, record)` until `done()`,
+    then `settle` seconds more (to catch extras, e.g. duplicates); whether `done()` held before
+    `timeout` seconds (the reading stops then)."""
+
+    async def fetch() -> None:
+        batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+        for tp, batch in batches.items():
+            for record in batch:
+                take(tp.topic, record)
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        await fetch()
+    end = time.monotonic() + settle
+    while time.monotonic() < end:
+        await fetch()
+    return True
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
@@ -173,3 +215,24 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in sorted(partitions)}
     finally:
         await consumer.stop()
+
+
+def wait_committed(
+    bootstrap: str, group: str, topic: str, total: int, timeout: float = 20
+) -> dict[int, int | None]:
+    """From synchronous code: the committed offsets once `group` has committed `total` records
+    of `topic` in all (summed over its partitions); TimeoutError naming them after `timeout` s."""
+    last: dict[int, int | None] = {}
+
+    def reached() -> bool:
+        last.clear()
+        last.update(asyncio.run(committed_offsets(bootstrap, group, topic)))
+        return sum(c or 0 for c in last.values()) >= total
+
+    wait_until(
+        reached,
+        timeout,
+        interval=0.3,
+        message=lambda: f"{group} committed {last} on {topic}, not {total} records",
+    )
+    return last

@@ -10,7 +10,10 @@ import worker
 from schemas.artifact import TOXICITY_LABELS
 
 if TYPE_CHECKING:
+    import numpy as np
     from transformers import BertForSequenceClassification
+
+    from worker.backend import TokenBatch
 
 LABELS = list(TOXICITY_LABELS)
 # comments of every length class, scripts and emptiness, for scoring tests
@@ -62,3 +65,17 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR).save_pretrained(directory)
     return directory
+
+
+def eager_probabilities(model: BertForSequenceClassification, batch: TokenBatch) -> np.ndarray:
+    """The sigmoid of `model`'s logits on `batch`, eager torch on the model's own device: the
+    reference a backend (ONNX Runtime, CUDA graphs) must reproduce."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(
+            input_ids=torch.from_numpy(batch.input_ids),
+            attention_mask=torch.from_numpy(batch.attention_mask),
+            token_type_ids=torch.from_numpy(batch.token_type_ids),
+        ).logits
+    return torch.sigmoid(logits).numpy()

@@ -18,6 +18,7 @@ from pathlib import Path
 from testing.http import HttpResult, http_get, metric_values
 from testing.ports import free_port
 from testing.topics import Topics
+from testing.wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,17 +110,18 @@ class WorkerProcess:
         """Seconds until /readyz answers 200. RuntimeError (with the log's tail) if the process
         exits first, TimeoutError after `timeout` seconds."""
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if not self.alive():
-                tail = self.log()[-3000:]
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{tail}")
-            try:
-                if self.get("/readyz", timeout=1).status == 200:
-                    return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()[-3000:]}")
+        wait_until(self._ready, timeout, message=lambda: f"worker not ready:\n{self.log()[-3000:]}")
+        return time.monotonic() - started
+
+    def _ready(self) -> bool:
+        """Whether /readyz answers 200 now; RuntimeError once the process has exited."""
+        if not self.alive():
+            tail = self.log()[-3000:]
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{tail}")
+        try:
+            return self.get("/readyz", timeout=1).status == 200
+        except OSError:
+            return False
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM and wait for the exit code (subprocess.TimeoutExpired after `timeout`)."""

@@ -1,15 +1,22 @@
 """How a run names its sources in `training_info.json` and the model card: as a user would type
 them, never as absolute paths of the machine that built it.
 
-An absolute path becomes, in this order of preference: the package-relative name of a file inside
-an installed package (`.../site-packages/pkg/x` -> `pkg/x`); relative to the current directory;
-relative to the checkout holding this package, or to the folder beside it (`../shared/...`, where
-the project keeps shared data); `~/...` under the home directory. Anything else (hub ids,
-relative paths) is kept as given.
+An absolute path becomes, in this order of preference:
+- the package-relative name of a file inside an installed package
+  (`.../site-packages/pkg/x` -> `pkg/x`);
+- relative to the current directory;
+- relative to the checkout holding this package;
+- `../shared/...` under the `shared/` folder beside the checkout, where the project keeps its
+  data and base models (`../shared/data/jigsaw/train.csv.gz`);
+- anywhere else, its name alone, which a reader of the card can match to their own copy: for a
+  file, with its content digest (`train.csv.gz (sha256 ...)`), so that the copy can be checked.
+  Other folders (a temporary folder, a home directory) are never named: a reader never sees them.
+Hub ids and relative paths are kept as given.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from collections.abc import Sequence
@@ -17,7 +24,9 @@ from pathlib import Path, PurePosixPath
 
 _ROOT = Path(__file__).resolve().parent.parent
 CHECKOUT = _ROOT if (_ROOT / "pyproject.toml").is_file() else None  # None once installed
+SHARED = "shared"  # the folder beside the checkout that holds the project's data and models
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
+_CHUNK = 1 << 20
 
 
 def _relative_to(path: Path, base: Path) -> str | None:
@@ -27,12 +36,17 @@ def _relative_to(path: Path, base: Path) -> str | None:
         return None
 
 
-def portable_path(value: str | os.PathLike[str]) -> str:
-    """`value` as a user would type it on any machine (see the module docstring)."""
-    text = os.fspath(value)
-    if not os.path.isabs(text):
-        return text
-    path = Path(os.path.normpath(text))
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _known_place(path: Path) -> str | None:
+    """`path` relative to a place a reader knows (see the module docstring), or None."""
     parts = path.parts
     for marker in _PACKAGE_DIRS:
         if marker in parts:
@@ -40,23 +54,40 @@ def portable_path(value: str | os.PathLike[str]) -> str:
     relative = _relative_to(path, Path.cwd().resolve())
     if relative is not None:
         return relative
-    if CHECKOUT is not None:
-        for base, prefix in ((CHECKOUT, ""), (CHECKOUT.parent, "../")):
-            relative = _relative_to(path, base)
-            if relative is not None:
-                return prefix + relative
-    relative = _relative_to(path, Path.home())
+    if CHECKOUT is None:
+        return None
+    relative = _relative_to(path, CHECKOUT)
     if relative is not None:
-        return f"~/{relative}"
-    return text
+        return relative
+    relative = _relative_to(path, CHECKOUT.parent / SHARED)
+    return None if relative is None else f"../{SHARED}/{relative}"
+
+
+def _portable(value: str | os.PathLike[str], *, digest: bool) -> str:
+    text = os.fspath(value)
+    if not os.path.isabs(text):
+        return text
+    path = Path(os.path.normpath(text))
+    known = _known_place(path)
+    if known is not None:
+        return known
+    if digest and path.is_file():
+        return f"{path.name} (sha256 {file_digest(path)})"
+    return path.name
+
+
+def portable_path(value: str | os.PathLike[str]) -> str:
+    """`value` as a user would type it on any machine (see the module docstring)."""
+    return _portable(value, digest=True)
 
 
 def portable_argument(argument: str) -> str:
-    """A command-line argument with its path (bare, or after `--flag=`) made portable."""
+    """A command-line argument with its path (bare, or after `--flag=`) made portable; a path
+    outside the known places is named without its digest (the sources name it in full)."""
     flag, equals, value = argument.partition("=")
     if equals and flag.startswith("-"):
-        return f"{flag}={portable_path(value)}"
-    return portable_path(argument)
+        return f"{flag}={_portable(value, digest=False)}"
+    return _portable(argument, digest=False)
 
 
 def portable_command(argv: Sequence[str]) -> str:

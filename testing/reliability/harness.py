@@ -25,10 +25,12 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from testing.http import metric_sum
-from testing.kafka import committed_offsets
+from testing.kafka import committed_offsets, consume_until
 from testing.topics import Topics
+from testing.wait import wait_until
 from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
 
 # --- memory ------------------------------------------------------------------------------
@@ -147,14 +149,17 @@ class WorkerSupervisor:
         return took
 
     def wait_progress(self, timeout: float = 120) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Whether the worker acknowledged a record within `timeout` s (False if it died)."""
+
+        def outcome() -> str | None:
             if not self.alive():
-                return False
-            if (self.acknowledged() or 0) > 0:
-                return True
-            time.sleep(0.1)
-        return False
+                return "died"
+            return "progress" if (self.acknowledged() or 0) > 0 else None
+
+        try:
+            return wait_until(outcome, timeout) == "progress"
+        except TimeoutError:
+            return False
 
     def kill9(self) -> Restart:
         assert self.process is not None
@@ -320,25 +325,21 @@ async def collect(
     await consumer.start()
     seen = Collected()
     missing = set(expected)
+
+    def take(topic: str, record: ConsumerRecord) -> None:
+        seen.records += 1
+        if topic == output_topic:
+            id_ = orjson.loads(record.value)["id"]
+            seen.outputs[id_] += 1
+        else:
+            id_ = _dead_letter_id(record)
+            seen.dead[id_] += 1
+            seen.dead_reasons[id_] = dict(record.headers or ())["error.kind"].decode()
+        seen.placements.append((id_, record.timestamp))
+        missing.discard(id_)
+
     try:
-        deadline = time.monotonic() + timeout
-        settle_until: float | None = None
-        while time.monotonic() < min(deadline, settle_until or deadline):
-            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for tp, records in batches.items():
-                for record in records:
-                    seen.records += 1
-                    if tp.topic == output_topic:
-                        id_ = orjson.loads(record.value)["id"]
-                        seen.outputs[id_] += 1
-                    else:
-                        id_ = _dead_letter_id(record)
-                        seen.dead[id_] += 1
-                        seen.dead_reasons[id_] = dict(record.headers or ())["error.kind"].decode()
-                    seen.placements.append((id_, record.timestamp))
-                    missing.discard(id_)
-            if not missing and settle_until is None:
-                settle_until = time.monotonic() + settle
+        await consume_until(consumer, take, lambda: not missing, timeout, settle, 10_000)
         return seen
     finally:
         await consumer.stop()

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from testing.broker import TansuBroker
@@ -29,8 +30,19 @@ from testing.reliability.harness import (
     uncommitted_window,
 )
 from testing.topics import Topics, fresh_topics
+from testing.wait import Message, wait_until
 
 MiB = 1_048_576
+
+
+def promised(
+    predicate: Callable[[], object], timeout: float, message: Message, interval: float = 0.05
+) -> None:
+    """`wait_until`, a timeout being a broken promise (AssertionError), not an error."""
+    try:
+        wait_until(predicate, timeout, interval=interval, message=message)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def supervisor(
@@ -224,8 +236,9 @@ def broker_freeze(
             broker.thaw()
             thawed_at = time.monotonic()
             base = sup.acknowledged() if sup.alive() else None
-            recovered_s = None
-            while time.monotonic() - thawed_at < recover_timeout_s:
+
+            def recovered() -> bool:
+                nonlocal base
                 if not sup.alive():  # exited for its supervisor: restart it
                     assert sup.proc is not None
                     exits.append(sup.proc.returncode)
@@ -234,11 +247,10 @@ def broker_freeze(
                     base = None
                 now = sup.acknowledged()
                 # a worker stopping after a fatal error still acknowledges what it flushes
-                if now is not None and now > (base or 0) and sup.ready():
-                    recovered_s = time.monotonic() - thawed_at
-                    break
-                time.sleep(0.2)
-            assert recovered_s is not None, f"no progress {recover_timeout_s}s after SIGCONT"
+                return now is not None and now > (base or 0) and sup.ready()
+
+            promised(recovered, recover_timeout_s, "no progress after SIGCONT", interval=0.2)
+            recovered_s = time.monotonic() - thawed_at
             after = Producer(bootstrap, names.input, range(half, messages), "f", None)
             after.start()
             after.finish(timeout=300)
@@ -299,13 +311,18 @@ def overload(
         sup.start()
         sup.wait_ready()
         ready_rss = sup.ready_rss[-1]
-        started = time.monotonic()
-        first = None
-        while (sup.acknowledged() or 0) < calibration_messages:
-            if first is None and (sup.acknowledged() or 0) > 0:
-                first = (time.monotonic(), sup.acknowledged() or 0)
-            assert time.monotonic() - started < 300, "calibration did not finish"
-            time.sleep(0.05)
+        first: tuple[float, float] | None = None  # when the first records were acknowledged
+
+        def calibrated() -> bool:
+            nonlocal first
+            acknowledged = sup.acknowledged() or 0
+            if acknowledged >= calibration_messages:
+                return True
+            if first is None and acknowledged > 0:
+                first = (time.monotonic(), acknowledged)
+            return False
+
+        promised(calibrated, 300, "calibration did not finish")
         assert first is not None
         sustainable = (calibration_messages - first[1]) / max(0.05, time.monotonic() - first[0])
         target = aim * factor * sustainable
@@ -384,8 +401,7 @@ def sigterm(
     try:
         sup.start()
         sup.wait_ready()
-        while (sup.acknowledged() or 0) < messages // 10:
-            time.sleep(0.05)
+        promised(lambda: (sup.acknowledged() or 0) >= messages // 10, 300, "no progress")
         code, stop_s = sup.terminate(timeout=120)
     finally:
         sup.close()

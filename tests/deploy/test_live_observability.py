@@ -37,7 +37,7 @@ import orjson
 import pytest
 
 from testing.kafka import create_topics
-from tests.deploy.promql import (
+from testing.promql import (
     ALERTS,
     JOB,
     Prometheus,

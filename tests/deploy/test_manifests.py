@@ -24,7 +24,7 @@ import yaml
 from kubernetes_validate import utils as kv_utils
 from referencing import Registry, Resource
 
-from tests.deploy.promql import JOB, keda_queries, metric_name, metric_selectors
+from testing.promql import JOB, keda_queries, metric_name, metric_selectors
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy import promql
-from tests.deploy.promql import ALERTS, DASHBOARD, JOB
+from testing import promql
+from testing.promql import ALERTS, DASHBOARD, JOB
 
 REPO = Path(__file__).resolve().parents[2]
 ALERT_TESTS = ALERTS.parent / "alerts.test.yaml"

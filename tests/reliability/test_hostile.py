@@ -7,7 +7,6 @@ never crashes. The catalog and the reasons behind its less obvious verdicts: `ca
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import orjson
@@ -15,10 +14,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import ErrorKind
+from testing.kafka import consume_until
 from testing.reliability.catalog import MAX_TEXT_BYTES, SCORED, Case, catalog
 from testing.topics import Topics
 from testing.worker_process import WorkerFactory
@@ -76,21 +77,19 @@ async def read_fates(
     outputs: dict[str, list[dict]] = {}
     dead: dict[int, list[tuple[dict, object]]] = {}
     count = 0
+
+    def take(topic: str, record: ConsumerRecord) -> None:
+        nonlocal count
+        count += 1
+        if topic == topics.output:
+            body = orjson.loads(record.value)
+            outputs.setdefault(body["id"], []).append(body)
+        else:
+            headers = {k: v.decode() for k, v in record.headers}
+            dead.setdefault(int(headers["source.offset"]), []).append((headers, record))
+
     try:
-        deadline = time.monotonic() + timeout
-        settle_until = None
-        while time.monotonic() < min(deadline, settle_until or deadline):
-            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
-                for record in records:
-                    count += 1
-                    if tp.topic == topics.output:
-                        body = orjson.loads(record.value)
-                        outputs.setdefault(body["id"], []).append(body)
-                    else:
-                        headers = {k: v.decode() for k, v in record.headers}
-                        dead.setdefault(int(headers["source.offset"]), []).append((headers, record))
-            if count >= expected and settle_until is None:
-                settle_until = time.monotonic() + 1.0
+        await consume_until(consumer, take, lambda: count >= expected, timeout, settle=1.0)
         return outputs, dead
     finally:
         await consumer.stop()

@@ -9,17 +9,14 @@ import shutil
 import ssl
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from testing.broker import TansuBroker, tansu_available
-from testing.kafka import produce, read_all
+from testing.kafka import create_topics, produce, read_all
 from testing.ports import free_port
 from testing.topics import Topics
 from testing.worker_process import WorkerFactory
@@ -131,17 +128,6 @@ class TlsTerminator(threading.Thread):
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-async def create_tls_topics(bootstrap: str, context: ssl.SSLContext, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, security_protocol="SSL", ssl_context=context
-    )
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, 1, 1) for name in names])
-    finally:
-        await admin.close()
-
-
 needs_tls_tools = pytest.mark.skipif(
     not (shutil.which("openssl") and tansu_available()), reason="needs openssl and tansu"
 )
@@ -162,32 +148,13 @@ def test_worker_scores_over_tls(worker_process: WorkerFactory, tmp_path: Path) -
     try:
         suffix = uuid.uuid4().hex[:8]
         topics = Topics(f"in-tls-{suffix}", f"out-tls-{suffix}", f"dlq-tls-{suffix}", f"g-{suffix}")
-        asyncio.run(create_tls_topics(tls, client_tls, [topics.input, topics.output, topics.dlq]))
+        asyncio.run(create_topics(tls, {topics.input: 1, topics.output: 1, topics.dlq: 1},
+                                  tls=client_tls))  # fmt: skip
 
         async def produce_and_read() -> list:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=tls, security_protocol="SSL", ssl_context=client_tls
-            )
-            await producer.start()
-            for i in range(5):
-                await producer.send_and_wait(
-                    topics.input, orjson.dumps({"id": f"t{i}", "text": "over TLS"}), key=b"t"
-                )
-            await producer.stop()
-            consumer = AIOKafkaConsumer(
-                topics.output, bootstrap_servers=tls, security_protocol="SSL",
-                ssl_context=client_tls, auto_offset_reset="earliest",
-            )  # fmt: skip
-            await consumer.start()
-            records: list = []
-            deadline = time.monotonic() + 90
-            try:
-                while len(records) < 5 and time.monotonic() < deadline:
-                    for batch in (await consumer.getmany(timeout_ms=500)).values():
-                        records.extend(batch)
-            finally:
-                await consumer.stop()
-            return records
+            over_tls = [(b"t", orjson.dumps({"id": f"t{i}", "text": "over TLS"})) for i in range(5)]
+            await produce(tls, topics.input, over_tls, tls=client_tls)
+            return await read_all(tls, topics.output, 5, timeout=90, tls=client_tls)
 
         handshakes_before = terminator.handshakes
         worker = worker_process(

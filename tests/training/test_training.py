@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -15,16 +16,18 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import BertConfig, pipeline
+from transformers import BertConfig
 from transformers.utils import logging as hf_logging
 
 from schemas.artifact import ArtifactContract, weights_version
-from training import JIGSAW_LABELS
+from testing.pipeline import pipeline_scores
+from training import JIGSAW_LABELS, provenance
 from training.cli import main
 from training.data import DataError, load_dataset, split_dataset
 from training.distill import soft_target_loss
 from training.evaluate import choose_thresholds, compute_metrics
 from training.modeling import length_grouped_batches
+from training.provenance import portable_command, portable_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[2]
@@ -93,22 +96,16 @@ def data_file(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(work: Path, tiny_model: Path, data_file: Path) -> Path:
+    """A fit run from a checkout and a current directory that hold none of its sources, wherever
+    this clone and the temporary folder live."""
     out = work / "fit-run"
-    code = main(
-        [
-            "fit",
-            "--base-model",
-            str(tiny_model),
-            "--train",
-            str(data_file),
-            "--output-dir",
-            str(out),
-            "--max-length",
-            "32",
-            *COMMON,
-        ]
-    )
-    assert code == 0
+    argv = ["fit", "--base-model", str(tiny_model), "--train", str(data_file),
+            "--output-dir", str(out), "--max-length", "32", *COMMON]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(provenance, "CHECKOUT", work / "checkout")
+        (work / "cwd").mkdir()
+        patch.chdir(work / "cwd")
+        assert main(argv) == 0
     return out
 
 
@@ -261,19 +258,26 @@ def test_training_imports_nothing_from_worker() -> None:
 def test_portable_paths_name_sources_as_a_user_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.provenance import portable_command, portable_path
-
-    monkeypatch.chdir(tmp_path)
+    checkout, cwd, elsewhere = tmp_path / "checkout", tmp_path / "cwd", tmp_path / "tmp"
+    for folder in (checkout, cwd, elsewhere):
+        folder.mkdir()
+    monkeypatch.setattr(provenance, "CHECKOUT", checkout)
+    monkeypatch.chdir(cwd)
     site = "/opt/venv/lib/python3.11/site-packages/some_model/model"
     assert portable_path(site) == "some_model/model"
-    assert portable_path(tmp_path / "data" / "x.csv") == "data/x.csv"
-    assert portable_path(REPO / "runs" / "teacher") == "runs/teacher"
-    assert portable_path(REPO.parent / "shared" / "d.csv") == "../shared/d.csv"
-    assert portable_path(Path.home() / "x.csv").endswith("x.csv")
+    assert portable_path(cwd / "data" / "x.csv") == "data/x.csv"
+    assert portable_path(checkout / "runs" / "teacher") == "runs/teacher"
+    assert portable_path(tmp_path / "shared" / "d.csv") == "../shared/d.csv"  # the project's data
+    data = elsewhere / "train.csv"
+    data.write_bytes(b"id,text\n")
+    digest = hashlib.sha256(b"id,text\n").hexdigest()
+    assert portable_path(data) == f"train.csv (sha256 {digest})"  # never `../tmp/train.csv`
+    assert portable_path(elsewhere / "base-model") == "base-model"
+    assert portable_path(Path.home() / "downloads" / "x.csv") == "x.csv"
     assert portable_path("google/bert_uncased_L-2_H-128_A-2") == "google/bert_uncased_L-2_H-128_A-2"
     assert portable_path("runs/a") == "runs/a"
-    command = portable_command(["t", "--train", str(REPO / "a b.csv"), f"--val={REPO / 'v.csv'}"])
-    assert command == "t --train 'a b.csv' --val=v.csv"
+    argv = ["t", "--train", str(checkout / "a b.csv"), f"--val={checkout / 'v.csv'}", str(data)]
+    assert portable_command(argv) == "t --train 'a b.csv' --val=v.csv train.csv"
 
 
 def test_no_pickle_loading_in_training_code() -> None:
@@ -315,7 +319,9 @@ def test_fit_writes_a_complete_artifact(fitted: Path) -> None:
     assert "mean ROC-AUC" in (model_dir / "README.md").read_text()
     info = json.loads((model_dir / "training_info.json").read_text())
     assert info["command"].startswith("moderation-train fit --base-model ")  # how it was made
-    assert info["train_data"] == str(fitted.parent / "train.csv.gz")  # outside the checkout
+    assert " --train train.csv.gz " in info["command"]
+    digest = hashlib.sha256((fitted.parent / "train.csv.gz").read_bytes()).hexdigest()
+    assert info["train_data"] == f"train.csv.gz (sha256 {digest})"  # outside the checkout
 
 
 def test_resume_reproduces_an_uninterrupted_run(
@@ -384,22 +390,7 @@ def test_export_round_trips_through_pipeline_and_worker(work: Path, fitted: Path
     assert config["label_thresholds"] == original["label_thresholds"]
 
     texts = ["you are a stupid idiot", "thanks for the citation", "i will kill you " * 40, "ok"]
-    clf = pipeline(
-        "text-classification",
-        model=str(out),
-        top_k=None,
-        function_to_apply="sigmoid",
-        truncation=True,
-        max_length=128,
-    )
-    results = clf(texts)
-    assert {r["label"] for r in results[0]} == set(JIGSAW_LABELS)
-    pipe = np.array(
-        [
-            [next(r["score"] for r in res if r["label"] == label) for label in JIGSAW_LABELS]
-            for res in results
-        ]
-    )
+    pipe = pipeline_scores(out, texts)  # columns: the artifact's labels (JIGSAW_LABELS below)
 
     from worker.model import load_served_model
 
@@ -493,7 +484,9 @@ def test_skipped_rows_are_counted_without_a_validation_file(
     assert summary["skipped_rows"] == 2
     info = json.loads((out / "model" / "training_info.json").read_text())
     assert info["skipped_rows"] == 2 and info["train_rows"] + info["val_rows"] == 40
-    assert "bad rows skipped (`--skip-bad-rows`): 2" in (out / "model" / "README.md").read_text()
+    card = (out / "model" / "README.md").read_text()
+    [skipped] = [line for line in card.splitlines() if "`--skip-bad-rows`" in line]
+    assert skipped.endswith(": 2")  # the card says how many rows the option skipped
 
     hf_logging.enable_progress_bar()  # without --no-progress the same run shows them
     argv = [arg for arg in argv if arg != "--no-progress"]
@@ -515,23 +508,6 @@ def calibrated(work: Path, tiny_model: Path) -> tuple[Path, Path, Path]:
     args = ["export", str(run), str(calibrated), "--onnx", "--calibration-data", str(rows)]
     assert main(args) == 0
     return plain, calibrated, rows
-
-
-def _pipeline_scores(model_dir: Path, texts: list[str]) -> np.ndarray:
-    clf = pipeline(
-        "text-classification",
-        model=str(model_dir),
-        top_k=None,
-        function_to_apply="sigmoid",
-        truncation=True,
-        max_length=128,
-    )
-    return np.array(
-        [
-            [next(r["score"] for r in res if r["label"] == label) for label in JIGSAW_LABELS]
-            for res in clf(texts)
-        ]
-    )
 
 
 def test_calibration_is_folded_into_the_head_for_every_consumer(
@@ -563,7 +539,7 @@ def test_calibration_is_folded_into_the_head_for_every_consumer(
     offset = np.array([calibration.total_offset(label) for label in JIGSAW_LABELS])
     expected = sigmoid(slope * z + offset)
     assert not np.allclose(expected, sigmoid(z), atol=1e-2)  # the calibration does something
-    np.testing.assert_allclose(_pipeline_scores(folded, val.texts), expected, atol=1e-5)
+    np.testing.assert_allclose(pipeline_scores(folded, val.texts), expected, atol=1e-5)
     # and so does the worker, torch and ONNX backends alike, with no calibration code of its own
     for backend in ("torch", "onnx"):
         served = load_served_model(folded, backend=backend, device="cpu", precision="fp32")
@@ -591,11 +567,13 @@ def test_calibration_is_folded_into_the_head_for_every_consumer(
     assert dtypes.pop("classifier.weight") == dtypes.pop("classifier.bias") == torch.float32
     assert set(dtypes.values()) == {torch.float16}
     assert read_contract(half).calibration == calibration
-    np.testing.assert_allclose(_pipeline_scores(half, val.texts), expected, atol=2e-3)
+    np.testing.assert_allclose(pipeline_scores(half, val.texts), expected, atol=2e-3)
 
     card = (folded / "README.md").read_text()
-    assert "## Calibration" in card and "| toxic | " in card
-    assert "training rate" in card and "base rate" in card and "0.0960" in card
+    assert "## Calibration" in card and "training rate" in card and "base rate" in card
+    for label in JIGSAW_LABELS:  # each label's row names its two rates
+        training, base = after.label_training_rates[label], JIGSAW_BASE_RATES[label]
+        assert re.search(rf"^\| {label} \| {training:.4f} \| {base:.4f} \|", card, re.M), label
     info = json.loads((folded / "training_info.json").read_text())
     assert set(info["calibration"]["table"]) == set(JIGSAW_LABELS)
     assert info["calibration"]["table"]["toxic"]["ece_after"] is not None
@@ -681,8 +659,10 @@ def test_calibration_from_a_reference_reproduces_its_probabilities(
     agreement = info["calibration"]["agreement_with_reference"]
     assert all(row["mean_abs_difference"] < 2e-3 for row in agreement.values())
     assert info["calibration"]["reference"]["model_version"] == theirs.model_version
-    card = (matched / "README.md").read_text()
-    assert f"`{theirs.model_version}`" in card and "The ECE columns are that model's" in card
+    # the ECE figures are the reference's, measured on its held-out rows (this one has none)
+    reference_info = json.loads((reference / "training_info.json").read_text())
+    assert info["calibration"]["table"] == reference_info["calibration"]["table"]
+    assert f"`{theirs.model_version}`" in (matched / "README.md").read_text()
 
     for argv, message in (
         (
@@ -911,7 +891,7 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     assert info["calibration"]["reference"]["model_version"] == theirs.model_version
     assert info["command"].startswith("python -m training.default_model --all-rows")
     card = (refitted / "README.md").read_text()
-    assert "trained on ALL" in card
+    assert all(note in card for note in info["notes"])  # the refit says what it is
     [other] = info["estimate_from"]["other_splits"]
     assert other["split_seed"] == 1 and other["student"] == split_summary["validation"]["student"]
     assert f"student mean ROC-AUC {other['student']['mean_roc_auc']:.4f}" in card

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from testing.queues import reader_has_looked
 from worker.batching import BatchQueue, Tokenized, forward_passes, padded_length, warm_up_shapes
 
 
@@ -24,7 +25,7 @@ async def test_a_full_batch_is_handed_out_only_once_full_or_nothing_once_closed(
     queue = BatchQueue(max_batch_size=3)
     queue.put(entries(2))
     waiting = asyncio.ensure_future(queue.next_full_batch())
-    await asyncio.sleep(0.05)
+    await reader_has_looked(queue)
     assert not waiting.done()  # two of three: not full, so not taken
     queue.put(entries(2, start=2))
     assert items(await asyncio.wait_for(waiting, 2)) == [0, 1, 2]
@@ -73,8 +74,8 @@ async def test_max_wait_holds_a_partial_batch_for_more_records() -> None:
 
 async def test_max_wait_counts_from_enqueueing() -> None:
     queue = BatchQueue(max_batch_size=100, max_wait_s=0.2)
-    queue.put(entries(1))
-    await asyncio.sleep(0.25)  # e.g. the previous batch was being inferred meanwhile
+    # queued 0.25 s ago (e.g. the previous batch was being inferred meanwhile)
+    queue.put([Tokenized(item=0, ids=[0], enqueued_at=time.monotonic() - 0.25)])  # type: ignore[arg-type]
     started = time.monotonic()
     assert items(await queue.next_batch()) == [0]
     assert time.monotonic() - started < 0.1

@@ -13,7 +13,7 @@ import pytest
 
 from testing.importtime import split_importtime
 from testing.worker_process import REPO_ROOT
-from worker.config import env_names
+from worker.config import Settings, env_names
 from worker.model import DEFAULT_MODEL_DIR
 from worker.runtime import gpu_may_be_present
 
@@ -133,12 +133,13 @@ def test_run_help_shows_defaults_and_every_setting() -> None:
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=True,
     )  # fmt: skip
     help_text = " ".join(result.stdout.split())
-    assert "env MODERATION_MAX_BATCH_SIZE (default: 256)" in help_text
-    assert "env KAFKA_BOOTSTRAP_SERVERS (default: localhost:9092)" in help_text
+    default = {name: field.default for name, field in Settings.model_fields.items()}
+    assert f"env MODERATION_MAX_BATCH_SIZE (default: {default['max_batch_size']})" in help_text
+    assert f"env KAFKA_BOOTSTRAP_SERVERS (default: {default['bootstrap_servers']})" in help_text
     for name in env_names():
         if name != "MODERATION_BOOTSTRAP_SERVERS":
             assert name in help_text
-    assert "MODERATION_SESSION_TIMEOUT_MS=30000" in help_text
+    assert f"MODERATION_SESSION_TIMEOUT_MS={default['session_timeout_ms']}" in help_text
     assert "docs/CONTRACTS.md" in help_text
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from schemas import DeadLetterHeaders, ScoredComment
 from testing.http import metric_sum
-from testing.kafka import comment, committed_offsets, produce, read_all
+from testing.kafka import comment, produce, read_all, wait_committed
 from testing.models import LABELS
 from testing.topics import Topics
 from testing.worker_process import WorkerFactory
@@ -97,12 +97,7 @@ def test_scores_dead_letters_offsets_and_metrics(
 
     # Offsets: every partition committed up to its end.
     total = len(good) + len(bad)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        committed = asyncio.run(committed_offsets(kafka_bootstrap, topics.group, topics.input))
-        if sum(c or 0 for c in committed.values()) == total:
-            break
-        time.sleep(0.3)
+    committed = wait_committed(kafka_bootstrap, topics.group, topics.input, total)
     assert sum(c or 0 for c in committed.values()) == total, committed
 
     # Health and metrics.

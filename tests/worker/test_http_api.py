@@ -27,14 +27,6 @@ from worker.model import ServedModel, load_served_model
 
 pytestmark = pytest.mark.integration
 
-ATTRIBUTES = {
-    "TOXICITY": "toxic",
-    "SEVERE_TOXICITY": "severe_toxic",
-    "PROFANITY": "obscene",
-    "THREAT": "threat",
-    "INSULT": "insult",
-    "IDENTITY_ATTACK": "identity_hate",
-}
 MAX_TEXT_BYTES = 2000
 
 
@@ -72,9 +64,11 @@ def analyze(worker: WorkerProcess, body: Any, query: str = "") -> tuple[int, dic
 
 
 def expected(scorer: ServedModel, text: str) -> dict[str, float]:
+    """Each attribute the artifact maps (`api_attributes`), as the model scores its label."""
     row = scorer.score([text])[0]
     labels = scorer.contract.labels
-    return {name: float(row[labels.index(label)]) for name, label in ATTRIBUTES.items()}
+    attributes = scorer.contract.api_attributes
+    return {name: float(row[labels.index(label)]) for name, label in attributes.items()}
 
 
 def utf16(text: str, index: int) -> int:
@@ -88,11 +82,13 @@ def test_scores_every_attribute_as_the_model_scores_the_text(
     api: WorkerProcess, scorer: ServedModel
 ) -> None:
     text = "You are a complete idiot and everybody here knows it."
+    attributes = scorer.contract.api_attributes
+    assert set(attributes.values()) == set(scorer.contract.labels)  # every label is served
     status, body = analyze(
         api,
         {
             "comment": {"text": text, "type": "PLAIN_TEXT"},
-            "requestedAttributes": {name: {} for name in ATTRIBUTES},
+            "requestedAttributes": {name: {} for name in attributes},
             "languages": ["en"],
             "doNotStore": True,
             "clientToken": "token-1",
@@ -104,7 +100,7 @@ def test_scores_every_attribute_as_the_model_scores_the_text(
     assert status == 200, body
     assert body["clientToken"] == "token-1"
     assert body["languages"] == ["en"] and body["detectedLanguages"] == ["en"]
-    assert set(body["attributeScores"]) == set(ATTRIBUTES)
+    assert set(body["attributeScores"]) == set(attributes)
     for name, value in expected(scorer, text).items():
         score = body["attributeScores"][name]
         assert score["summaryScore"]["type"] == "PROBABILITY"

@@ -12,12 +12,13 @@ import pytest
 
 from schemas import DeadLetterHeaders, ErrorKind, ScoredComment
 from testing.http import http_get
+from testing.in_process import settings_for
 from testing.kafka import comment, produce, read_all
 from testing.ports import free_port
 from testing.topics import Topics
+from testing.wait import wait_until_async
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
-from worker.config import Settings, load_settings
 from worker.lifecycle import ShutdownTimeouts
 from worker.model import ServedModel, load_served_model
 
@@ -42,14 +43,6 @@ class FailsOnPoison(Backend):
         if (batch.input_ids == self.poison_id).any():
             raise RuntimeError("simulated kernel failure")
         return self.real.infer(batch)
-
-
-def settings_for(bootstrap: str, topics: Topics, **extra: object) -> Settings:
-    return load_settings(
-        bootstrap_servers=bootstrap, input_topic=topics.input, output_topic=topics.output,
-        dlq_topic=topics.dlq, group_id=topics.group, device="cpu", metrics_host="127.0.0.1",
-        metrics_port=free_port(), commit_interval_ms=200, precision="fp32", **extra,
-    )  # fmt: skip
 
 
 async def test_a_record_the_backend_fails_on_is_isolated_and_the_rest_scored(
@@ -134,11 +127,7 @@ async def test_a_feature_that_cannot_start_stops_the_worker(
 async def run_until_joined(worker: Worker, timeout_s: float = 60) -> asyncio.Task[int]:
     """`worker.run()` as a task, once the worker has joined its group."""
     running = asyncio.create_task(worker.run())
-    loop = asyncio.get_running_loop()
-    joined_by = loop.time() + timeout_s
-    while not worker.joined and loop.time() < joined_by:
-        await asyncio.sleep(0.1)
-    assert worker.joined
+    await wait_until_async(lambda: worker.joined, timeout_s, message="the worker never joined")
     return running
 
 

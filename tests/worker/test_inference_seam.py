@@ -17,6 +17,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from schemas import Comment
+from testing.queues import reader_has_looked
+from testing.wait import wait_until_async
 from worker.backend import Backend
 from worker.batching import BatchQueue, Tokenized
 from worker.checkpoint import PartitionOffsets, Ticket
@@ -143,17 +145,15 @@ async def test_a_full_batch_goes_to_the_backend_while_the_one_before_is_scored(
         queue.put(entries[:3])
         assert await asyncio.to_thread(backend.entered.wait, 30)  # batch 1 is on the thread
         queue.put(entries[3:5])  # a partial batch: not handed over while the backend is busy
-        await asyncio.sleep(0.1)
-        assert executor.submitted == 1
+        await reader_has_looked(queue)
+        assert executor.submitted == 1 and len(queue) == 2
         queue.put(entries[5:7])  # now 4 queued: a full batch of 3 goes at once
-        await asyncio.sleep(0.1)
-        assert executor.submitted == 2
-        assert len(queue) == 1
+        await wait_until_async(lambda: executor.submitted == 2, 10, message="no full batch")
+        assert len(queue) == 1  # taken while batch 1 is still on the thread (gate closed)
         backend.gate.set()  # the queue stays open: the partial batch goes once the thread is free
-        for _ in range(300):
-            if len(publisher.outputs) == len(entries):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: len(publisher.outputs) == len(entries), 30, message="not all published"
+        )
         assert executor.submitted == 3
         assert not running.done()
         queue.close()

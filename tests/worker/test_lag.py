@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from testing.in_process import settings_for
 from testing.kafka import comment, produce, read_all
-from testing.ports import free_port
 from testing.topics import Topics
+from testing.wait import wait_until_async
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
-from worker.config import load_settings
 from worker.model import load_served_model
 
 pytestmark = pytest.mark.integration
@@ -52,14 +52,6 @@ def gauges(worker: Worker) -> tuple[dict[str, float], dict[str, float]]:
     return result
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_lag_in_seconds_is_the_age_of_the_oldest_uncommitted_record(
     kafka_bootstrap: str, topics: Topics, tiny_model_dir: Path
 ) -> None:
@@ -68,23 +60,19 @@ async def test_lag_in_seconds_is_the_age_of_the_oldest_uncommitted_record(
     old = int(time.time() * 1000) - AGE_S * 1000
     texts = [comment(f"m{i}", f"an old comment {i}") for i in range(6)]
     await produce(kafka_bootstrap, topics.input, texts, timestamp_ms=old)
-    settings = load_settings(
-        bootstrap_servers=kafka_bootstrap, input_topic=topics.input, output_topic=topics.output,
-        dlq_topic=topics.dlq, group_id=topics.group, device="cpu", metrics_host="127.0.0.1",
-        metrics_port=free_port(), commit_interval_ms=100, precision="fp32",
-    )  # fmt: skip
+    settings = settings_for(kafka_bootstrap, topics, commit_interval_ms=100)
     worker = Worker(settings, dataclasses.replace(real, backend=backend))
     running = asyncio.create_task(worker.run())
     try:
         # Consumed, stuck in the backend, not committed: behind by their age, in every
         # partition that holds some of them; offsets count them although they were consumed.
-        await wait_for(
+        await wait_until_async(
             lambda: (
                 sum(gauges(worker)[0].values()) == len(texts)
                 and max(gauges(worker)[1].values(), default=0) >= AGE_S
             ),
             30,
-            "the lag of the records in flight",
+            message="the lag of the records in flight never showed",
         )
         messages, seconds = gauges(worker)
         for partition, behind in messages.items():
@@ -95,12 +83,12 @@ async def test_lag_in_seconds_is_the_age_of_the_oldest_uncommitted_record(
         backend.gate.set()
         await read_all(kafka_bootstrap, topics.output, len(texts))
         # Scored and committed: caught up, 0 in both.
-        await wait_for(
+        await wait_until_async(
             lambda: (
                 set(gauges(worker)[0].values()) == {0} and set(gauges(worker)[1].values()) == {0}
             ),
             30,
-            "the lag to drop to 0 once committed",
+            message="the lag never dropped to 0 once committed",
         )
         assert len(gauges(worker)[1]) == 3  # every assigned partition is exported
     finally:

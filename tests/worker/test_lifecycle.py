@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from testing.kafka import comment, committed_offsets, produce, read_all
+from testing.kafka import comment, committed_offsets, produce, read_all, wait_committed
 from testing.topics import Topics
 from testing.worker_process import WorkerFactory
 
@@ -21,15 +21,6 @@ def batch(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
 
 def ids(records) -> list[str]:
     return [orjson.loads(r.value)["id"] for r in records]
-
-
-def wait_committed(bootstrap: str, topics: Topics, total: int, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        committed = asyncio.run(committed_offsets(bootstrap, topics.group, topics.input))
-        if sum(c or 0 for c in committed.values()) >= total or time.monotonic() > deadline:
-            return committed
-        time.sleep(0.3)
 
 
 def test_restart_resumes_without_loss_or_repeat(
@@ -49,7 +40,8 @@ def test_restart_resumes_without_loss_or_repeat(
 
     seen = ids(outputs)
     assert sorted(seen) == sorted(k.decode() for k, _ in first + second)  # all, each once
-    assert sum(c or 0 for c in wait_committed(kafka_bootstrap, topics, 80).values()) == 80
+    committed = wait_committed(kafka_bootstrap, topics.group, topics.input, 80)
+    assert sum(c or 0 for c in committed.values()) == 80  # no more either
 
 
 def test_sigterm_under_load_drains_commits_and_exits_zero(

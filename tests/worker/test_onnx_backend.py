@@ -17,11 +17,10 @@ from worker.backend import Backend, ModelLoadError, TokenBatch
 pytest.importorskip("onnxruntime")  # the `onnx` extra; the dev extra installs it
 pytest.importorskip("onnx")
 
-# only the reference side (and the export) use torch
-import torch
+# only the reference side (and the export) use torch and transformers
 from transformers import BertForSequenceClassification
 
-from testing.models import tiny_bert
+from testing.models import eager_probabilities, tiny_bert
 from training.onnx_export import (
     INT8_FILE,
     ONNX_FILE,
@@ -52,16 +51,6 @@ def padded_batch(batch: int, length: int, rng: np.random.Generator) -> TokenBatc
     ids = rng.integers(1, VOCAB, size=(batch, length), dtype=np.int64) * mask
     segments = (positions >= (lengths[:, None] // 2)).astype(np.int64) * mask
     return TokenBatch(ids, mask, segments)
-
-
-def torch_probabilities(model: BertForSequenceClassification, batch: TokenBatch) -> np.ndarray:
-    with torch.no_grad():
-        logits = model(
-            input_ids=torch.from_numpy(batch.input_ids),
-            attention_mask=torch.from_numpy(batch.attention_mask),
-            token_type_ids=torch.from_numpy(batch.token_type_ids),
-        ).logits
-    return torch.sigmoid(logits).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +133,7 @@ def test_fp32_matches_torch_sigmoid(
 ) -> None:
     rng = np.random.default_rng(batch * 1000 + length)
     tokens = padded_batch(batch, length, rng)
-    expected = torch_probabilities(artifact[1], tokens)
+    expected = eager_probabilities(artifact[1], tokens)
     got = fp32.infer(tokens)
     assert got.dtype == np.float32
     assert got.shape == (batch, len(LABELS))
@@ -180,7 +169,7 @@ def test_int8_is_close_to_fp32(artifact: tuple[Path, BertForSequenceClassificati
     rng = np.random.default_rng(11)
     for batch, length in SHAPES:
         tokens = padded_batch(batch, length, rng)
-        expected = torch_probabilities(artifact[1], tokens)
+        expected = eager_probabilities(artifact[1], tokens)
         got = int8.infer(tokens)
         assert got.shape == expected.shape and got.dtype == np.float32
         assert np.abs(got - expected).max() < 0.05

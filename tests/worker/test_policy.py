@@ -16,11 +16,12 @@ import pytest
 
 from schemas import ScoredComment, ThresholdPolicy
 from schemas.artifact import read_contract
+from testing.in_process import settings_for
 from testing.kafka import comment, produce, read_all
 from testing.models import LABELS
 from testing.topics import Topics
+from testing.wait import wait_until_async
 from testing.worker_process import refusal_line
-from tests.worker.test_in_process import settings_for
 from worker.app import Worker
 from worker.config import Settings
 from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_served_model
@@ -148,10 +149,11 @@ def expected_flags(message: ScoredComment, thresholds: dict[str, float]) -> list
 
 
 async def wait_for_version(worker: Worker, version: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while worker.policies.current.version != version:
-        assert time.monotonic() < deadline, f"policy {version} never put in force"
-        await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: worker.policies.current.version == version,
+        timeout,
+        message=f"policy {version} never put in force",
+    )
 
 
 def policy_worker(settings: Settings, model: ServedModel) -> Worker:
@@ -246,10 +248,11 @@ async def test_reload_swaps_versions_and_flags_and_a_bad_file_changes_nothing(
         assert adults and any(m.flagged != LABELS for m in adults)  # v2 really flags less
 
         policy_file.write_bytes(orjson.dumps(V2 | {"version": "v3", "thresholds": {"spam": 0.1}}))
-        deadline = time.monotonic() + 20
-        while worker.metrics.policy_reload_failures._value.get() < 1:
-            assert time.monotonic() < deadline, "the bad file was never noticed"
-            await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: worker.metrics.policy_reload_failures._value.get() >= 1,
+            20,
+            message="the bad file was never noticed",
+        )
         sent = await produce_round(kafka_bootstrap, topics.input, "c")
         await check_round(kafka_bootstrap, topics.output, sent, "v2", V2, seen)
         assert info_version(worker) == "v2"

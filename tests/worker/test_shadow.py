@@ -17,11 +17,11 @@ import orjson
 import pytest
 
 from schemas import DeadLetterHeaders, ScoredComment
+from testing.in_process import settings_for
 from testing.kafka import comment, committed_offsets, create_topics, produce, read_all
 from testing.models import LABELS, SAMPLE_TEXTS
 from testing.topics import Topics
 from testing.worker_process import refusal_line
-from tests.worker.test_in_process import settings_for
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
 from worker.model import ServedModel, load_served_model

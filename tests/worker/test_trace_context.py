@@ -15,12 +15,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from schemas import DeadLetterHeaders
+from testing.in_process import settings_for
 from testing.kafka import comment, produce, read_all
-from testing.ports import free_port
 from testing.topics import Topics
 from testing.worker_process import REPO_ROOT, WorkerFactory
 from worker.app import Worker
-from worker.config import load_settings
 from worker.model import load_served_model
 from worker.otel import OtelTracing
 
@@ -129,11 +128,7 @@ async def test_spans_of_consume_batch_and_publish_with_links(
     bad = [(b"t-bad", b"[1, 2]", traced(50, "")[2])]
     untraced = [comment("plain", "a comment without trace context")]
     await produce(kafka_bootstrap, topics.input, good + bad + untraced)
-    settings = load_settings(
-        bootstrap_servers=kafka_bootstrap, input_topic=topics.input, output_topic=topics.output,
-        dlq_topic=topics.dlq, group_id=topics.group, device="cpu", metrics_host="127.0.0.1",
-        metrics_port=free_port(), commit_interval_ms=200, precision="fp32",
-    )  # fmt: skip
+    settings = settings_for(kafka_bootstrap, topics)
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     worker = Worker(settings, model, tracing=OtelTracing(provider))
     running = asyncio.create_task(worker.run())

@@ -1,6 +1,7 @@
 """PromQL of the dashboard and the alert rules, and a real Prometheus to evaluate it against.
 
-Used by the offline tests (syntax, metric names) and by test_live_observability.py.
+Used by the offline tests in tests/deploy (syntax, metric names) and by
+tests/deploy/test_live_observability.py.
 
 - `dashboard_queries` / `alert_queries`: every PromQL expression with where it comes from.
 - `resolve_grafana`: Grafana template variables -> plain PromQL (`$__rate_interval` -> a window,
@@ -23,25 +24,28 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from testing.ports import free_port
+from testing.processes import stop_process
+from testing.wait import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "deploy" / "grafana" / "moderation-worker.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
 KEDA_LAG_SECONDS = REPO / "deploy" / "components" / "keda-lag-seconds" / "scaledobject-patch.yaml"
 CONTRACTS = REPO / "docs" / "CONTRACTS.md"
 JOB = "moderation-worker"
+_QUOTES = "\"'`"  # PromQL's string delimiters
 
 
 @dataclass(frozen=True)
@@ -123,23 +127,32 @@ def resolve_grafana(expr: str, rate_interval: str = "1m") -> str:
 # ----------------------------------------------------------------------------- a small lexer
 
 
+def _string_end(expr: str, index: int) -> int:
+    """Just after the string literal that opens at `expr[index]` (backslash escapes skipped)."""
+    quote, i = expr[index], index + 1
+    while i < len(expr):
+        if expr[i] == "\\":
+            i += 2
+        elif expr[i] == quote:
+            return i + 1
+        else:
+            i += 1
+    return len(expr)
+
+
 def _top_level_spans(expr: str) -> list[tuple[int, int]]:
     """Spans of `expr` that are at nesting depth 0 and outside string literals."""
-    spans, depth, start, i, quote = [], 0, 0, 0, ""
+    spans, depth, start, i = [], 0, 0, 0
     while i < len(expr):
         char = expr[i]
-        if quote:
-            if char == "\\":
-                i += 1
-            elif char == quote:
-                quote = ""
-                if depth == 0:
-                    start = i + 1
-        elif char in "\"'`":
+        if char in _QUOTES:
             if depth == 0 and start < i:
                 spans.append((start, i))
-            quote = char
-        elif char in "({[":
+            i = _string_end(expr, i)
+            if depth == 0:
+                start = i
+            continue
+        if char in "({[":
             if depth == 0 and start < i:
                 spans.append((start, i))
             depth += 1
@@ -271,20 +284,14 @@ def metric_selectors(expr: str) -> list[str]:
 
 
 def _matching_brace(expr: str, open_index: int) -> int:
-    quote = ""
     i = open_index + 1
     while i < len(expr):
-        char = expr[i]
-        if quote:
-            if char == "\\":
-                i += 1
-            elif char == quote:
-                quote = ""
-        elif char in "\"'`":
-            quote = char
-        elif char == "}":
+        if expr[i] in _QUOTES:
+            i = _string_end(expr, i)
+        elif expr[i] == "}":
             return i
-        i += 1
+        else:
+            i += 1
     raise ValueError(f"unbalanced braces in {expr!r}")
 
 
@@ -318,12 +325,6 @@ def promtool_binary() -> str | None:
     return shutil.which("promtool")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PrometheusError(RuntimeError):
     pass
 
@@ -344,7 +345,7 @@ class Prometheus:
         if not self.binary:
             raise PrometheusError("no prometheus binary on PATH")
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
@@ -377,13 +378,8 @@ class Prometheus:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
+        if self.proc:
+            stop_process(self.proc, 15)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -407,14 +403,15 @@ class Prometheus:
             raise
         return body if raw else json.loads(body)
 
-    def _wait(self, predicate: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def _wait(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        def holds() -> object:
             with contextlib.suppress(OSError):
-                if predicate():
-                    return
-            time.sleep(0.5)
-        raise TimeoutError(f"prometheus: not {what} after {timeout}s:\n{self.log()}")
+                return predicate()
+            return False
+
+        wait_until(
+            holds, timeout, interval=0.5, message=lambda: f"prometheus: not {what}:\n{self.log()}"
+        )
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query at now; the result vector (raises PrometheusError on a bad query)."""
@@ -433,5 +430,5 @@ class Prometheus:
         groups = self._get("/api/v1/rules")["data"]["groups"]
         return [rule for group in groups for rule in group["rules"]]
 
-    def wait_until(self, predicate: Any, timeout: float, what: str) -> None:
+    def wait_until(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
         self._wait(predicate, timeout, what)
