@@ -126,6 +126,7 @@ class PerspectiveApi:
         self._server = HttpServer(
             app, limits, google_error, on_refused=metrics.http_connections_refused.inc
         )
+        metrics.http_connections.set_function(self._server.open_connections)
         self.port: int | None = None
 
     # --- lifecycle -------------------------------------------------------------------------

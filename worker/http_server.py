@@ -184,6 +184,10 @@ class HttpServer:
         self.port = self._listener.sockets[0].getsockname()[1]
         return self.port
 
+    def open_connections(self) -> int:
+        server = self._runner.server
+        return len(server.connections) if server is not None else 0
+
     async def stop(self) -> None:
         """Stop listening, let requests under way finish, close every connection."""
         if self._listener is not None:

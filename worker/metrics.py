@@ -98,6 +98,9 @@ class Metrics:
             "HTTP API requests whose client hung up before the answer, by method (not errors).",
             ["method"], registry=r,
         )  # fmt: skip
+        self.http_connections = Gauge(
+            "moderation_http_open_connections", "HTTP API connections open now.", registry=r
+        )
         self.http_connections_refused = Counter(
             "moderation_http_connections_refused",
             "HTTP API connections refused (503, closed) at MODERATION_HTTP_API_MAX_CONNECTIONS.",
