@@ -1,7 +1,8 @@
 """`make reliability`: the full fault-injection run, its report printed and in JSON.
 
     python scripts/reliability.py [--messages 100000] [--kills 10] [--freeze-s 60]
-        [--overload-s 60] [--model default|tiny] [--only kill9,freeze,overload,sigterm,rebalance]
+        [--overload-s 60] [--model default|tiny]
+        [--only hostile,http,kill9,freeze,overload,sigterm,rebalance]
 
 Runs against its own tansu broker on 127.0.0.1 (or KAFKA_BOOTSTRAP_SERVERS for everything but
 the freeze, which needs a broker process it can SIGSTOP). Writes
@@ -26,8 +27,9 @@ from testing.broker import TansuBroker  # noqa: E402
 from testing.models import build_tiny_model  # noqa: E402
 from testing.reliability import scenarios  # noqa: E402
 from testing.reliability.catalog import catalog  # noqa: E402
+from testing.reliability.http_probe import hostile_http  # noqa: E402
 
-SCENARIOS = ["hostile", "kill9", "sigterm", "rebalance", "freeze", "overload"]
+SCENARIOS = ["hostile", "http", "kill9", "sigterm", "rebalance", "freeze", "overload"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,6 +80,7 @@ def main() -> int:
         bootstrap = broker.bootstrap
     runs = {
         "hostile": lambda: hostile(bootstrap, workdir, model),
+        "http": lambda: hostile_http(bootstrap, workdir / "http", model, env),
         "kill9": lambda: scenarios.kill9(
             bootstrap, workdir / "kill9", messages=args.messages, kills=args.kills,
             model=model, env=env, seed=int(time.time()),
@@ -144,7 +147,8 @@ def print_summary(report: dict) -> None:
                 "peak_rss_mib", "rss_bound_mib", "recovery_ready_max_s", "recovery_progress_max_s",
                 "behaviour", "recovered_after_thaw_s", "peak_lag", "drained_after_load_s",
                 "sustainable_rate_per_s", "offered_rate_per_s", "offered_factor", "duration_s",
-                "exit_code", "stop_s", "catalog_cases", "pytest", "failed",
+                "exit_code", "stop_s", "catalog_cases", "pytest", "cases", "as_expected",
+                "healthz_worst_s", "rss_before_mib", "rss_after_mib", "failed",
                 "error", "wall_s"]  # fmt: skip
         shown = ", ".join(f"{k}={r[k]}" for k in keys if k in r)
         print(f"- {name}: {shown}")

@@ -8,15 +8,20 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from testing.http import http_get, metric_sample
+from testing.ports import free_port
 from testing.reliability.harness import rss_bytes
-from testing.reliability.http_catalog import HttpCase
-from testing.worker_process import WorkerProcess
+from testing.reliability.http_catalog import CANARY_TEXT, HttpCase, hostile_api_env, http_catalog
+from testing.topics import fresh_topics
+from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
 
 MiB = 1_048_576
+DEFAULT_MAX_CONNECTIONS = 256  # the default MODERATION_HTTP_API_MAX_CONNECTIONS
 
 
 class HealthWatch(threading.Thread):
@@ -236,3 +241,31 @@ def run_catalog(worker: WorkerProcess, cases: list[HttpCase]) -> CatalogRun:
     run.healthz_polls = len(watch.latencies)
     run.healthz_failures = watch.failures
     return run
+
+
+def hostile_http(
+    bootstrap: str, workdir: Path, model: str | None, env: dict[str, str], full: bool = True
+) -> dict[str, Any]:
+    """`make reliability`'s scenario: the catalog (in full: the spans request three times in a
+    row, 400 stalled bodies against the default cap of 256) against one worker with the API on.
+    Raises AssertionError when a case got another outcome, /healthz was slow or failed, the
+    RSS grew by 150 MiB or more, or the worker did not exit 0."""
+    key = f"canarykey{uuid.uuid4().hex[:16]}"
+    overrides = QUICK_ENV | env | {"MODERATION_HTTP_API_PORT": str(free_port())}
+    overrides |= hostile_api_env(key, DEFAULT_MAX_CONNECTIONS)
+    if model is not None:
+        overrides["MODERATION_MODEL"] = model
+    topics = fresh_topics(bootstrap, "http-hostile")
+    worker = start_worker(bootstrap, topics, log_path=workdir / "worker.log", overrides=overrides)
+    try:
+        run = run_catalog(worker, http_catalog(key, DEFAULT_MAX_CONNECTIONS, full=full))
+    finally:
+        code = worker.stop()
+    log = worker.log()
+    figures = {"scenario": "hostile http"} | run.figures() | {"exit_code": code}
+    figures["secrets_in_log"] = key in log or CANARY_TEXT in log
+    assert run.unexpected == {}, figures
+    assert run.healthz_worst_s < 2.0 and run.healthz_failures == 0, figures
+    assert run.rss_after_mib - run.rss_before_mib < 150, figures
+    assert code == 0 and not figures["secrets_in_log"], figures
+    return figures
