@@ -214,7 +214,7 @@ class Settings(BaseSettings):
     http_api_body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10
     """HTTP API: a request body not received whole within this long is answered 408 and its
     connection closed."""
-    http_api_max_connections: Annotated[int, Field(ge=1)] = 256
+    http_api_max_connections: Annotated[int, Field(ge=1)] = 512
     """HTTP API: open connections at once, at most; one more is answered 503 and closed."""
 
     @model_validator(mode="after")

@@ -41,7 +41,7 @@ class HttpLimits:
     keepalive_timeout_s: float = 75.0
     """Longest a connection may go without a complete request line and headers: idle between
     requests, or a new request trickling in."""
-    max_connections: int = 256
+    max_connections: int = 512
     """Open connections at once; beyond: 503 and closed."""
     lingering_s: float = 2.0
     """After an answer sent before the body was read: how long the rest is read and dropped

@@ -21,7 +21,7 @@ from testing.topics import fresh_topics
 from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
 
 MiB = 1_048_576
-DEFAULT_MAX_CONNECTIONS = 256  # the default MODERATION_HTTP_API_MAX_CONNECTIONS
+DEFAULT_MAX_CONNECTIONS = 512  # the default MODERATION_HTTP_API_MAX_CONNECTIONS
 
 
 class HealthWatch(threading.Thread):
@@ -247,7 +247,7 @@ def hostile_http(
     bootstrap: str, workdir: Path, model: str | None, env: dict[str, str], full: bool = True
 ) -> dict[str, Any]:
     """`make reliability`'s scenario: the catalog (in full: the spans request three times in a
-    row, 400 stalled bodies against the default cap of 256) against one worker with the API on.
+    row, 656 stalled bodies against the default cap of 512) against one worker with the API on.
     Raises AssertionError when a case got another outcome, /healthz was slow or failed, the
     RSS grew by 150 MiB or more, or the worker did not exit 0."""
     key = f"canarykey{uuid.uuid4().hex[:16]}"
