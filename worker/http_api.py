@@ -236,7 +236,12 @@ class PerspectiveApi:
         sentences = None
         if analysis.spans:  # linear in the text, and off the loop all the same
             loop = asyncio.get_running_loop()
-            sentences = await loop.run_in_executor(self._tokenize_executor, split_sentences, text)
+            try:
+                sentences = await loop.run_in_executor(
+                    self._tokenize_executor, split_sentences, text
+                )
+            except RuntimeError:  # the executor shut down: the worker is stopping
+                raise ApiError(503, "UNAVAILABLE", "The server is shutting down.") from None
         texts = [text, *(sentences.texts if sentences else [])]
         self._admit(len(texts))
         replies = [Reply() for _ in texts]
@@ -287,7 +292,9 @@ class PerspectiveApi:
         version = request.query.get("version", API_VERSION)
         if version != API_VERSION:
             raise ApiError(
-                404, "NOT_FOUND", f"Discovery document not found for API version {version}."
+                404,
+                "NOT_FOUND",
+                f"Discovery document not found for API version {_shown(version)}.",
             )
         host = request.host
         if not (host.isascii() and host.isprintable()):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -100,7 +101,13 @@ class _Handler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        log.debug("request not served: %d (%s)", status, type(exc).__name__ if exc else "-")
+        kind = type(exc).__name__ if exc else "-"
+        if status >= 500 and exc is not None:  # a handler failed: where, not what it held
+            frame = traceback.extract_tb(exc.__traceback__)[-1:] or [None]
+            where = f"{frame[0].filename}:{frame[0].lineno}" if frame[0] else "?"
+            log.error("request failed: %d (%s at %s)", status, kind, where)
+        else:
+            log.debug("request not served: %d (%s)", status, kind)
         if request.writer.output_size > 0:  # an answer is under way: the connection is broken
             raise ConnectionError("the answer was already being sent")
         response = self._error_response(status)
