@@ -6,13 +6,14 @@ full (scripts/reliability.py, scenario http)."""
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from testing.http import metric_sample
+from testing.http import http_get, metric_sample
 from testing.ports import free_port
 from testing.reliability.http_catalog import (
     ANALYZE,
@@ -24,7 +25,7 @@ from testing.reliability.http_catalog import (
 )
 from testing.reliability.http_probe import CatalogRun, raw_request, run_catalog
 from testing.topics import fresh_topics
-from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
+from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +179,41 @@ def test_the_hostile_http_catalog(hostile_api: WorkerProcess) -> None:
     assert run.healthz_worst_s < HEALTHZ_BOUND_S and run.healthz_failures == 0, figures
     assert run.rss_after_mib - run.rss_before_mib < 150, figures
     assert hostile_api.get("/readyz").status == 200
+
+
+def outside_address() -> str | None:
+    """This machine's address on its default route (not loopback), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.1", 9))  # nothing is sent: only the route is looked up
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_without_a_key_the_api_answers_on_loopback_only(
+    kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Point 9: the API with no key bound every interface; now, with MODERATION_HTTP_API_HOST
+    unset, it listens on 127.0.0.1 only (a sidecar in the pod can call it) and says so."""
+    address = outside_address()
+    if address is None:
+        pytest.skip("this machine has no address beside loopback to connect to")
+    port = free_port()
+    overrides = QUICK_ENV | {
+        "MODERATION_MODEL": str(tiny_model_dir), "MODERATION_HTTP_API_PORT": str(port),
+    }  # fmt: skip
+    env = worker_env(
+        kafka_bootstrap, fresh_topics(kafka_bootstrap, "http-bind"), free_port(), overrides
+    )
+    del env["MODERATION_HTTP_API_HOST"]  # the default, as a deployment gets it
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        assert http_get(f"http://127.0.0.1:{port}/$discovery/rest").status == 200
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, port), timeout=5).close()
+        assert "without an API key: open to this pod only" in worker.log()
+    finally:
+        assert worker.stop() == 0
