@@ -57,7 +57,10 @@ class HttpLimits:
 
 def plain_error(status: int) -> web.Response:
     """`500 Internal Server Error` as text: the answer of the metrics and health port."""
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     return web.Response(status=status, text=f"{status} {phrase}\n")
 
 
