@@ -2,7 +2,7 @@
 
     python scripts/reliability.py [--messages 100000] [--kills 10] [--freeze-s 60]
         [--overload-s 60] [--model default|tiny]
-        [--only hostile,policy,kill9,freeze,overload,sigterm,rebalance]
+        [--only hostile,policy,http,kill9,freeze,overload,sigterm,rebalance]
 
 Runs against its own tansu broker on 127.0.0.1 (or KAFKA_BOOTSTRAP_SERVERS for everything but
 the freeze, which needs a broker process it can SIGSTOP). Writes
@@ -28,8 +28,9 @@ from testing.machine_noise import NoiseMeter, describe, machine_description  # n
 from testing.models import build_tiny_model  # noqa: E402
 from testing.reliability import scenarios  # noqa: E402
 from testing.reliability.catalog import catalog  # noqa: E402
+from testing.reliability.http_probe import hostile_http  # noqa: E402
 
-SCENARIOS = ["hostile", "policy", "kill9", "sigterm", "rebalance", "freeze", "overload"]
+SCENARIOS = ["hostile", "policy", "http", "kill9", "sigterm", "rebalance", "freeze", "overload"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,6 +73,8 @@ def policy(bootstrap: str, workdir: Path, model: str | None) -> dict:
 
     topics = fresh_topics(bootstrap, "policy", partitions=1)
     figures = probe_policy_files(bootstrap, topics, workdir, model=model, full=True)
+    outcomes, expected = figures["outcomes"], figures["expected"]
+    figures["as_expected"] = sum(outcomes.get(name) == want for name, want in expected.items())
     assert figures["outcomes"] == figures["expected"], f"outcomes: {figures['outcomes']}"
     assert not figures["canary_in_log"], "a policy file's content reached the log"
     assert figures["healthz_failures"] == 0, f"/healthz failed {figures['healthz_failures']}x"
@@ -95,6 +98,7 @@ def main() -> int:
     runs = {
         "hostile": lambda: hostile(bootstrap, workdir, model),
         "policy": lambda: policy(bootstrap, workdir / "policy", model),
+        "http": lambda: hostile_http(bootstrap, workdir / "http", model, env),
         "kill9": lambda: scenarios.kill9(
             bootstrap, workdir / "kill9", messages=args.messages, kills=args.kills,
             model=model, env=env, seed=int(time.time()),
@@ -181,8 +185,8 @@ def print_summary(report: dict) -> None:
                 "peak_rss_mib", "rss_bound_mib", "recovery_ready_max_s", "recovery_progress_max_s",
                 "behaviour", "recovered_after_thaw_s", "peak_lag", "drained_after_load_s",
                 "sustainable_rate_per_s", "offered_rate_per_s", "offered_factor", "duration_s",
-                "exit_code", "stop_s", "catalog_cases", "pytest", "cases", "outcomes",
-                "healthz_worst_ms", "rss_before_mib", "rss_after_mib", "failed",
+                "exit_code", "stop_s", "catalog_cases", "pytest", "cases", "as_expected",
+                "healthz_worst_ms", "healthz_worst_s", "rss_before_mib", "rss_after_mib", "failed",
                 "error", "wall_s"]  # fmt: skip
         shown = ", ".join(f"{k}={r[k]}" for k in keys if k in r)
         print(f"- {name}: {shown}")

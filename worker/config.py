@@ -216,14 +216,24 @@ class Settings(BaseSettings):
     # Perspective-compatible HTTP API (worker/http_api.py)
     http_api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     """Port of the Perspective-compatible HTTP API (its own, not the metrics port); unset: off."""
-    http_api_host: str = "0.0.0.0"
-    """Address the HTTP API listens on."""
+    http_api_host: Annotated[str, Field(min_length=1)] | None = None
+    """Address the HTTP API listens on; unset: every interface (0.0.0.0) when
+    MODERATION_HTTP_API_KEY is set, else 127.0.0.1 only (set it, e.g. to 0.0.0.0, to serve
+    without a key beyond the pod, behind a NetworkPolicy or a mesh)."""
     http_api_key: SecretStr | None = None
     """API key the HTTP API requires (masked in logs); unset: `?key=` is accepted and ignored."""
     http_api_max_text_bytes: Annotated[int, Field(ge=1)] = 20_480
     """Largest comment.text the HTTP API takes, in UTF-8 bytes (Perspective's 20 KB)."""
     http_api_max_pending: Annotated[int, Field(ge=1)] = 512
     """Texts of HTTP requests queued or being scored, at most; beyond it: 429."""
+    http_api_keepalive_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 75
+    """HTTP API: a connection without a complete request line and headers for this long is
+    closed (idle keep-alive, or headers trickling in); above a proxy's idle timeout (nginx: 60)."""
+    http_api_body_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10
+    """HTTP API: a request body not received whole within this long is answered 408 and its
+    connection closed."""
+    http_api_max_connections: Annotated[int, Field(ge=1)] = 512
+    """HTTP API: open connections at once, at most; one more is answered 503 and closed."""
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
@@ -247,6 +257,14 @@ class Settings(BaseSettings):
         if self.http_api_port and self.http_api_port == self.metrics_port:
             raise ValueError("http_api_port must differ from metrics_port")
         return self
+
+    @property
+    def http_api_bind_host(self) -> str:
+        """Where the HTTP API listens: `http_api_host`, else every interface with a key and
+        the loopback interface without one."""
+        if self.http_api_host is not None:
+            return self.http_api_host
+        return "0.0.0.0" if self.http_api_key is not None else "127.0.0.1"
 
     @property
     def shadow_output_topic(self) -> str:

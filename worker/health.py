@@ -1,4 +1,8 @@
-"""HTTP endpoints: `/metrics` (Prometheus), `/healthz` (alive) and `/readyz` (ready to serve)."""
+"""HTTP endpoints: `/metrics` (Prometheus), `/healthz` (alive) and `/readyz` (ready to serve).
+
+They carry no comment text and no secret, and bind every interface by default
+(`MODERATION_METRICS_HOST`): the kubelet's probes and Prometheus reach a pod on its own address.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,11 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from worker.http_server import HttpLimits, HttpServer
 from worker.metrics import Metrics
 
-
-async def start_site(runner: web.AppRunner, host: str, port: int) -> int:
-    """Serve `runner` on host:port; returns the bound port (the real one when 0 was asked for)."""
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    return server.sockets[0].getsockname()[1] if server else port
+# probes and scrapes need few connections, and none held long
+HEALTH_LIMITS = HttpLimits(keepalive_timeout_s=75.0, max_connections=64)
 
 
 class HealthServer:
@@ -28,14 +27,14 @@ class HealthServer:
         app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._server = HttpServer(app, HEALTH_LIMITS)
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self.port = await start_site(self._runner, host, port)
+        self.port = await self._server.start(host, port)
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        await self._server.stop()
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

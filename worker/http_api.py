@@ -9,6 +9,12 @@ texts wait at once; beyond that a request is refused at once with 429 RESOURCE_E
 (nothing grows without bound). While the worker is not serving (starting, draining) the answer
 is 503 UNAVAILABLE. Nothing of a request's text is logged or kept: no access log (the query
 carries the API key), errors name fields, never values.
+
+Nothing that grows with the request runs on the event loop: the sentences of `spanAnnotations`
+are split (in linear time) on the tokenizer thread, once the request was admitted. A body must
+arrive whole within `MODERATION_HTTP_API_BODY_TIMEOUT_S` (else 408, connection closed); a client
+that hangs up is counted (`moderation_http_client_disconnects_total`), not an error. The server
+itself (timeouts, connection cap, logs, no version banner): `worker/http_server.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from aiohttp import web
 
 from worker.batching import BatchQueue, Tokenized
 from worker.config import Settings
-from worker.health import start_site
+from worker.http_server import HttpLimits, HttpServer
 from worker.lifecycle import Feature
 from worker.metrics import Metrics
 from worker.model import ServedModel
@@ -39,8 +45,7 @@ from worker.perspective import (
     discovery_document,
     invalid,
     parse_request,
-    sentence_spans,
-    utf16_offsets,
+    split_sentences,
 )
 from worker.records import Reply
 
@@ -50,8 +55,36 @@ JSON = "application/json"
 BODY_OVERHEAD = 64 * 1024  # room for the JSON around the text in a request body
 
 
+# Google's status names of the codes this server answers with
+_STATUS = {
+    400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+    431: "INVALID_ARGUMENT", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}  # fmt: skip
+
+
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type=JSON)
+
+
+def google_error(status: int) -> web.Response:
+    """A request aiohttp could not parse (or a connection over the cap), in Google's shape."""
+    name = _STATUS.get(status, "INVALID_ARGUMENT" if status < 500 else "INTERNAL")
+    messages = {503: "Too many connections; retry later.", 500: "Internal error."}
+    message = messages.get(status, "The request is not valid HTTP.")
+    return _json(ApiError(status, name, message).body(), status)
+
+
+def _shown(value: str) -> str:
+    """A header value fit to quote in an answer: printable ASCII, short; else a description."""
+    if value.isascii() and value.isprintable() and len(value) <= 100:
+        return value
+    return "an unreadable value"
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer: nothing to answer, nothing went wrong here."""
 
 
 class PerspectiveApi(Feature):
@@ -73,10 +106,12 @@ class PerspectiveApi(Feature):
         self._tokenize_executor = tokenize_executor
         self._metrics = metrics
         self._serving = serving
-        self._host, self._port = settings.http_api_host, settings.http_api_port or 0
+        self._port = settings.http_api_port or 0
         self._key = settings.http_api_key.get_secret_value() if settings.http_api_key else None
         self._max_text_bytes = settings.http_api_max_text_bytes
         self._max_pending = settings.http_api_max_pending
+        self._body_timeout = settings.http_api_body_timeout_s
+        self._host = settings.http_api_bind_host
         self._pending: set[Reply] = set()
         self._closing = False
         # a body is read whole; above this size it is refused (Google's shape) before parsing
@@ -88,14 +123,28 @@ class PerspectiveApi(Feature):
             self._timed("suggestscore", self._unimplemented),
         )
         app.router.add_get("/$discovery/rest", self._timed("discovery", self._discovery))
-        self._runner = web.AppRunner(app, access_log=None)
+        limits = HttpLimits(
+            keepalive_timeout_s=settings.http_api_keepalive_timeout_s,
+            max_connections=settings.http_api_max_connections,
+        )
+        self._server = HttpServer(
+            app, limits, google_error, on_refused=metrics.http_connections_refused.inc
+        )
+        metrics.http_connections.set_function(self._server.open_connections)
         self.port: int | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.port = await start_site(self._runner, self._host, self._port)
+        """Listen on the settings' host and port (`Settings.http_api_bind_host`)."""
+        self.port = await self._server.start(self._host, self._port)
         log.info("Perspective-compatible HTTP API on port %s", self.port)
+        if self._key is None:
+            local = self._host.startswith("127.") or self._host == "::1"
+            where = "this pod only" if local else "ANY client"
+            log.warning(
+                "HTTP API on %s:%s without an API key: open to %s", self._host, self.port, where
+            )
 
     def close(self) -> None:
         """No new requests (503); those queued are still answered by the draining loop."""
@@ -106,7 +155,7 @@ class PerspectiveApi(Feature):
         self._closing = True
         for reply in list(self._pending):
             reply.resolve(ApiError(503, "UNAVAILABLE", "The server is shutting down."))
-        await self._runner.cleanup()
+        await self._server.stop()
 
     # --- handlers --------------------------------------------------------------------------
 
@@ -117,9 +166,19 @@ class PerspectiveApi(Feature):
             started = time.perf_counter()
             try:
                 response = await handler(request)
+                if request.transport is None or request.transport.is_closing():
+                    raise ClientGone
             except ApiError as error:
                 response = _json(error.body(), error.code)
+                if error.code == 408:  # the rest of the body is not waited for
+                    response.force_close()
                 log.debug("%s: %d %s %s", method, error.code, error.status, error.error_type)
+            except (ClientGone, ConnectionError):
+                self._metrics.http_disconnects.labels(method).inc()
+                log.debug("%s: the client hung up before its answer", method)
+                gone = web.Response(status=400)  # never sent: the connection is gone
+                gone.force_close()
+                return gone
             except Exception:
                 log.exception("%s: internal error", method)
                 self._metrics.errors.labels("http").inc()
@@ -138,15 +197,9 @@ class PerspectiveApi(Feature):
         if request.content_type != JSON:
             raise invalid(
                 "Invalid JSON payload received. Content-Type must be application/json, "
-                f"not {request.content_type or 'missing'}."
+                f"not {_shown(request.content_type) if request.content_type else 'missing'}."
             )
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise invalid(
-                f"Request payload size exceeds the limit: {self._max_body} bytes.",
-                "COMMENT_TOO_LONG",
-            ) from None
+        raw = await self._read_body(request)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -154,17 +207,50 @@ class PerspectiveApi(Feature):
         analysis = parse_request(body, self._model.contract, self._max_text_bytes)
         return _json(await self._score(analysis))
 
-    async def _score(self, analysis: Analysis) -> dict[str, Any]:
-        """The summary text and (when asked) each sentence, through the shared queue."""
-        text = analysis.text
-        sentences = sentence_spans(text) if analysis.spans else []
-        span_texts = [text[b:e] for b, e in sentences] if len(sentences) > 1 else []
-        texts = [text, *span_texts]
-        if self._pending and len(self._pending) + len(texts) > self._max_pending:
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body within the body timeout; a client that hangs up: `ClientGone`."""
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise invalid(
+                f"Request payload size exceeds the limit: {self._max_body} bytes.",
+                "COMMENT_TOO_LONG",
+            ) from None
+        except TimeoutError:
+            raise ApiError(
+                408, "DEADLINE_EXCEEDED",
+                f"The request body did not arrive within {self._body_timeout:g} s.",
+            ) from None  # fmt: skip
+        except ConnectionError:
+            raise ClientGone from None
+        except web.RequestPayloadError:  # a bad chunk size, a short body: its text is not shown
+            raise invalid("The request body could not be read.") from None
+
+    def _admit(self, texts: int) -> None:
+        """429 when `texts` more would exceed the pending limit (unless nothing is pending:
+        one request larger than the limit is still served, alone)."""
+        if self._pending and len(self._pending) + texts > self._max_pending:
             raise ApiError(
                 429, "RESOURCE_EXHAUSTED",
                 "Too many comments are waiting to be scored; retry later.",
             )  # fmt: skip
+
+    async def _score(self, analysis: Analysis) -> dict[str, Any]:
+        """The summary text and (when asked) each sentence, through the shared queue."""
+        text = analysis.text
+        self._admit(1)  # a full queue refuses before any work on the text
+        sentences = None
+        if analysis.spans:  # linear in the text, and off the loop all the same
+            loop = asyncio.get_running_loop()
+            try:
+                sentences = await loop.run_in_executor(
+                    self._tokenize_executor, split_sentences, text
+                )
+            except RuntimeError:  # the executor shut down: the worker is stopping
+                raise ApiError(503, "UNAVAILABLE", "The server is shutting down.") from None
+        texts = [text, *(sentences.texts if sentences else [])]
+        self._admit(len(texts))
         replies = [Reply() for _ in texts]
         self._pending.update(replies)
         try:
@@ -190,16 +276,9 @@ class PerspectiveApi(Feature):
                 raise ApiError(500, "INTERNAL", "The model failed on this comment.")
         rows = outcomes
         spans = None
-        if analysis.spans:
-            if span_texts:
-                offsets = utf16_offsets(text, [o for span in sentences for o in span])
-                spans = [
-                    (offsets[2 * i], offsets[2 * i + 1], row) for i, row in enumerate(rows[1:])
-                ]
-            else:  # one sentence (or none): one span, the summary's score
-                begin, end = sentences[0] if sentences else (0, len(text))
-                b, e = utf16_offsets(text, [begin, end])
-                spans = [(b, e, rows[0])]
+        if sentences is not None:  # one sentence (or none): one span, the summary's score
+            scored = rows[1:] if sentences.texts else rows[:1]
+            spans = [(b, e, row) for (b, e), row in zip(sentences.spans, scored, strict=True)]
         return build_response(analysis, self._model.contract.labels, rows[0], spans)
 
     async def _tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -220,9 +299,14 @@ class PerspectiveApi(Feature):
         version = request.query.get("version", API_VERSION)
         if version != API_VERSION:
             raise ApiError(
-                404, "NOT_FOUND", f"Discovery document not found for API version {version}."
+                404,
+                "NOT_FOUND",
+                f"Discovery document not found for API version {_shown(version)}.",
             )
-        root = f"{request.scheme}://{request.host}/"
+        host = request.host
+        if not (host.isascii() and host.isprintable()):
+            raise invalid("The Host header is not a valid host.")
+        root = f"{request.scheme}://{host}/"
         return _json(discovery_document(root, sorted(self._model.contract.api_attributes)))
 
     def _check_key(self, request: web.Request) -> None:
@@ -235,7 +319,8 @@ class PerspectiveApi(Feature):
                 403, "PERMISSION_DENIED",
                 "The request is missing a valid API key.",
             )  # fmt: skip
-        if not hmac.compare_digest(given.encode(), self._key.encode()):
+        given_bytes = given.encode("utf-8", "surrogateescape")  # a non-UTF-8 byte: a wrong key
+        if not hmac.compare_digest(given_bytes, self._key.encode()):
             raise ApiError(
                 400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."
             )

@@ -98,6 +98,19 @@ class Metrics:
             "moderation_http_pending_texts",
             "Texts of HTTP API requests queued or being scored.", registry=r,
         )  # fmt: skip
+        self.http_disconnects = Counter(
+            "moderation_http_client_disconnects",
+            "HTTP API requests whose client hung up before the answer, by method (not errors).",
+            ["method"], registry=r,
+        )  # fmt: skip
+        self.http_connections = Gauge(
+            "moderation_http_open_connections", "HTTP API connections open now.", registry=r
+        )
+        self.http_connections_refused = Counter(
+            "moderation_http_connections_refused",
+            "HTTP API connections refused (503, closed) at MODERATION_HTTP_API_MAX_CONNECTIONS.",
+            registry=r,
+        )  # fmt: skip
         self.startup = Gauge(
             "moderation_startup_seconds", "Seconds spent in each start-up phase, once ready.",
             ["phase"], registry=r,
@@ -156,6 +169,7 @@ class Metrics:
         for code in ("200", "400", "429", "503"):
             self.http_requests.labels("analyze", code)
         self.http_latency.labels("analyze")
+        self.http_disconnects.labels("analyze")
 
     def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:
         self.model_info.info(

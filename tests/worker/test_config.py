@@ -94,3 +94,24 @@ def test_sasl_settings_reach_aiokafka_and_secrets_stay_hidden(tmp_path: Path) ->
         sasl_username="u", sasl_password="hunter2",
     )  # fmt: skip
     assert "hunter2" not in repr(env_secret) and "hunter2" not in str(env_secret.redacted())
+
+
+def test_the_http_api_binds_loopback_unless_a_key_or_a_host_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 22: both ports bound every interface, the API with no key. The API without a key
+    now answers only inside the pod unless its host is set; the metrics and health port still
+    binds every interface (the kubelet's probes and Prometheus reach the pod's address)."""
+    for name in ("MODERATION_HTTP_API_HOST", "MODERATION_HTTP_API_KEY", "MODERATION_METRICS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_settings(http_api_port=8080).http_api_bind_host == "127.0.0.1"
+    assert load_settings(http_api_port=8080, http_api_key="k").http_api_bind_host == "0.0.0.0"
+    assert load_settings(http_api_port=8080, http_api_host="0.0.0.0").http_api_bind_host == (
+        "0.0.0.0"
+    )
+    assert load_settings(http_api_key="k", http_api_host="::1").http_api_bind_host == "::1"
+    assert load_settings().metrics_host == "0.0.0.0"
+    with pytest.raises(SettingsError, match="http_api_max_connections"):
+        load_settings(http_api_max_connections=0)
+    with pytest.raises(SettingsError, match="http_api_body_timeout_s"):
+        load_settings(http_api_body_timeout_s=0)
