@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from schemas import DeadLetterHeaders, ErrorKind
+from testing.in_process import settings_for
 from testing.kafka import produce, read_all
 from testing.topics import Topics
-from tests.worker.test_in_process import settings_for
 from worker.app import Worker
 from worker.backend import Backend, TokenBatch
 from worker.model import load_served_model
