@@ -31,7 +31,7 @@ LIMIT = 262_144  # MODERATION_MAX_IN_FLIGHT_BYTES of the test: about 5 such reco
 POLL = 2  # records per fetch: how far one fetch can pass the bound
 
 
-class Held:
+class Held(Backend):
     """The real backend, held on an event until the test lets it go."""
 
     def __init__(self, real: Backend) -> None:
