@@ -65,7 +65,7 @@ COPY schemas/ schemas/
 # Non-editable install: the worker package and its data (the default model) land in site-packages.
 # training/ is not in the image, so the `moderation-train` console script would be a dead link.
 # The CPU image also serves the bundled int8 ONNX graph (auto picks it where the CPU has no native
-# bf16; see worker/runtime.py); the GPU image serves with torch. The extra's floor is in
+# bf16; see worker/backends/runtime.py); the GPU image serves with torch. The extra's floor is in
 # pyproject.toml, as for every other runtime dependency. Both carry the otel extra, so that
 # MODERATION_OTEL=1 works in the image (it is imported only then).
 # hadolint ignore=DL3013

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.corpus import CorpusError
     from bench.runner import BenchOptions, run_bench
-    from worker.backend import ModelLoadError
+    from worker.backends.backend import ModelLoadError
 
     given: dict[str, Any] = {"output_dir": args.output_dir}
     if args.messages is not None:

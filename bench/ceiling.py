@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.batching import warm_up_shapes
-from worker.model import ServedModel
+from worker.backends.model import ServedModel
+from worker.pipeline.batching import warm_up_shapes
 
 
 def run_ceiling(model: ServedModel, texts: list[str], max_batch_size: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ Per candidate: (a) accuracy on real short sentences in many languages, from the 
 Apache-2.0); (b) the share of English Jigsaw comments called "not English", raw and under a rule
 "not English only when confidence >= X and the text has >= N letters", the rule chosen on one
 Jigsaw sample and reported on another; (c) single-thread throughput and import + load time.
-Every candidate reads the first `--max-chars` characters (default: worker/language.py's).
+Every candidate reads the first `--max-chars` characters (default: worker/pipeline/language.py's).
 Outside the product: it may import candidates the worker does not depend on.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpus import DEFAULT_CORPUS, CorpusError, load_texts
-from worker.language import MAX_CHARS
+from worker.pipeline.language import MAX_CHARS
 
 # The languages of the accuracy set: Coral's five first, then others with many web comments.
 LANGUAGES = (
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         "--max-chars",
         type=int,
         default=MAX_CHARS,
-        help="read only the first N characters of each text, as worker/language.py does (0: all)",
+        help="read only the first N characters of each text, as worker/pipeline/language.py "
+        "does (0: all)",
     )
     parser.add_argument("--only", nargs="*", choices=sorted(CANDIDATES), default=None)
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")

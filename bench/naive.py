@@ -14,8 +14,8 @@ from transformers import pipeline
 
 from bench.end_to_end import produce_all
 from testing.topics import Topics, fresh_topics
+from worker.backends.model import resolve_source
 from worker.config import Settings
-from worker.model import resolve_source
 
 
 async def _consume_one_at_a_time(

@@ -10,15 +10,29 @@ from typing import Any
 # matches any rule decides the sample's category, so a tokenizer call inside a worker
 # function counts as tokenization.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("tokenization", ("tokenizers", "worker/tokenizer.py")),
-    ("model forward (torch)", ("torch/", "transformers/models", "worker/torch_backend.py")),
+    ("tokenization", ("tokenizers", "worker/pipeline/tokenizer.py")),
+    (
+        "model forward (torch)",
+        ("torch/", "transformers/models", "worker/backends/torch_backend.py"),
+    ),
     ("kafka client (aiokafka)", ("aiokafka/",)),
-    ("decode (orjson + pydantic)", ("worker/decode.py",)),
-    ("publish + offsets", ("worker/publish.py", "worker/checkpoint.py", "pydantic")),
-    ("metrics + HTTP", ("prometheus_client", "aiohttp", "worker/health.py", "worker/metrics.py")),
+    ("decode (orjson + pydantic)", ("worker/pipeline/decode.py",)),
+    (
+        "publish + offsets",
+        ("worker/pipeline/publish.py", "worker/pipeline/checkpoint.py", "pydantic"),
+    ),
+    (
+        "metrics + HTTP",
+        ("prometheus_client", "aiohttp", "worker/http/health.py", "worker/metrics.py"),
+    ),
     (
         "batching + intake + inference loop",
-        ("worker/batching.py", "worker/consume.py", "worker/inference.py", "worker/model.py"),
+        (
+            "worker/pipeline/batching.py",
+            "worker/pipeline/consume.py",
+            "worker/pipeline/inference.py",
+            "worker/backends/model.py",
+        ),
     ),
     ("asyncio event loop", ("asyncio/", "selectors.py", "uvloop")),
 ]

@@ -77,7 +77,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Settings",
         "",
-        "Chosen at start (worker/runtime.py): "
+        "Chosen at start (worker/backends/runtime.py): "
         + "; ".join(f"{k}: {v}" for k, v in r["runtime"].items())
         + ".",
         "",

@@ -17,9 +17,9 @@ from bench.corpus import DEFAULT_CORPUS, length_stats, load_texts, repeat_to, va
 from bench.stages import StageLog
 from testing.broker import broker_kind, kafka_broker
 from worker.app import GIL_SWITCH_INTERVAL_S
+from worker.backends.hardware import SPEED_FLAGS, cgroup_cpus, usable_cpus
+from worker.backends.model import DEFAULT_MODEL_DIR, ServedModel, load_from_settings
 from worker.config import Settings
-from worker.hardware import SPEED_FLAGS, cgroup_cpus, usable_cpus
-from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_from_settings
 
 log = logging.getLogger(__name__)
 

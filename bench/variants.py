@@ -20,9 +20,9 @@ from bench.ceiling import run_ceiling
 from schemas.artifact import ONNX_FILES
 from training.data import TextDataset
 from training.precision_rule import check_precision
+from worker.backends.model import ServedModel, load_from_settings, resolve_source
+from worker.backends.runtime import Runtime, onnxruntime_installed
 from worker.config import Settings
-from worker.model import ServedModel, load_from_settings, resolve_source
-from worker.runtime import Runtime, onnxruntime_installed
 
 log = logging.getLogger(__name__)
 

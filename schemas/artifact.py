@@ -26,7 +26,7 @@ MULTI_LABEL = "multi_label_classification"
 TOXICITY_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 DEFAULT_THRESHOLD = 0.5
 # Perspective API attribute -> model label, for the Perspective-compatible HTTP API
-# (worker/perspective.py). An artifact may state its own map (`api_attributes` in config.json);
+# (worker/http/perspective.py). An artifact may state its own map (`api_attributes` in config.json);
 # without one, the entries of this map whose label the model has are served.
 DEFAULT_API_ATTRIBUTES = {
     "TOXICITY": "toxic",

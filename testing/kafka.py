@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from testing.wait import wait_until
-from worker.kafka_clients import Headers
+from worker.pipeline.kafka_clients import Headers
 
 Message = tuple[bytes | None, bytes | None]  # (key, value)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from worker.hardware import SPEED_FLAGS, cgroup_cpus, read_cpu, usable_cpus
+from worker.backends.hardware import SPEED_FLAGS, cgroup_cpus, read_cpu, usable_cpus
 
 # a stage run while the hypervisor took more than this share of the CPU is reported as noisy
 NOISY_STEAL_PCT = 10.0

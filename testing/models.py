@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import numpy as np
     from transformers import BertForSequenceClassification
 
-    from worker.backend import TokenBatch
+    from worker.backends.backend import TokenBatch
 
 LABELS = list(TOXICITY_LABELS)
 # comments of every length class, scripts and emptiness, for scoring tests

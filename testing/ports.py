@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from worker.dev_broker import free_port, wait_for_port
+from worker.ops.dev_broker import free_port, wait_for_port
 
 __all__ = ["free_port", "wait_for_port"]

@@ -1,9 +1,9 @@
-"""Watching `worker.batching.BatchQueue` from a test without sleeping."""
+"""Watching `worker.pipeline.batching.BatchQueue` from a test without sleeping."""
 
 from __future__ import annotations
 
 from testing.wait import wait_until_async
-from worker.batching import BatchQueue
+from worker.pipeline.batching import BatchQueue
 
 
 async def reader_has_looked(queue: BatchQueue, timeout: float = 10) -> None:

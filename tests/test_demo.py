@@ -11,7 +11,7 @@ import orjson
 from schemas.artifact import read_contract
 from scripts.demo import EXPECTED, MODEL_DIR, SAMPLES, misses
 from training.model_card import limitations_section, model_card
-from worker.model import load_served_model
+from worker.backends.model import load_served_model
 
 
 def test_the_demo_names_the_threat_it_misses_and_why() -> None:

@@ -183,3 +183,29 @@ def test_the_cycle_finder_sees_a_cycle_through_a_lazy_import() -> None:
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({**graph, "c": {"d"}}) == []
     assert find_cycle({"training.evaluate": lazy, "training.export": {"training.evaluate"}})
+
+
+# Inside worker/: the front doors (worker.http) and the operator tools (worker.ops) sit on top of
+# the pipeline and the backends; only the composition root (worker.app, worker.cli) wires them
+# in. So the pipeline, the backends and the optional parts never import a front door or a tool.
+WORKER_TOP = {"worker.http": {"worker.app", "worker.cli"}, "worker.ops": {"worker.cli"}}
+
+
+def worker_layer_violations() -> list[str]:
+    found: list[str] = []
+    for path in source_files():
+        importer = module_name(path)
+        if importer.split(".")[0] != "worker":
+            continue
+        for line, module in imports(path):
+            for package, allowed in WORKER_TOP.items():
+                inside = importer == package or importer.startswith(package + ".")
+                named = module == package or module.startswith(package + ".")
+                if named and not inside and importer not in allowed:
+                    found.append(f"{path.relative_to(REPO)}:{line}: {importer} imports {module}")
+    return found
+
+
+def test_only_the_composition_root_imports_front_doors_and_tools() -> None:
+    found = worker_layer_violations()
+    assert not found, "\n".join(found)

@@ -113,10 +113,10 @@ def test_the_readme_layout_names_the_tree_and_nothing_else() -> None:
 
 def test_the_layout_names_every_worker_module_and_every_doc_by_its_path() -> None:
     named = named_paths(README.read_text())
-    for path in ("worker/consume.py", "worker/cuda_graphs.py", "worker/decode.py",
-                 "worker/records.py", "worker/default_model", "scripts/gpu_check.sh",
-                 "scripts/gpu_wheels.sh", "scripts/settings_table.py", ".ci",
-                 "docs/benchmarks.md", "docs/RELIABILITY.md", "CHANGELOG.md"):  # fmt: skip
+    for path in ("worker/pipeline/consume.py", "worker/backends/cuda_graphs.py",
+                 "worker/pipeline/decode.py", "worker/pipeline/records.py", "worker/default_model",
+                 "scripts/gpu_check.sh", "scripts/gpu_wheels.sh", "scripts/settings_table.py",
+                 ".ci", "docs/benchmarks.md", "docs/RELIABILITY.md", "CHANGELOG.md"):  # fmt: skip
         assert path in named
 
 

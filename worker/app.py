@@ -34,19 +34,19 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas import ThresholdPolicy
-from worker.batching import BatchQueue, warm_up_shapes
-from worker.checkpoint import Checkpoint, CheckpointListener
+from worker.backends.model import ServedModel, load_from_settings
 from worker.config import Settings
-from worker.consume import ConsumeLoop, IntakeLimits
-from worker.health import HealthServer
-from worker.http_api import PerspectiveApi
-from worker.inference import InferenceLoop
-from worker.kafka_clients import build_consumer, build_producer
+from worker.http.api import PerspectiveApi
+from worker.http.health import HealthServer
 from worker.lifecycle import Feature, ShutdownTimeouts
 from worker.metrics import Metrics
-from worker.model import ServedModel, load_from_settings
+from worker.pipeline.batching import BatchQueue, warm_up_shapes
+from worker.pipeline.checkpoint import Checkpoint, CheckpointListener
+from worker.pipeline.consume import ConsumeLoop, IntakeLimits
+from worker.pipeline.inference import InferenceLoop
+from worker.pipeline.kafka_clients import build_consumer, build_producer
+from worker.pipeline.publish import Publisher
 from worker.policy import PolicyHolder, PolicyWatcher, TenantSource
-from worker.publish import Publisher
 from worker.shadow import ShadowScorer
 from worker.tracing import Tracing
 

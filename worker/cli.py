@@ -1,5 +1,5 @@
 """`moderation-worker`: run the worker, print what it would serve (`info`), or work on the
-dead-letter topic (`dlq inspect|redrive`, worker/dlq_cli.py)."""
+dead-letter topic (`dlq inspect|redrive`, worker/ops/dlq_cli.py)."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def package_version(name: str) -> str | None:
 def cuda_available() -> bool:
     """Whether torch sees a GPU; without any trace of a GPU driver it cannot, and torch is not
     imported to ask."""
-    from worker.runtime import gpu_may_be_present
+    from worker.backends.runtime import gpu_may_be_present
 
     if not gpu_may_be_present() or package_version("torch") is None:
         return False
@@ -141,8 +141,8 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
     """What `info` prints: versions, the model and its labels, what would serve it and why.
     The artifact is checked (as at start-up) but its weights are loaded only with `load`, so
     neither torch nor transformers is imported otherwise (unless the device is a GPU)."""
-    from worker.hardware import SPEED_FLAGS
-    from worker.model import DEFAULT_MODEL_DIR, load_from_settings, plan_from_settings
+    from worker.backends.hardware import SPEED_FLAGS
+    from worker.backends.model import DEFAULT_MODEL_DIR, load_from_settings, plan_from_settings
 
     if model is not None:
         settings = settings.model_copy(update={"model": model})
@@ -193,7 +193,7 @@ def run_worker(settings: Settings) -> int:
     """`run`: the composition root. Everything the worker serves is loaded (or refused) here,
     cheapest check first, before anything connects; `Worker` only wires and runs it.
     Raises ModelLoadError, PolicyError or TracingError (one line each)."""
-    from worker.model import plan_from_settings
+    from worker.backends.model import plan_from_settings
 
     plan_from_settings(settings)  # path, artifact and device: refused in well under 1 s
     from worker.app import StartupClock, load_and_warm_up, serve
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         from worker import dev_broker
 
         return dev_broker.run(args, settings)
-    from worker.backend import ModelLoadError
+    from worker.backends.backend import ModelLoadError
     from worker.policy import PolicyError
 
     try:

@@ -144,8 +144,8 @@ class Settings(BaseSettings):
         ),
     ] = "auto"
     """Intra-op threads of the backend (torch or ONNX Runtime); auto or 0: from the CPUs this
-    process may use (affinity mask and cgroup quota), see worker/hardware.py. Also read from
-    MODERATION_TORCH_THREADS (deprecated)."""
+    process may use (affinity mask and cgroup quota), see worker/backends/hardware.py. Also read
+    from MODERATION_TORCH_THREADS (deprecated)."""
     torch_interop_threads: Annotated[int, Field(ge=0)] = 0
     """torch inter-op threads (0: torch's default)."""
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     int8 (torch): CPU only. Scores stay float32 sigmoids."""
     backend: Literal["auto", "torch", "onnx"] = "auto"
     """auto: torch on a GPU or a CPU with native bf16, else ONNX Runtime where the artifact has
-    a graph and onnxruntime is installed (worker/runtime.py)."""
+    a graph and onnxruntime is installed (worker/backends/runtime.py)."""
     token_budget: Annotated[int, Field(ge=0)] = 2048
     """Padded tokens per forward pass: a batch is sorted by length and cut into passes of at
     most this many (0: off)."""
@@ -213,7 +213,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{broker!r}: the port {port!r} is not a number in 1..65535")
         return value
 
-    # Perspective-compatible HTTP API (worker/http_api.py)
+    # Perspective-compatible HTTP API (worker/http/api.py)
     http_api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     """Port of the Perspective-compatible HTTP API (its own, not the metrics port); unset: off."""
     http_api_host: Annotated[str, Field(min_length=1)] | None = None

@@ -30,8 +30,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from worker.kafka_clients import Headers
-from worker.records import InFlight
+from worker.pipeline.kafka_clients import Headers
+from worker.pipeline.records import InFlight
 from worker.tracing import TRACE_HEADERS, TracingError
 
 SERVICE_NAME = "moderation-worker"

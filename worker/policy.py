@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from schemas import MODEL_POLICY_VERSION, ArtifactContract, ThresholdPolicy
 from worker.lifecycle import Feature, cancel_and_wait, side_task
 from worker.metrics import Metrics
-from worker.records import InFlight
+from worker.pipeline.records import InFlight
 
 log = logging.getLogger(__name__)
 

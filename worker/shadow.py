@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
-from worker.backend import ModelLoadError
-from worker.batching import Tokenized, warm_up_shapes
+from worker.backends.backend import ModelLoadError
+from worker.backends.model import ServedModel, load_from_settings
 from worker.config import Settings
 from worker.lifecycle import Feature, ShutdownTimeouts, cancel_and_wait, side_task
 from worker.metrics import FLIP_DIRECTIONS, Metrics
-from worker.model import ServedModel, load_from_settings
+from worker.pipeline.batching import Tokenized, warm_up_shapes
+from worker.pipeline.publish import encode_output
+from worker.pipeline.tokenizer import TextTokenizer
 from worker.policy import Policies
-from worker.publish import encode_output
-from worker.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 

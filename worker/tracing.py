@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from worker.kafka_clients import Headers
-    from worker.records import InFlight
+    from worker.pipeline.kafka_clients import Headers
+    from worker.pipeline.records import InFlight
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 

@@ -12,7 +12,7 @@ import pytest
 
 from bench.profile import categorize, summarize
 from testing.worker_process import REPO_ROOT as REPO
-from worker.hardware import read_cpu
+from worker.backends.hardware import read_cpu
 
 TEXTS = [
     "ok",
@@ -26,9 +26,11 @@ TEXTS = [
 def test_profile_summary_categorizes_py_spy_stacks(tmp_path: Path) -> None:
     raw = tmp_path / "profile.raw.txt"
     raw.write_text(
-        "thread (0x1);_tokenize (worker/consume.py:60);encode (worker/tokenizer.py:70);"
+        "thread (0x1);_tokenize (worker/pipeline/consume.py:60);"
+        "encode (worker/pipeline/tokenizer.py:70);"
         "encode_batch_fast (tokenizers/__init__.py:1) 3\n"
-        "thread (0x1);_infer (worker/inference.py:60);infer (worker/torch_backend.py:110);"
+        "thread (0x1);_infer (worker/pipeline/inference.py:60);"
+        "infer (worker/backends/torch_backend.py:110);"
         "forward (torch/nn/modules/linear.py:134) 6\n"
         "thread (0x2);run_forever (asyncio/base_events.py:600);"
         "select (selectors.py:468) 1\n"

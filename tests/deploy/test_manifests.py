@@ -253,7 +253,7 @@ def test_gpu_overlay_requests_a_gpu_and_cpu_overlay_does_not(builds: dict[str, A
     assert "nvidia.com/gpu" not in {**cpu.get("limits", {}), **cpu.get("requests", {})}
     assert container(builds["cpu"])["image"].endswith("-cpu")
     assert cpu["requests"]["cpu"] == cpu["limits"]["cpu"]
-    # threads stay auto (0): chosen from the pod's CPU quota at start (worker/hardware.py)
+    # threads stay auto (0): chosen from the pod's CPU quota at start (worker/backends/hardware.py)
     assert configmap(builds["cpu"])["MODERATION_INFERENCE_THREADS"] in ("0", "auto")
 
 
@@ -371,7 +371,7 @@ def test_threshold_policy_component(builds: dict[str, Any], overlay: str) -> Non
     see an update), under the name the ConfigMap keeps (no hash suffix: an edit is hot-reloaded,
     not rolled out), and it is a valid policy for the bundled model."""
     from schemas.artifact import read_contract
-    from worker.model import DEFAULT_MODEL_DIR
+    from worker.backends.model import DEFAULT_MODEL_DIR
     from worker.policy import parse_policy
 
     resources = builds[f"{overlay}+components"]

@@ -23,7 +23,7 @@ from testing.kafka import consume_until
 from testing.reliability.catalog import MAX_TEXT_BYTES, SCORED, Case, catalog
 from testing.topics import Topics
 from testing.worker_process import WorkerFactory
-from worker.decode import InvalidMessage, decode_comment
+from worker.pipeline.decode import InvalidMessage, decode_comment
 
 BIG = 16 * 1_048_576
 
@@ -242,10 +242,10 @@ async def test_dead_letter_of_a_keyless_tombstone_is_publishable() -> None:
     from aiokafka import TopicPartition
     from aiokafka.structs import ConsumerRecord
 
-    from worker.checkpoint import Checkpoint
     from worker.metrics import Metrics
-    from worker.publish import Publisher
-    from worker.records import InFlight
+    from worker.pipeline.checkpoint import Checkpoint
+    from worker.pipeline.publish import Publisher
+    from worker.pipeline.records import InFlight
 
     sent: list[tuple[bytes | None, bytes | None]] = []
 

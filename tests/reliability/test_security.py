@@ -194,7 +194,7 @@ def test_tansu_native_tls(tmp_path: Path) -> None:
 async def test_sasl_and_tls_settings_reach_the_aiokafka_clients(
     mechanism: str, protocol: str, tmp_path: Path
 ) -> None:
-    from worker.kafka_clients import (
+    from worker.pipeline.kafka_clients import (
         build_consumer,
         build_dlq_consumer,
         build_dlq_producer,
@@ -228,8 +228,8 @@ async def test_sasl_and_tls_settings_reach_the_aiokafka_clients(
 
 def test_model_loading_runs_no_remote_code(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A model directory asking for custom code (auto_map) never gets it executed."""
-    from worker.backend import ModelLoadError
-    from worker.model import load_served_model
+    from worker.backends.backend import ModelLoadError
+    from worker.backends.model import load_served_model
 
     model = tmp_path / "custom-code-model"
     shutil.copytree(tiny_model_dir, model)

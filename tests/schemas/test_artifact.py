@@ -83,7 +83,7 @@ def test_served_languages_round_trip_through_config_json() -> None:
 
 
 def test_the_bundled_model_serves_english() -> None:
-    from worker.model import DEFAULT_MODEL_DIR
+    from worker.backends.model import DEFAULT_MODEL_DIR
 
     config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
     assert config["served_languages"] == ["en"]
@@ -131,8 +131,8 @@ def test_bad_calibration_is_refused_in_one_line(
 def test_the_worker_refuses_a_calibration_it_would_have_to_apply(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from worker.backend import ModelLoadError
-    from worker.model import load_served_model
+    from worker.backends.backend import ModelLoadError
+    from worker.backends.model import load_served_model
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)

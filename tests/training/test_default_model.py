@@ -44,7 +44,7 @@ def test_default_model_card_names_no_machine_paths() -> None:
 
 
 def test_default_model_pipeline_matches_worker_and_ranks_toxicity() -> None:
-    from worker.model import load_served_model
+    from worker.backends.model import load_served_model
 
     pipe = pipeline_scores(MODEL_DIR, TEXTS)
     served = load_served_model(None, device="cpu", precision="fp32")
@@ -63,7 +63,7 @@ def validation() -> tuple[TextDataset, np.ndarray]:
     """The card's validation split and the served model's scores on it."""
     from training.data import load_dataset, split_dataset
     from training.default_model import SHARED_DATA
-    from worker.model import load_served_model
+    from worker.backends.model import load_served_model
 
     if not SHARED_DATA.is_file():
         pytest.skip(f"the Jigsaw rows are not at {SHARED_DATA}")

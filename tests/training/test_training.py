@@ -392,7 +392,7 @@ def test_export_round_trips_through_pipeline_and_worker(work: Path, fitted: Path
     texts = ["you are a stupid idiot", "thanks for the citation", "i will kill you " * 40, "ok"]
     pipe = pipeline_scores(out, texts)  # columns: the artifact's labels (JIGSAW_LABELS below)
 
-    from worker.model import load_served_model
+    from worker.backends.model import load_served_model
 
     served = load_served_model(out, device="cpu", precision="fp32")
     contract = served.contract
@@ -516,7 +516,7 @@ def test_calibration_is_folded_into_the_head_for_every_consumer(
     from schemas.artifact import read_contract
     from training.calibration import JIGSAW_BASE_RATES, sigmoid
     from training.modeling import load_classifier, load_tokenizer, predict
-    from worker.model import load_served_model
+    from worker.backends.model import load_served_model
 
     plain, folded, rows = calibrated
     before, after = read_contract(plain), read_contract(folded)
@@ -635,7 +635,7 @@ def test_calibration_from_a_reference_reproduces_its_probabilities(
     reference's probabilities and flags, with its thresholds and base rates and their own
     training rates, and the card says where the maps and the ECE figures come from."""
     from schemas.artifact import read_contract
-    from worker.model import load_served_model
+    from worker.backends.model import load_served_model
 
     plain, reference, rows = calibrated
     run = work / "calibration-run"  # what `reference` was exported from, uncalibrated
@@ -737,7 +737,7 @@ def test_distill_with_ensemble_teacher_augmentation_and_hidden_loss(
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["hidden_size"] == 32 and set(config["label_thresholds"]) == set(JIGSAW_LABELS)
 
-    from worker.model import load_served_model
+    from worker.backends.model import load_served_model
 
     probs = load_served_model(out / "model", device="cpu", precision="fp32").score(["hello there"])
     assert probs.shape == (1, 6) and np.all((probs >= 0) & (probs <= 1))
@@ -768,8 +768,8 @@ def test_mean_pooled_teacher_round_trips_and_teaches(
     assert main([*distill, "--hidden-distill", "0.5", "--output-dir", str(student), *common]) == 0
     assert (student / "model" / "model.safetensors").is_file()
 
-    from worker.backend import ModelLoadError
-    from worker.model import load_served_model
+    from worker.backends.backend import ModelLoadError
+    from worker.backends.model import load_served_model
 
     with pytest.raises(ModelLoadError, match="randomly initialized"):  # no classifier weights
         load_served_model(model_dir, device="cpu", precision="fp32")

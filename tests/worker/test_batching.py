@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from testing.queues import reader_has_looked
-from worker.batching import BatchQueue, Tokenized, forward_passes, padded_length, warm_up_shapes
+from worker.pipeline.batching import (
+    BatchQueue,
+    Tokenized,
+    forward_passes,
+    padded_length,
+    warm_up_shapes,
+)
 
 
 def entries(n: int, start: int = 0) -> list[Tokenized]:

@@ -8,8 +8,8 @@ import time
 import pytest
 from aiokafka import TopicPartition
 
-from worker.checkpoint import Checkpoint
 from worker.metrics import Metrics
+from worker.pipeline.checkpoint import Checkpoint
 
 TP = TopicPartition("t", 0)
 OTHER = TopicPartition("t", 1)

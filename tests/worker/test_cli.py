@@ -13,9 +13,9 @@ import pytest
 
 from testing.importtime import split_importtime
 from testing.worker_process import REPO_ROOT
+from worker.backends.model import DEFAULT_MODEL_DIR
+from worker.backends.runtime import gpu_may_be_present
 from worker.config import Settings, env_names
-from worker.model import DEFAULT_MODEL_DIR
-from worker.runtime import gpu_may_be_present
 
 HEAVY = ("torch", "transformers", "onnxruntime")  # seconds to import; aiokafka is light
 

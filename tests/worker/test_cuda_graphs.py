@@ -13,15 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testing.models import SAMPLE_TEXTS, eager_probabilities
-from worker.backend import TokenBatch
-from worker.batching import forward_passes, padded_length
-from worker.cuda_graphs import (
+from worker.backends.backend import TokenBatch
+from worker.backends.cuda_graphs import (
     CudaGraphRunner,
     GraphBook,
     graph_buckets,
     graphs_supported,
     select_buckets,
 )
+from worker.pipeline.batching import forward_passes, padded_length
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (lent device only)")
@@ -120,7 +120,7 @@ def test_the_runner_refuses_a_cpu_device_and_support_needs_cuda() -> None:
 def _load(model_dir: Path, precision: str = "fp32"):
     from transformers import AutoModelForSequenceClassification
 
-    from worker.torch_backend import apply_precision
+    from worker.backends.torch_backend import apply_precision
 
     device = torch.device("cuda")
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
@@ -129,7 +129,7 @@ def _load(model_dir: Path, precision: str = "fp32"):
 
 def _batches(model_dir: Path) -> list[TokenBatch]:
     """Padded batches of real texts (mixed masks), and one with no padding at all."""
-    from worker.tokenizer import TextTokenizer
+    from worker.pipeline.tokenizer import TextTokenizer
 
     tokenizer = TextTokenizer.load(model_dir, 128)
     ids = tokenizer.encode(TEXTS)

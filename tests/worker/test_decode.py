@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from schemas import ErrorKind
-from worker.decode import InvalidMessage, decode_comment
+from worker.pipeline.decode import InvalidMessage, decode_comment
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from testing.worker_process import REPO_ROOT
-from worker.dev_broker import tansu_available
+from worker.ops.dev_broker import tansu_available
 
 pytestmark = pytest.mark.integration
 ENV = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "MODERATION_METRICS_PORT": "0"}

@@ -15,7 +15,7 @@ from schemas import DeadLetterHeaders, ErrorKind, RedriveHeaders
 from testing.kafka import comment, committed_offsets, produce, read_all
 from testing.topics import Topics
 from testing.worker_process import REPO_ROOT, WorkerFactory
-from worker.dlq import original_headers, parse_time
+from worker.ops.dlq import original_headers, parse_time
 
 LONG = "this comment is longer than the first worker's limit of forty bytes"
 NOW_MS = 1_764_590_400_000  # 2025-12-01T12:00:00Z

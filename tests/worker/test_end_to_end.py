@@ -16,7 +16,7 @@ from testing.kafka import comment, produce, read_all, wait_committed
 from testing.models import LABELS
 from testing.topics import Topics
 from testing.worker_process import WorkerFactory
-from worker.model import load_served_model
+from worker.backends.model import load_served_model
 
 pytestmark = pytest.mark.integration
 

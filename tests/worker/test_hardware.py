@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.hardware import (
+from worker.backends.hardware import (
     Choice,
     CpuInfo,
     cfs_quota,

@@ -23,7 +23,7 @@ from testing.npm import PERSPECTIVE_CLIENT, NpmUnavailable, npm_install
 from testing.ports import free_port
 from testing.topics import fresh_topics
 from testing.worker_process import QUICK_ENV, REPO_ROOT, WorkerProcess, start_worker
-from worker.model import ServedModel, load_served_model
+from worker.backends.model import ServedModel, load_served_model
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The hardened aiohttp server both ports run on (worker/http_server.py), in process: the
+"""The hardened aiohttp server both ports run on (worker/http/server.py), in process: the
 keep-alive/header timeout, the connection cap, answers to unparsable requests, aiohttp's logs
 withheld, no version banner (issue 22). The API on it: tests/reliability/test_http_hostile.py."""
 
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from worker.http_server import HttpLimits, HttpServer
+from worker.http.server import HttpLimits, HttpServer
 
 CANARY = "CanaryText91c2"
 

@@ -18,9 +18,9 @@ from testing.ports import free_port
 from testing.topics import Topics
 from testing.wait import wait_until_async
 from worker.app import Worker
-from worker.backend import Backend, TokenBatch
+from worker.backends.backend import Backend, TokenBatch
+from worker.backends.model import ServedModel, load_served_model
 from worker.lifecycle import ShutdownTimeouts
-from worker.model import ServedModel, load_served_model
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,13 @@ from aiokafka.structs import ConsumerRecord
 from schemas import Comment
 from testing.queues import reader_has_looked
 from testing.wait import wait_until_async
-from worker.backend import Backend
-from worker.batching import BatchQueue, Tokenized
-from worker.checkpoint import PartitionOffsets, Ticket
-from worker.inference import InferenceLoop
+from worker.backends.backend import Backend
+from worker.backends.model import ServedModel, load_served_model
 from worker.metrics import Metrics
-from worker.model import ServedModel, load_served_model
-from worker.records import InFlight, Reply
+from worker.pipeline.batching import BatchQueue, Tokenized
+from worker.pipeline.checkpoint import PartitionOffsets, Ticket
+from worker.pipeline.inference import InferenceLoop
+from worker.pipeline.records import InFlight, Reply
 
 
 class RecordingPublisher:

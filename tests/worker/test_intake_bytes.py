@@ -20,8 +20,8 @@ from testing.in_process import settings_for
 from testing.kafka import produce, read_all
 from testing.topics import Topics
 from worker.app import Worker
-from worker.backend import Backend, TokenBatch
-from worker.model import load_served_model
+from worker.backends.backend import Backend, TokenBatch
+from worker.backends.model import load_served_model
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from testing.kafka import comment, produce, read_all
 from testing.topics import Topics
 from testing.wait import wait_until_async
 from worker.app import Worker
-from worker.backend import Backend, TokenBatch
-from worker.model import load_served_model
+from worker.backends.backend import Backend, TokenBatch
+from worker.backends.model import load_served_model
 
 pytestmark = pytest.mark.integration
 

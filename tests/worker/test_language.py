@@ -1,4 +1,5 @@
-"""Language identification (worker/language.py) on real texts, with the model the worker ships."""
+"""Language identification (worker/pipeline/language.py) on real texts, with the model the worker
+ships."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.language import (
+from worker.pipeline.language import (
     MAX_CHARS,
     UNDETERMINED,
     Detection,

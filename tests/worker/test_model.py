@@ -15,9 +15,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from testing.models import LABELS, SAMPLE_TEXTS
 from testing.worker_process import REPO_ROOT as REPO
-from worker.backend import ModelLoadError
-from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_served_model
-from worker.torch_backend import resolve_device
+from worker.backends.backend import ModelLoadError
+from worker.backends.model import DEFAULT_MODEL_DIR, ServedModel, load_served_model
+from worker.backends.torch_backend import resolve_device
 
 TEXTS = SAMPLE_TEXTS
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from schemas.artifact import TOXICITY_LABELS
-from worker.backend import Backend, ModelLoadError, TokenBatch
+from worker.backends.backend import Backend, ModelLoadError, TokenBatch
 
 pytest.importorskip("onnxruntime")  # the `onnx` extra; the dev extra installs it
 pytest.importorskip("onnx")
@@ -28,7 +28,7 @@ from training.onnx_export import (
     quantize_int8,
     read_metadata,
 )
-from worker.onnx_backend import OnnxBackend
+from worker.backends.onnx_backend import OnnxBackend
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = tuple(TOXICITY_LABELS)
@@ -285,8 +285,8 @@ def test_serving_onnx_imports_neither_torch_nor_transformers(
         "import sys\n"
         "from pathlib import Path\n"
         "import numpy as np\n"
-        "import worker.onnx_backend as m\n"
-        "from worker.backend import TokenBatch\n"
+        "import worker.backends.onnx_backend as m\n"
+        "from worker.backends.backend import TokenBatch\n"
         "from schemas.artifact import TOXICITY_LABELS\n"
         "b = m.OnnxBackend.load(Path(sys.argv[1]), tuple(TOXICITY_LABELS), threads=1)\n"
         "ids = np.ones((2, 8), dtype=np.int64)\n"

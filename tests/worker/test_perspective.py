@@ -1,4 +1,4 @@
-"""The Perspective protocol as data (worker/perspective.py) and the attribute map of the
+"""The Perspective protocol as data (worker/http/perspective.py) and the attribute map of the
 artifact contract: sentence spans, UTF-16 offsets, request checks, thresholds."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.artifact import DEFAULT_API_ATTRIBUTES, TOXICITY_LABELS, ArtifactContract
-from worker.perspective import (
+from worker.http.perspective import (
     MAX_SPANS,
     ApiError,
     build_response,

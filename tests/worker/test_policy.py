@@ -23,8 +23,8 @@ from testing.topics import Topics
 from testing.wait import wait_until_async
 from testing.worker_process import refusal_line
 from worker.app import Worker
+from worker.backends.model import DEFAULT_MODEL_DIR, ServedModel, load_served_model
 from worker.config import Settings
-from worker.model import DEFAULT_MODEL_DIR, ServedModel, load_served_model
 from worker.policy import (
     Policy,
     PolicyError,
@@ -95,7 +95,7 @@ class _Record:
 
 def _item(tenant_meta: str | None = None, header: bytes | None = None) -> Any:
     from schemas import Comment
-    from worker.records import InFlight
+    from worker.pipeline.records import InFlight
 
     metadata = {"tenant": tenant_meta} if tenant_meta is not None else None
     headers = [("x-tenant", header)] if header is not None else []

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from worker.backend import ModelLoadError
-from worker.model import ServedModel, load_served_model
+from worker.backends.backend import ModelLoadError
+from worker.backends.model import ServedModel, load_served_model
 
 TEXTS = [
     "ok",
@@ -80,7 +80,7 @@ def test_the_traced_cpu_graph_scores_as_the_eager_model(
     sizes, lengths and padding must score exactly as the eager model does."""
     from transformers import AutoModelForSequenceClassification
 
-    from worker.torch_backend import TorchBackend
+    from worker.backends.torch_backend import TorchBackend
 
     served = load_served_model(tiny_model_dir, device="cpu", precision=precision, max_length=64)
 

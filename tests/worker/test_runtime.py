@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from worker.backend import ModelLoadError
-from worker.hardware import CpuInfo
-from worker.runtime import choose_backend, choose_device, choose_onnx_precision, choose_runtime
+from worker.backends.backend import ModelLoadError
+from worker.backends.hardware import CpuInfo
+from worker.backends.runtime import (
+    choose_backend,
+    choose_device,
+    choose_onnx_precision,
+    choose_runtime,
+)
 
 AMX_XEON = CpuInfo("Intel Xeon (Sapphire Rapids)", frozenset({"avx2", "avx512f", "amx_bf16"}))
 AVX2_EPYC = CpuInfo("AMD EPYC (Zen 3)", frozenset({"avx2", "fma"}))
@@ -60,13 +65,13 @@ def test_runtime_for_an_artifact_without_onnx_is_torch(tiny_model_dir: Path) -> 
 def test_runtime_picks_onnx_int8_on_a_cpu_without_bf16(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.runtime
+    import worker.backends.runtime
 
     target = Path(shutil.copytree(tiny_model_dir, tmp_path / "artifact"))
     (target / "model.onnx").write_bytes(b"graph")
     (target / "model.int8.onnx").write_bytes(b"graph")
-    monkeypatch.setattr(worker.runtime, "read_cpu", lambda: AVX2_EPYC)
-    monkeypatch.setattr(worker.runtime, "onnxruntime_installed", lambda: True)
+    monkeypatch.setattr(worker.backends.runtime, "read_cpu", lambda: AVX2_EPYC)
+    monkeypatch.setattr(worker.backends.runtime, "onnxruntime_installed", lambda: True)
     runtime = choose_runtime(target, backend="auto", device="cpu", precision="auto", threads=0)
     assert (runtime.backend.value, runtime.precision.value) == ("onnx", "int8")
     assert runtime.threads.value >= 1

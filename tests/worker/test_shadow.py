@@ -23,8 +23,8 @@ from testing.models import LABELS, SAMPLE_TEXTS
 from testing.topics import Topics
 from testing.worker_process import refusal_line
 from worker.app import Worker
-from worker.backend import Backend, TokenBatch
-from worker.model import ServedModel, load_served_model
+from worker.backends.backend import Backend, TokenBatch
+from worker.backends.model import ServedModel, load_served_model
 from worker.shadow import same_tokenizer
 
 BAD = [(b"bad-json", b"{not json"), (b"no-id", b'{"text": "hello"}')]

@@ -20,7 +20,7 @@ from testing.kafka import comment, produce, read_all
 from testing.topics import Topics
 from testing.worker_process import REPO_ROOT, WorkerFactory
 from worker.app import Worker
-from worker.model import load_served_model
+from worker.backends.model import load_served_model
 from worker.otel import OtelTracing
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,8 @@ def test_trace_headers_are_carried_to_outputs_and_dead_letters(
 def test_without_otel_nothing_of_opentelemetry_is_imported() -> None:
     code = (
         "import sys\n"
-        "import worker.app, worker.cli, worker.consume, worker.inference, worker.publish\n"
+        "import worker.app, worker.cli\n"
+        "import worker.pipeline.consume, worker.pipeline.inference, worker.pipeline.publish\n"
         "from worker.config import load_settings\n"
         "from worker.cli import tracing_from_settings\n"
         "assert tracing_from_settings(load_settings()) is None\n"
@@ -203,10 +204,10 @@ async def test_a_dead_letter_too_large_to_copy_keeps_its_trace_context() -> None
     from aiokafka.structs import ConsumerRecord
 
     from schemas import ErrorKind
-    from worker.checkpoint import Checkpoint
     from worker.metrics import Metrics
-    from worker.publish import Publisher
-    from worker.records import InFlight
+    from worker.pipeline.checkpoint import Checkpoint
+    from worker.pipeline.publish import Publisher
+    from worker.pipeline.records import InFlight
 
     sent: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
 

@@ -2,8 +2,8 @@
 
 A BERT-Tiny forward pass is a few dozen small kernels; on a GPU their launches, not the
 arithmetic, bound a small batch. Replaying a graph captured at warm-up launches them all at
-once. The batcher produces a finite set of shapes (`worker.batching.warm_up_shapes`), so one
-graph per shape covers every batch without padding anything further; a shape that was not
+once. The batcher produces a finite set of shapes (`worker.pipeline.batching.warm_up_shapes`),
+so one graph per shape covers every batch without padding anything further; a shape that was not
 captured (or could not be) runs eagerly, with the same result.
 
 The bucket set (`graph_buckets`, `select_buckets`) and the bookkeeping (`GraphBook`) are pure
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
-from worker.backend import TokenBatch
-from worker.batching import warm_up_shapes
+from worker.backends.backend import TokenBatch
+from worker.pipeline.batching import warm_up_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,7 @@ def graph_buckets(
     max_batch_size: int, token_budget: int, max_length: int, max_graphs: int | None = MAX_GRAPHS
 ) -> list[Shape]:
     """The buckets of these settings: every shape the batcher can cut
-    (`worker.batching.warm_up_shapes`, what the worker's warm-up captures), sorted by
+    (`worker.pipeline.batching.warm_up_shapes`, what the worker's warm-up captures), sorted by
     (length, batch) and capped by `select_buckets`."""
     return select_buckets(warm_up_shapes(max_batch_size, token_budget, max_length), max_graphs)
 

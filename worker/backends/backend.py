@@ -2,7 +2,7 @@
 
 Everything before the backend (transport, tokenization, batching) is backend-agnostic; a
 backend only loads a model, warms up the shapes it will see, and runs one batch at a time on
-the inference thread. `TorchBackend` (worker/torch_backend.py) is the first implementation.
+the inference thread. `TorchBackend` (worker/backends/torch_backend.py) is the first implementation.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from worker.backend import SHAPE_MULTIPLE, ModelLoadError, TokenBatch, padded_length
+from worker.backends.backend import SHAPE_MULTIPLE, ModelLoadError, TokenBatch, padded_length
 
 TOKENIZER_FILE = "tokenizer.json"
 

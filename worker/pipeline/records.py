@@ -1,9 +1,9 @@
 """What travels through the pipeline: a consumed record and its at-least-once ticket, or an HTTP
 request's text waiting for its scores.
 
-The batch queue holds either; what completes them differs (`worker/inference.py`): a Kafka record
-(`InFlight`) is published and its offset acknowledged, an HTTP text (`Reply`) resolves the future
-its request handler awaits.
+The batch queue holds either; what completes them differs (`worker/pipeline/inference.py`): a
+Kafka record (`InFlight`) is published and its offset acknowledged, an HTTP text (`Reply`)
+resolves the future its request handler awaits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from aiokafka.structs import ConsumerRecord
 
 from schemas import Comment
-from worker.checkpoint import Ticket
+from worker.pipeline.checkpoint import Ticket
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ def _common(settings: Settings, client_suffix: str = "") -> dict[str, Any]:
 
 
 def build_consumer(settings: Settings) -> AIOKafkaConsumer:
-    """The worker's consumer: in its group, committing by hand (worker/checkpoint.py)."""
+    """The worker's consumer: in its group, committing by hand (worker/pipeline/checkpoint.py)."""
     return AIOKafkaConsumer(
         **_common(settings),
         group_id=settings.group_id,

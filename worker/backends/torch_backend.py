@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.backend import Backend, ModelLoadError, TokenBatch
-from worker.cuda_graphs import CudaGraphRunner
+from worker.backends.backend import Backend, ModelLoadError, TokenBatch
+from worker.backends.cuda_graphs import CudaGraphRunner
 
 log = logging.getLogger(__name__)
 

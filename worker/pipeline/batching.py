@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from worker.backend import SHAPE_MULTIPLE, padded_length
-from worker.records import Work
+from worker.backends.backend import SHAPE_MULTIPLE, padded_length
+from worker.pipeline.records import Work
 
 
 @dataclass(slots=True)
@@ -77,7 +77,7 @@ class BatchQueue:
     async def next_full_batch(self) -> list[Tokenized]:
         """Once `max_batch_size` records are queued, the oldest of them; empty if the queue is
         closed first. A full batch cannot grow by waiting, so the backend may take it while it
-        is still busy with the one before (`worker/inference.py`)."""
+        is still busy with the one before (`worker/pipeline/inference.py`)."""
         while len(self._entries) < self.max_batch_size:
             if self._closed:
                 return []

@@ -1,6 +1,6 @@
 """The Perspective API's `comments:analyze` (v1alpha1), as data: request checks, the response,
 errors in Google's shape, sentence spans and the discovery document. No I/O: the HTTP server
-(`worker/http_api.py`) calls these around the shared batch queue.
+(`worker/http/api.py`) calls these around the shared batch queue.
 
 Attribute names map to model labels through the artifact contract (`api_attributes`,
 `schemas/artifact.py`). Span offsets are UTF-16 code units, end exclusive, as Perspective's.
@@ -223,7 +223,7 @@ class Sentences:
 
 def split_sentences(text: str, max_spans: int = MAX_SPANS) -> Sentences:
     """`sentence_spans` with the texts to score and UTF-16 offsets: the work `spanAnnotations`
-    adds, linear in `len(text)`, done off the event loop (worker/http_api.py)."""
+    adds, linear in `len(text)`, done off the event loop (worker/http/api.py)."""
     spans = sentence_spans(text, max_spans)
     if len(spans) <= 1:
         begin, end = spans[0] if spans else (0, len(text))

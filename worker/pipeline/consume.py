@@ -12,13 +12,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas import ErrorKind
-from worker.batching import BatchQueue, Tokenized
-from worker.checkpoint import Checkpoint
-from worker.decode import InvalidMessage, decode_comment
 from worker.metrics import Metrics
-from worker.publish import Publisher
-from worker.records import InFlight
-from worker.tokenizer import TextTokenizer
+from worker.pipeline.batching import BatchQueue, Tokenized
+from worker.pipeline.checkpoint import Checkpoint
+from worker.pipeline.decode import InvalidMessage, decode_comment
+from worker.pipeline.publish import Publisher
+from worker.pipeline.records import InFlight
+from worker.pipeline.tokenizer import TextTokenizer
 from worker.tracing import Tracing
 
 log = logging.getLogger(__name__)

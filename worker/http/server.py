@@ -1,4 +1,4 @@
-"""The HTTP server both ports run on (`worker/health.py`, `worker/http_api.py`): aiohttp,
+"""The HTTP server both ports run on (`worker/http/health.py`, `worker/http/api.py`): aiohttp,
 hardened against slow and hostile clients (issue 22).
 
 - A connection is closed when it has sent no complete request line and headers within

@@ -30,11 +30,11 @@ from schemas import (
     ModelRef,
     ScoredComment,
 )
-from worker.checkpoint import Checkpoint
-from worker.kafka_clients import Headers
 from worker.metrics import Metrics
+from worker.pipeline.checkpoint import Checkpoint
+from worker.pipeline.kafka_clients import Headers
+from worker.pipeline.records import InFlight
 from worker.policy import Policy
-from worker.records import InFlight
 from worker.tracing import Tracing, trace_headers
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ is still cut only when the backend is free). A batch the backend fails on is bis
 records it fails on alone are found: those are dead-lettered (`inference_failed`), the rest scored.
 Each batch follows one threshold policy (read once; worker/policy.py) and, with a shadow model
 attached, is handed to it without waiting (worker/shadow.py).
-Texts of HTTP requests (`Reply`, `worker/http_api.py`) share the batches; each is answered as
+Texts of HTTP requests (`Reply`, `worker/http/api.py`) share the batches; each is answered as
 soon as its batch is scored (`answer_replies`), before any publishing; one the backend fails on
 alone gets its error.
 """
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas import ErrorKind
-from worker.batching import BatchQueue, Tokenized
+from worker.backends.model import ServedModel
 from worker.metrics import Metrics
-from worker.model import ServedModel
+from worker.pipeline.batching import BatchQueue, Tokenized
+from worker.pipeline.publish import Publisher, encode_output
+from worker.pipeline.records import InFlight, Reply
 from worker.policy import Policy, PolicyHolder
-from worker.publish import Publisher, encode_output
-from worker.records import InFlight, Reply
 from worker.shadow import ShadowScorer
 from worker.tracing import Tracing
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from worker.http_server import HttpLimits, HttpServer
+from worker.http.server import HttpLimits, HttpServer
 from worker.metrics import Metrics
 
 # probes and scrapes need few connections, and none held long

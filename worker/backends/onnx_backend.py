@@ -25,7 +25,7 @@ from schemas.artifact import (
     WEIGHTS_FILE,
     weights_version,
 )
-from worker.backend import Backend, ModelLoadError, TokenBatch
+from worker.backends.backend import Backend, ModelLoadError, TokenBatch
 
 MODEL_FILES = ONNX_FILES
 OUTPUT_NAME = ONNX_OUTPUT

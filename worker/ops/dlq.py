@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetterHeaders, ErrorKind, RedriveHeaders
 from worker.config import Settings
-from worker.kafka_clients import Headers, build_dlq_consumer, build_dlq_producer
+from worker.pipeline.kafka_clients import Headers, build_dlq_consumer, build_dlq_producer
 
 DEAD_LETTER_HEADERS = frozenset(
     field.alias for field in DeadLetterHeaders.model_fields.values() if field.alias

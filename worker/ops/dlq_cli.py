@@ -16,7 +16,7 @@ import orjson
 
 from schemas import ErrorKind
 from worker.config import Settings
-from worker.dlq import (
+from worker.ops.dlq import (
     DlqError,
     Inspection,
     Redrive,

@@ -1,11 +1,11 @@
 """Which backend, device, precision and thread count serve the model here, and why.
 
-`auto` settings are resolved from the machine (`worker.hardware`) and from what the artifact
-holds; explicit settings pass through. Every choice carries its reason, for the start-up log and
-`moderation-worker info`. The rules follow the measurements in docs/benchmarks.md: on a CPU with
-native bf16 (AMX, AVX512-BF16) torch in bf16 is the fastest; without it ONNX Runtime beats
-eager torch fp32, and its int8 graph is used where the export kept it (it passed the accuracy
-rule there).
+`auto` settings are resolved from the machine (`worker.backends.hardware`) and from what the
+artifact holds; explicit settings pass through. Every choice carries its reason, for the
+start-up log and `moderation-worker info`. The rules follow the measurements in
+docs/benchmarks.md: on a CPU with native bf16 (AMX, AVX512-BF16) torch in bf16 is the fastest;
+without it ONNX Runtime beats eager torch fp32, and its int8 graph is used where the export kept
+it (it passed the accuracy rule there).
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.artifact import ONNX_FILES
-from worker.backend import ModelLoadError
-from worker.hardware import Choice, CpuInfo, choose_precision, choose_threads, read_cpu, usable_cpus
+from worker.backends.backend import ModelLoadError
+from worker.backends.hardware import (
+    Choice,
+    CpuInfo,
+    choose_precision,
+    choose_threads,
+    read_cpu,
+    usable_cpus,
+)
 
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 # Any of these says a GPU may be reachable (WSL2 has /dev/dxg and no /proc/driver/nvidia);

@@ -14,7 +14,7 @@ Nothing that grows with the request runs on the event loop: the sentences of `sp
 are split (in linear time) on the tokenizer thread, once the request was admitted. A body must
 arrive whole within `MODERATION_HTTP_API_BODY_TIMEOUT_S` (else 408, connection closed); a client
 that hangs up is counted (`moderation_http_client_disconnects_total`), not an error. The server
-itself (timeouts, connection cap, logs, no version banner): `worker/http_server.py`.
+itself (timeouts, connection cap, logs, no version banner): `worker/http/server.py`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from worker.batching import BatchQueue, Tokenized
+from worker.backends.model import ServedModel
 from worker.config import Settings
-from worker.http_server import HttpLimits, HttpServer
-from worker.lifecycle import Feature
-from worker.metrics import Metrics
-from worker.model import ServedModel
-from worker.perspective import (
+from worker.http.perspective import (
     ANALYZE_PATH,
     API_VERSION,
     Analysis,
@@ -47,7 +43,11 @@ from worker.perspective import (
     parse_request,
     split_sentences,
 )
-from worker.records import Reply
+from worker.http.server import HttpLimits, HttpServer
+from worker.lifecycle import Feature
+from worker.metrics import Metrics
+from worker.pipeline.batching import BatchQueue, Tokenized
+from worker.pipeline.records import Reply
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from schemas.artifact import ArtifactContract, ArtifactError, read_contract
-from worker.backend import Backend, ModelLoadError
-from worker.batching import forward_passes
+from worker.backends.backend import Backend, ModelLoadError
+from worker.backends.runtime import Runtime, choose_runtime
 from worker.config import Settings
-from worker.runtime import Runtime, choose_runtime
-from worker.tokenizer import TextTokenizer
+from worker.pipeline.batching import forward_passes
+from worker.pipeline.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class ServedModel:
     contract: ArtifactContract
     tokenizer: TextTokenizer
     backend: Backend
-    token_budget: int  # padded tokens per forward pass (see `worker.batching.forward_passes`)
+    token_budget: (
+        int  # padded tokens per forward pass (see `worker.pipeline.batching.forward_passes`)
+    )
     runtime: Runtime  # what was chosen to serve it, and why
 
     def infer(self, sequences: list[list[int]]) -> np.ndarray:
@@ -140,7 +142,7 @@ def load_served_model(
     tokenizer = TextTokenizer.load(model_dir, max_length)
     served: Backend
     if runtime.backend.value == "onnx":
-        from worker.onnx_backend import OnnxBackend
+        from worker.backends.onnx_backend import OnnxBackend
 
         served = OnnxBackend.load(
             model_dir,
@@ -150,7 +152,7 @@ def load_served_model(
             device=runtime.device.value,
         )
     elif runtime.backend.value == "torch":
-        from worker.torch_backend import TorchBackend
+        from worker.backends.torch_backend import TorchBackend
 
         served = TorchBackend.load(
             model_dir,

@@ -1,0 +1,1 @@
+"""The HTTP front doors: health and metrics, and the Perspective-compatible API."""
