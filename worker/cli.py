@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load the weights on the chosen backend and score one text, as `run` would "
         "(slower: imports the backend's libraries)",
     )
-    from worker import dev_broker, dlq_cli
+    from worker.ops import dev_broker, dlq_cli
 
     dlq_cli.add_parser(commands)
     dev_broker.add_parser(commands)
@@ -237,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     for warning in unknown_variables() + deprecated_variables():
         log.warning("%s", warning)
     if args.command == "dlq":
-        from worker import dlq_cli
+        from worker.ops import dlq_cli
 
         return dlq_cli.run(args, settings)
     if args.command == "dev-broker":
-        from worker import dev_broker
+        from worker.ops import dev_broker
 
         return dev_broker.run(args, settings)
     from worker.backends.backend import ModelLoadError
