@@ -22,7 +22,7 @@ from worker.pipeline.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"  # worker/default_model
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
 # A tokenizer: the fast one's file, or a slow one's vocabulary (converted at load)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
