@@ -318,21 +318,30 @@ def test_holder_swaps_the_whole_reference(tiny_model_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "needle"),
+    ("name", "content", "needle"),
     [
-        ('{"version": "x", "thresholds": {"toxicity": 0.5}}', "the model has no label 'toxicity'"),
-        ('{"version": "x", "thresholds": ', "not valid JSON"),
+        (
+            "policy.json",
+            '{"version": "x", "thresholds": {"toxicity": 0.5}}',
+            "the model has no label 'toxicity'",
+        ),
+        ("policy.json", '{"version": "x", "thresholds": ', "not valid JSON"),
+        ("policy.yaml", "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("policy.yaml", "version: !!int abc\n", "(ValueError)"),
+        ("policy.yaml", "password: CANARY-9\n  x: y\n", "line 2 column"),
     ],
 )
-def test_the_worker_refuses_to_start_with_a_bad_policy(
-    tiny_model_dir: Path, tmp_path: Path, content: str, needle: str
+def test_the_worker_refuses_to_start_with_a_bad_policy_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, name: str, content: str, needle: str
 ) -> None:
-    policy_file = tmp_path / "policy.json"
+    """Invalid for the model, malformed, or hostile (deep nesting, a bad tag, a line that could
+    be a secret): one line naming the file and the reason, never the file's content; exit 2."""
+    policy_file = tmp_path / name
     policy_file.write_text(content)
     line = refusal_line(
         {"MODERATION_MODEL": str(tiny_model_dir), "MODERATION_POLICY_FILE": str(policy_file)}
     )
-    assert needle in line and str(policy_file) in line
+    assert needle in line and str(policy_file) in line and "CANARY" not in line
 
 
 def test_the_watcher_reloads_on_a_content_change_only(tmp_path: Path) -> None:
@@ -581,22 +590,3 @@ async def test_the_watcher_survives_every_hostile_file_without_blocking_the_loop
         stop_ticking.set()
         await watcher.stop()
         await asyncio.wait_for(asyncio.gather(running, ticker), 30)
-
-
-@pytest.mark.parametrize(
-    ("content", "needle"),
-    [
-        ("[" * 5000 + "]" * 5000, "nested too deeply"),
-        ("version: !!int abc\n", "(ValueError)"),
-        ("password: CANARY-9\n  x: y\n", "line 2 column"),
-    ],
-)
-def test_the_worker_refuses_a_hostile_policy_with_one_line(
-    tiny_model_dir: Path, tmp_path: Path, content: str, needle: str
-) -> None:
-    policy_file = tmp_path / "policy.yaml"
-    policy_file.write_text(content)
-    line = refusal_line(
-        {"MODERATION_MODEL": str(tiny_model_dir), "MODERATION_POLICY_FILE": str(policy_file)}
-    )
-    assert needle in line and "CANARY" not in line
