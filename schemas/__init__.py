@@ -3,11 +3,20 @@
 from schemas.artifact import ArtifactContract, ArtifactError
 from schemas.comment import Comment
 from schemas.dead_letter import DeadLetterHeaders, ErrorKind, RedriveHeaders
-from schemas.policy import MODEL_POLICY_VERSION, TenantPolicy, ThresholdPolicy
+from schemas.policy import (
+    HTTP_DEFAULT_UNSUPPORTED_LANGUAGE,
+    KAFKA_DEFAULT_UNSUPPORTED_LANGUAGE,
+    MODEL_POLICY_VERSION,
+    TenantPolicy,
+    ThresholdPolicy,
+    UnsupportedLanguage,
+)
 from schemas.registry import SCHEMA_FILES, json_schemas
 from schemas.scores import ModelRef, ScoredComment
 
 __all__ = [
+    "HTTP_DEFAULT_UNSUPPORTED_LANGUAGE",
+    "KAFKA_DEFAULT_UNSUPPORTED_LANGUAGE",
     "MODEL_POLICY_VERSION",
     "SCHEMA_FILES",
     "ArtifactContract",
@@ -20,5 +29,6 @@ __all__ = [
     "ScoredComment",
     "TenantPolicy",
     "ThresholdPolicy",
+    "UnsupportedLanguage",
     "json_schemas",
 ]

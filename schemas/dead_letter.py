@@ -23,6 +23,7 @@ class ErrorKind(StrEnum):
     METADATA_TOO_LARGE = "metadata_too_large"  # its metadata is over MODERATION_MAX_METADATA_BYTES
     INFERENCE_FAILED = "inference_failed"
     OUTPUT_TOO_LARGE = "output_too_large"  # valid, but its output is over the producer's limit
+    UNSUPPORTED_LANGUAGE = "unsupported_language"  # its tenant's policy refuses its language
 
 
 class DeadLetterHeaders(BaseModel):

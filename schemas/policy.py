@@ -9,6 +9,7 @@ has is checked against the model (`unknown_labels`), not here: the schema does n
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,33 @@ Threshold = Annotated[
 Thresholds = dict[Annotated[str, Field(min_length=1)], Threshold]
 
 
+class UnsupportedLanguage(StrEnum):
+    """What happens to a comment in a language the model does not serve (`served_languages`).
+
+    The language is the one a request declares (the HTTP API's `languages`), else the one
+    detected with confidence; an unsure detection counts as the model's main language."""
+
+    REFUSE = "refuse"  # not scored: HTTP 400 LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE (as Perspective
+    # did), Kafka dead-letters it with `unsupported_language`
+    SCORE = "score"  # scored as usual and marked unsupported (the scores are less reliable)
+    HOLD = "hold"  # scored and marked unsupported, its flags held for review instead of applied
+
+
+# When neither the policy nor the tenant says: each front door's own default.
+HTTP_DEFAULT_UNSUPPORTED_LANGUAGE = UnsupportedLanguage.REFUSE  # as Perspective answered
+KAFKA_DEFAULT_UNSUPPORTED_LANGUAGE = UnsupportedLanguage.SCORE  # as the worker always did, marked
+
+LanguageMode = Annotated[
+    UnsupportedLanguage | None,
+    Field(
+        description="What happens to text in a language the model does not serve: `refuse`, "
+        "`score` (scored and marked unsupported) or `hold` (scored, marked, flags held for "
+        "review). Unset: the policy's default, else the front door's (HTTP API: refuse; Kafka: "
+        "score)."
+    ),
+]
+
+
 class TenantPolicy(BaseModel):
     """One tenant's overrides of the policy's default thresholds."""
 
@@ -29,6 +57,7 @@ class TenantPolicy(BaseModel):
     thresholds: Annotated[
         Thresholds, Field(description="Label -> threshold; labels not named keep the defaults.")
     ] = {}
+    unsupported_language: LanguageMode = None
 
 
 class ThresholdPolicy(BaseModel):
@@ -49,10 +78,18 @@ class ThresholdPolicy(BaseModel):
         Thresholds,
         Field(description="Default label -> threshold; labels not named keep the model's."),
     ] = {}
+    unsupported_language: LanguageMode = None
     tenants: Annotated[
         dict[Annotated[str, Field(min_length=1)], TenantPolicy],
         Field(description="Tenant -> overrides; a tenant not listed gets the defaults."),
     ] = {}
+
+    def language_mode(self, tenant: str | None) -> UnsupportedLanguage | None:
+        """The tenant's mode for unsupported languages, else the policy's; None: unset."""
+        own = self.tenants.get(tenant) if tenant is not None else None
+        if own is not None and own.unsupported_language is not None:
+            return own.unsupported_language
+        return self.unsupported_language
 
     def labels_named(self) -> set[str]:
         """Every label the policy sets a threshold for, by default or for a tenant."""

@@ -37,7 +37,7 @@ import orjson
 import yaml
 from pydantic import ValidationError
 
-from schemas import MODEL_POLICY_VERSION, ArtifactContract, ThresholdPolicy
+from schemas import MODEL_POLICY_VERSION, ArtifactContract, ThresholdPolicy, UnsupportedLanguage
 from worker.lifecycle import Feature, cancel_and_wait, side_task
 from worker.metrics import Metrics
 from worker.pipeline.records import InFlight
@@ -222,6 +222,7 @@ class Policy:
     default: np.ndarray  # (labels,) float
     tenants: Mapping[str, np.ndarray]
     source: TenantSource = field(default_factory=TenantSource)
+    spec: ThresholdPolicy | None = None  # the file's policy (None: the model's thresholds)
 
     @classmethod
     def build(
@@ -245,7 +246,16 @@ class Policy:
             default=np.array([defaults[label] for label in contract.labels], np.float64),
             tenants=tenants,
             source=source or TenantSource(),
+            spec=spec,
         )
+
+    def language_mode(
+        self, tenant: str | None, front_door_default: UnsupportedLanguage
+    ) -> UnsupportedLanguage:
+        """What to do with `tenant`'s text in a language the model does not serve: the tenant's
+        mode, else the policy's, else the front door's default."""
+        mode = self.spec.language_mode(tenant) if self.spec is not None else None
+        return mode if mode is not None else front_door_default
 
     def thresholds(self, tenant: str | None) -> np.ndarray:
         """Thresholds for `tenant` (the defaults for None or a tenant the policy does not list)."""

