@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     token_budget: Annotated[int, Field(ge=0)] = 2048
     """Padded tokens per forward pass: a batch is sorted by length and cut into passes of at
     most this many (0: off)."""
+    language_detection: bool = True
+    """Identify each comment's language (fastText lid.176, on the tokenizer thread): Kafka
+    outputs carry `language`, the HTTP API's `detectedLanguages` is the detection, and text in
+    a language the model does not serve follows the policy's `unsupported_language` mode."""
 
     # Threshold policy (worker/policy.py): a YAML or JSON file, re-read when it changes
     policy_file: Path | None = None

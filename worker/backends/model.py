@@ -18,6 +18,7 @@ from worker.backends.backend import Backend, ModelLoadError
 from worker.backends.runtime import Runtime, choose_runtime
 from worker.config import Settings
 from worker.pipeline.batching import forward_passes
+from worker.pipeline.language import LanguageDetector, LanguageModelError
 from worker.pipeline.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class ServedModel:
         int  # padded tokens per forward pass (see `worker.pipeline.batching.forward_passes`)
     )
     runtime: Runtime  # what was chosen to serve it, and why
+    # identifies each comment's language where tokenization runs (None: detection is off)
+    language: LanguageDetector | None = None
 
     def infer(self, sequences: list[list[int]]) -> np.ndarray:
         """(len(sequences), labels) probabilities, rows in the order given."""
@@ -133,8 +136,11 @@ def load_served_model(
     interop_threads: int = 0,
     max_length: int = 128,
     token_budget: int = 2048,
+    language_detection: bool = False,
 ) -> ServedModel:
-    """Load (or refuse) the artifact; `auto` settings are resolved by `choose_runtime`."""
+    """Load (or refuse) the artifact; `auto` settings are resolved by `choose_runtime`.
+    `language_detection`: also load the language-identification model (the worker's setting
+    `MODERATION_LANGUAGE_DETECTION`; off for tools that only score)."""
     plan = plan_served_model(
         source, backend=backend, device=device, precision=precision, threads=threads
     )
@@ -164,7 +170,13 @@ def load_served_model(
         )
     else:
         raise ModelLoadError(f"unknown backend {runtime.backend.value!r}: use auto, torch or onnx")
-    return ServedModel(contract, tokenizer, served, token_budget, runtime)
+    language = None
+    if language_detection:
+        try:
+            language = LanguageDetector()
+        except LanguageModelError as exc:
+            raise ModelLoadError(f"{exc} (or set MODERATION_LANGUAGE_DETECTION=0)") from None
+    return ServedModel(contract, tokenizer, served, token_budget, runtime, language)
 
 
 def plan_from_settings(settings: Settings) -> ModelPlan:
@@ -189,5 +201,6 @@ def load_from_settings(settings: Settings, **overrides: str | int) -> ServedMode
         "interop_threads": settings.torch_interop_threads,
         "max_length": settings.max_length,
         "token_budget": settings.token_budget,
+        "language_detection": settings.language_detection,
     }
     return load_served_model(settings.model, **(options | overrides))
