@@ -26,7 +26,7 @@ from testing.http import http_get, http_post, metric_sample
 from testing.in_process import settings_for
 from testing.ports import free_port
 from testing.topics import Topics
-from testing.wait import wait_until_async
+from testing.wait import wait_until, wait_until_async
 from testing.worker_process import QUICK_ENV, REPO_ROOT, WorkerProcess, refusal_line, worker_env
 from worker.app import Worker, install_signal_handlers
 from worker.backends.backend import Backend, TokenBatch
@@ -36,8 +36,8 @@ CLOSED = "127.0.0.1:9"  # the discard port: nothing listens on loopback
 
 
 def coral_request(text: str) -> bytes:
-    """The body Coral Talk sends (talk/server/src/core/server/services/comments/pipeline/
-    phases/toxic.ts): one comment, TOXICITY only, doNotStore."""
+    """The body Coral Talk's toxicity check sends to its Perspective endpoint: one comment,
+    TOXICITY only, doNotStore."""
     return orjson.dumps(
         {
             "comment": {"text": text},
@@ -48,16 +48,24 @@ def coral_request(text: str) -> bytes:
     )
 
 
+POLICY = 'version: "{version}"\nthresholds:\n  toxic: 0.8\n'
+
+
 @pytest.fixture
 def http_only_worker(tiny_model_dir: Path, tmp_path: Path) -> Iterator[WorkerProcess]:
-    """`python -m worker run --http-only` with the tiny model, the API on a free port, Kafka
-    at a closed port, logging at DEBUG; killed at teardown if still running."""
+    """`python -m worker run --http-only` with the tiny model, the API on a free port, a
+    threshold policy file (`policy.yaml`, polled every 0.2 s), Kafka at a closed port, logging
+    at DEBUG; killed at teardown if still running."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(version="coral-1"))
     env = worker_env(
         CLOSED, Topics.fresh("http-only"), free_port(),
         QUICK_ENV | {
             "MODERATION_MODEL": str(tiny_model_dir),
             "MODERATION_HTTP_API_PORT": str(free_port()),
             "MODERATION_LOG_LEVEL": "DEBUG",
+            "MODERATION_POLICY_FILE": str(policy),
+            "MODERATION_POLICY_POLL_INTERVAL_S": "0.2",
         },
     )  # fmt: skip
     worker = WorkerProcess(env, tmp_path / "worker.log", args=["--http-only"])
@@ -85,9 +93,15 @@ def test_coral_talks_request_is_answered_without_kafka(http_only_worker: WorkerP
         before, "moderation_batch_size_count"
     )
     assert metric_sample(after, "moderation_ready") == 1
-    phases = {p: metric_sample(after, "moderation_startup_seconds", phase=p) for p in ("warm_up",)}
-    assert phases["warm_up"] > 0
+    assert metric_sample(after, "moderation_startup_seconds", phase="warm_up") > 0
     assert 'phase="http_listen"' in after and 'phase="kafka_join"' not in after
+    # the policy file is read and hot-reloaded as with Kafka
+    assert 'moderation_policy_info{version="coral-1"}' in after
+    (Path(worker.env["MODERATION_POLICY_FILE"])).write_text(POLICY.format(version="coral-2"))
+    wait_until(
+        lambda: 'moderation_policy_info{version="coral-2"}' in worker.get("/metrics").body,
+        30, message="the policy was not reloaded",
+    )  # fmt: skip
 
     assert worker.terminate(timeout=60) == 0
     log = worker.log()
