@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from testing.http import HttpResult, http_get, metric_values
@@ -58,24 +58,24 @@ def worker_env(
 
 
 class WorkerProcess:
-    """`python -m worker run` started with `env` (its metrics port: MODERATION_METRICS_PORT);
-    stdout and stderr go to `log_path` (None: this process's own)."""
+    """`python -m worker run [args]` started with `env` (its metrics port:
+    MODERATION_METRICS_PORT); stdout and stderr go to `log_path` (None: this process's own)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.env = dict(env)
         self.port = int(self.env["MODERATION_METRICS_PORT"])
         self.log_path = log_path
+        command = [sys.executable, "-m", "worker", "run", *args]
         if log_path is None:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run"], env=self.env, cwd=REPO_ROOT
-            )
+            self.proc = subprocess.Popen(command, env=self.env, cwd=REPO_ROOT)
         else:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("wb") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "worker", "run"],
-                    env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                )  # fmt: skip
+                    command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+                )
 
     @property
     def pid(self) -> int:

@@ -3,12 +3,16 @@ policy, the shadow, tracing), then `serve` runs a `Worker`, which wires the pipe
 optional parts (`worker.lifecycle.Feature`) and runs them until a stop or a fatal error.
 
     Kafka ─▶ ConsumeLoop (decode, tokenize once) ─▶ BatchQueue ─▶ InferenceLoop (backend)
-                 │ bad records                                        │ scores
-                 ▼                                                    ▼
+                 │ bad records                            ▲           │ scores
+                 ▼                       HTTP API requests┘           ▼
             dead letters ◀──────────────── Publisher ────────────▶ outputs
                                                │ acks
                                                ▼
                                           Checkpoint ─▶ commits
+
+The Kafka side (consumer, producer, checkpoint, publisher, consume loop, commits) is one part,
+`worker.pipeline.kafka_intake.KafkaIntake`; with `MODERATION_HTTP_ONLY` it is absent (no Kafka
+client is built) and the worker serves the HTTP API alone, through the same queue and loop.
 
 Delivery guarantee: at least once. An offset is committed only after the output or dead letter
 of that record and of every earlier record of its partition was acknowledged by the broker
@@ -41,11 +45,9 @@ from worker.http.health import HealthServer
 from worker.lifecycle import Feature, ShutdownTimeouts
 from worker.metrics import Metrics
 from worker.pipeline.batching import BatchQueue, warm_up_shapes
-from worker.pipeline.checkpoint import Checkpoint, CheckpointListener
-from worker.pipeline.consume import ConsumeLoop, IntakeLimits
 from worker.pipeline.inference import InferenceLoop
-from worker.pipeline.kafka_clients import build_consumer, build_producer
-from worker.pipeline.publish import Publisher
+from worker.pipeline.kafka_clients import build_producer
+from worker.pipeline.kafka_intake import KafkaIntake
 from worker.policy import PolicyHolder, PolicyWatcher, TenantSource
 from worker.shadow import ShadowScorer
 from worker.tracing import Tracing
@@ -155,38 +157,16 @@ class Worker:
             source=TenantSource(settings.tenant_field, settings.tenant_header),
             metrics=self.metrics,
         )
-        self.consumer = build_consumer(settings)
-        self.producer = build_producer(settings)
-        self.checkpoint = Checkpoint(self.consumer, self.metrics, settings.shutdown_grace_s)
-        self.publisher = Publisher(
-            self.producer,
-            output_topic=settings.output_topic,
-            dlq_topic=settings.dlq_topic,
-            checkpoint=self.checkpoint,
-            metrics=self.metrics,
-            on_fatal=self.fail,
-            tracing=self.tracing,
-        )
         self.queue = BatchQueue(settings.max_batch_size, settings.max_wait_ms / 1000)
         self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
-        self.consume_loop = ConsumeLoop(
-            self.consumer,
-            self.checkpoint,
-            model.tokenizer,
-            self.tokenizer_thread,
-            self.queue,
-            self.publisher,
-            self.metrics,
-            IntakeLimits(
-                settings.max_in_flight,
-                settings.max_poll_records,
-                settings.max_text_bytes,
-                settings.max_in_flight_bytes,
-                settings.max_metadata_bytes,
-            ),
-            self.tracing,
-        )
+        # --- the Kafka side: consume, publish, commit (None: HTTP only, no Kafka client built)
+        self.intake: KafkaIntake | None = None
+        if not settings.http_only:
+            self.intake = KafkaIntake(
+                settings, model.tokenizer, self.tokenizer_thread, self.queue, self.metrics,
+                on_fatal=self.fail, tracing=self.tracing,
+            )  # fmt: skip
         # --- the optional parts: each a `Feature`, started and stopped in this order
         self.policy_watcher: PolicyWatcher | None = None
         if settings.policy_file is not None:
@@ -199,6 +179,8 @@ class Worker:
             )
         self.shadow: ShadowScorer | None = None
         if shadow is not None:
+            if self.intake is None:  # refused earlier, at the settings (worker.config)
+                raise ValueError("a shadow model publishes to Kafka: not with http_only")
             self.shadow = ShadowScorer(
                 shadow, model, build_producer(settings), settings.shadow_output_topic,
                 self.metrics, settings.shadow_queue_batches, timeouts,
@@ -214,12 +196,14 @@ class Worker:
         self.features: list[Feature] = [
             f for f in (self.policy_watcher, self.shadow, self.api) if f is not None
         ]
+        publisher = self.intake.publisher if self.intake is not None else None
         self.inference_loop = InferenceLoop(
-            self.queue, model, self.inference_thread, self.publisher, self.metrics,
+            self.queue, model, self.inference_thread, publisher, self.metrics,
             policies=self.policies, shadow=self.shadow, tracing=self.tracing,
         )  # fmt: skip
         self.http = HealthServer(self.metrics, self.is_ready)
-        self.joined = False
+        self.joined = False  # the Kafka group was joined once (never, HTTP only)
+        self.listening = False  # every feature started (HTTP only: ready once the API listens)
         self.fatal: BaseException | None = None
         self.stuck: list[str] = []  # tasks that did not end when cancelled at shutdown
         self._stop_requested = asyncio.Event()
@@ -228,7 +212,10 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        return self.joined and self.fatal is None and not self._stop_requested.is_set()
+        """/readyz: once the group was joined (HTTP only: once the API listens), until a stop
+        or a fatal error."""
+        started = self.joined if self.intake is not None else self.listening
+        return started and self.fatal is None and not self._stop_requested.is_set()
 
     def serving(self) -> bool:
         """The HTTP API's readiness: the backend loop runs (no Kafka group needed)."""
@@ -253,48 +240,53 @@ class Worker:
             log.info(
                 "joined group %s in %.1f s", self.settings.group_id, self.clock.phases["kafka_join"]
             )
-            for phase, seconds in self.clock.phases.items():
-                self.metrics.startup.labels(phase).set(seconds)
-            log.info("ready: start-up phases (s) %s", self.clock.phases)
+            self._log_ready()
         self.joined = True
         self.metrics.ready.set(1 if self.is_ready() else 0)
 
+    def _serving_http_only(self) -> None:
+        """HTTP only: every feature started, so the API listens; ready from now on."""
+        assert self.api is not None  # the settings require the API with http_only
+        self.listening = True
+        self.clock.lap("http_listen")
+        log.info("serving HTTP only on port %s (no Kafka)", self.api.port)
+        self._log_ready()
+        self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    def _log_ready(self) -> None:
+        for phase, seconds in self.clock.phases.items():
+            self.metrics.startup.labels(phase).set(seconds)
+        log.info("ready: start-up phases (s) %s", self.clock.phases)
+
     async def run(self) -> int:
         settings = self.settings
+        intake = self.intake
         await self.http.start(settings.metrics_host, settings.metrics_port)
         log.info("HTTP endpoints on port %s", self.http.port)
         try:
-            try:
-                await self.producer.start()
-                await self.consumer.start()
-            except KafkaError as exc:
-                log.error("cannot reach Kafka at %s: %r", settings.bootstrap_servers, exc)
-                return 1
-            self.clock.lap("kafka_connect")
-            log.info("joining group %s on topic %s ...", settings.group_id, settings.input_topic)
-            self.consumer.subscribe(
-                [settings.input_topic], listener=CheckpointListener(self.checkpoint, self._joined)
-            )
-            tasks = {
-                "consume": asyncio.create_task(self.consume_loop.run(), name="consume"),
-                "infer": asyncio.create_task(self.inference_loop.run(), name="infer"),
-                "commit": asyncio.create_task(
-                    self.checkpoint.commit_periodically(settings.commit_interval_ms / 1000),
-                    name="commit",
-                ),
-            }
+            if intake is not None:
+                try:
+                    await intake.connect()
+                except KafkaError as exc:
+                    log.error("cannot reach Kafka at %s: %r", settings.bootstrap_servers, exc)
+                    return 1
+                self.clock.lap("kafka_connect")
+                intake.subscribe(self._joined)
+            tasks = {"infer": asyncio.create_task(self.inference_loop.run(), name="infer")}
+            if intake is not None:
+                tasks |= intake.start_tasks()
             for task in tasks.values():
                 task.add_done_callback(self._task_done)
             await self._start_features()
+            if intake is None and self.fatal is None:
+                self._serving_http_only()
             await self._stop_requested.wait()
             drained = await self._drain(tasks)
             return 1 if self.fatal is not None or not drained else 0
         finally:
             self.metrics.ready.set(0)
-            for client in (self.consumer, self.producer):  # a broker gone quiet cannot hold
-                with contextlib.suppress(Exception):  # the exit (so the pod is restarted)
-                    async with asyncio.timeout(self.timeouts.kafka_client_stop_s):
-                        await client.stop()
+            if intake is not None:
+                await intake.close(self.timeouts.kafka_client_stop_s)
             await self._stop_features()
             await self.http.stop()
             self.inference_thread.shutdown(wait=False, cancel_futures=True)
@@ -331,41 +323,47 @@ class Worker:
             self.fail(RuntimeError("the inference loop ended unexpectedly"))
 
     async def _drain(self, tasks: dict[str, asyncio.Task[None]]) -> bool:
-        """Stop fetching; finish, publish and commit what is in flight within the grace period."""
+        """Stop taking work; finish (and with Kafka publish and commit) what is in flight within
+        the grace period. Whether everything in flight was finished."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace_s
-        self.consume_loop.stop()
+        intake = self.intake
+        if intake is not None:
+            intake.stop_fetching()
         self.metrics.ready.set(0)
         drained = False
         if self.fatal is None:
-            with contextlib.suppress(Exception):  # records of its last fetch are still queued
-                async with asyncio.timeout_at(deadline):
-                    await tasks["consume"]
+            if intake is not None:
+                with contextlib.suppress(Exception):  # records of its last fetch are still queued
+                    async with asyncio.timeout_at(deadline):
+                        await tasks["consume"]
             for feature in self.features:  # e.g. the API: new requests 503, queued answered
                 feature.close()
             self.queue.close()
+            infer = tasks["infer"]
             with contextlib.suppress(Exception):
                 async with asyncio.timeout_at(deadline):
-                    await tasks["infer"]
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout_at(deadline):
-                    await self.publisher.flush()
-            drained = await self.checkpoint.wait_drained(None, max(0.0, deadline - loop.time()))
+                    await infer
+            if intake is not None:
+                drained = await intake.finish(deadline)
+            else:  # HTTP only: every queued text was answered
+                drained = infer.done() and not infer.cancelled() and infer.exception() is None
             if not drained:
-                log.error("grace period over with %d in flight", self.checkpoint.in_flight())
+                log.error("grace period over with %d in flight", self._in_flight())
         for task in tasks.values():
             task.cancel()
         _, stuck = await asyncio.wait(tasks.values(), timeout=self.timeouts.task_cancel_s)
         self.stuck = sorted(task.get_name() for task in stuck)  # only if a cancellation is lost
         for name in self.stuck:
             log.error("task %s did not end when cancelled: exiting without it", name)
-        try:  # only acknowledged offsets: safe even after a fatal error
-            async with asyncio.timeout(self.timeouts.kafka_client_stop_s):
-                await self.checkpoint.commit()
-        except TimeoutError:  # a broker gone quiet cannot hold the exit
-            log.warning("the final commit did not finish: records since the last one are redone")
-        log.info("stopped (drained=%s, in flight=%d)", drained, self.checkpoint.in_flight())
+        if intake is not None:
+            await intake.final_commit(self.timeouts.kafka_client_stop_s)
+        log.info("stopped (drained=%s, in flight=%d)", drained, self._in_flight())
         return drained
+
+    def _in_flight(self) -> int:
+        """Kafka records not yet acknowledged; HTTP only: texts still queued."""
+        return self.intake.in_flight() if self.intake is not None else len(self.queue)
 
 
 async def serve(

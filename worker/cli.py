@@ -41,6 +41,14 @@ RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--policy-file": ("policy_file", str),
     "--shadow-model": ("shadow_model", str),
     "--http-api-port": ("http_api_port", int),
+    "--http-only": ("http_only", bool),  # a switch: no value
+}
+
+
+# What a switch does (a flag with a value says it by its name and default)
+FLAG_HELP = {
+    "http_only": "serve only the Perspective-compatible HTTP API, without Kafka (needs "
+    "--http-api-port or MODERATION_HTTP_API_PORT)",
 }
 
 
@@ -59,20 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     run = commands.add_parser(
         "run",
-        help="consume, score and publish until SIGTERM",
+        help="consume, score and publish until SIGTERM (or, --http-only, serve the HTTP API)",
         description="Flags override the environment (KAFKA_BOOTSTRAP_SERVERS, MODERATION_*).",
         epilog=other_settings_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     variables = {field: name for name, field in reversed(env_names().items())}
     for flag, (field, kind) in RUN_FLAGS.items():
-        run.add_argument(
-            flag,
-            dest=field,
-            type=kind,
-            default=None,
-            help=f"env {variables[field]} (default: {default_text(field)})",
-        )
+        env_help = f"env {variables[field]} (default: {default_text(field)})"
+        if kind is bool:
+            run.add_argument(
+                flag, dest=field, action="store_const", const=True, default=None,
+                help=f"{FLAG_HELP[field]}; {env_help}",
+            )  # fmt: skip
+            continue
+        run.add_argument(flag, dest=field, type=kind, default=None, help=env_help)
     info = commands.add_parser("info", help="versions, default model, labels and device")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--model", default=None, help="model to describe (default: bundled)")

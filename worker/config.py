@@ -220,6 +220,10 @@ class Settings(BaseSettings):
     # Perspective-compatible HTTP API (worker/http/api.py)
     http_api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     """Port of the Perspective-compatible HTTP API (its own, not the metrics port); unset: off."""
+    http_only: bool = False
+    """Serve the HTTP API alone, without Kafka (`run --http-only`): no Kafka client, no Kafka
+    setting used; ready once the model is warm and the API listens. Needs
+    MODERATION_HTTP_API_PORT; refuses a shadow model (its scores go to Kafka)."""
     http_api_host: Annotated[str, Field(min_length=1)] | None = None
     """Address the HTTP API listens on; unset: every interface (0.0.0.0) when
     MODERATION_HTTP_API_KEY is set, else 127.0.0.1 only (set it, e.g. to 0.0.0.0, to serve
@@ -260,6 +264,16 @@ class Settings(BaseSettings):
             raise ValueError("max_in_flight must be at least max_batch_size")
         if self.http_api_port and self.http_api_port == self.metrics_port:
             raise ValueError("http_api_port must differ from metrics_port")
+        if self.http_only and self.http_api_port is None:
+            raise ValueError(
+                "http_only (MODERATION_HTTP_ONLY, --http-only) needs MODERATION_HTTP_API_PORT: "
+                "the HTTP API is all it serves"
+            )
+        if self.http_only and self.shadow_model is not None:
+            raise ValueError(
+                "http_only (MODERATION_HTTP_ONLY, --http-only) cannot run a shadow model "
+                "(MODERATION_SHADOW_MODEL): its scores go to Kafka"
+            )
         return self
 
     @property

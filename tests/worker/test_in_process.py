@@ -148,7 +148,7 @@ async def test_shutdown_does_not_wait_forever_for_a_loop_that_ignores_its_cancel
 
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     worker = Worker(settings_for(kafka_bootstrap, topics), model, timeouts=timeouts)
-    worker.checkpoint.commit_periodically = stubborn  # type: ignore[method-assign]
+    worker.intake.checkpoint.commit_periodically = stubborn  # type: ignore[method-assign]
     running = await run_until_joined(worker)
     loop = asyncio.get_running_loop()
     worker.request_stop()
@@ -172,13 +172,13 @@ async def test_a_broker_that_does_not_answer_cannot_hold_the_exit(
     model = load_served_model(tiny_model_dir, device="cpu", precision="fp32")
     worker = Worker(settings_for(kafka_bootstrap, topics), model, timeouts=timeouts)
     hang = asyncio.Event()
-    real_stop = worker.consumer.stop
+    real_stop = worker.intake.consumer.stop
 
     async def unanswered(*args: object) -> None:  # as aiokafka's, against a frozen broker
         await hang.wait()
 
-    worker.consumer.stop = unanswered  # type: ignore[method-assign]
-    worker.consumer.commit = unanswered  # type: ignore[method-assign]
+    worker.intake.consumer.stop = unanswered  # type: ignore[method-assign]
+    worker.intake.consumer.commit = unanswered  # type: ignore[method-assign]
     running = await run_until_joined(worker)
     loop = asyncio.get_running_loop()
     await produce(kafka_bootstrap, topics.input, [comment(f"m{i}", "hello") for i in range(5)])

@@ -73,14 +73,14 @@ async def test_the_intake_pauses_at_the_byte_bound_and_loses_nothing(
         deadline = time.monotonic() + 60
         while worker.metrics.paused._value.get() != 1:
             assert time.monotonic() < deadline, "the intake never paused"
-            assert worker.checkpoint.in_flight_bytes() <= LIMIT + POLL * size
+            assert worker.intake.checkpoint.in_flight_bytes() <= LIMIT + POLL * size
             await asyncio.sleep(0.01)
         worst = 0
         for _ in range(100):  # paused: no fetch adds to what is in flight
-            worst = max(worst, worker.checkpoint.in_flight_bytes())
+            worst = max(worst, worker.intake.checkpoint.in_flight_bytes())
             await asyncio.sleep(0.01)
         assert LIMIT <= worst <= LIMIT + POLL * size, worst
-        assert worker.checkpoint.in_flight() < RECORDS // 2
+        assert worker.intake.checkpoint.in_flight() < RECORDS // 2
         assert worker.metrics.in_flight_bytes._value.get() == worst
         held.go.set()
         outputs = await read_all(kafka_bootstrap, topics.output, RECORDS, settle=0.5)
@@ -90,7 +90,7 @@ async def test_the_intake_pauses_at_the_byte_bound_and_loses_nothing(
         assert dead.key == b"meta" and letter.error_kind == ErrorKind.METADATA_TOO_LARGE
         assert "over the limit of 65536" in letter.error_detail
         deadline = time.monotonic() + 30
-        while worker.checkpoint.in_flight_bytes() or worker.metrics.paused._value.get():
+        while worker.intake.checkpoint.in_flight_bytes() or worker.metrics.paused._value.get():
             assert time.monotonic() < deadline, "the bytes were never released"
             await asyncio.sleep(0.05)
     finally:

@@ -11,7 +11,8 @@ Each batch follows one threshold policy (read once; worker/policy.py) and, with 
 attached, is handed to it without waiting (worker/shadow.py).
 Texts of HTTP requests (`Reply`, `worker/http/api.py`) share the batches; each is answered as
 soon as its batch is scored (`answer_replies`), before any publishing; one the backend fails on
-alone gets its error.
+alone gets its error. Without a publisher (`MODERATION_HTTP_ONLY`: no Kafka) every entry is
+such a text, and nothing is published.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class InferenceLoop:
         queue: BatchQueue,
         model: ServedModel,
         executor: Executor,
-        publisher: Publisher,
+        publisher: Publisher | None,
         metrics: Metrics,
         *,
         policies: PolicyHolder | None = None,
@@ -63,7 +64,7 @@ class InferenceLoop:
         self._queue = queue
         self._model = model
         self._executor = executor
-        self._publisher = publisher
+        self._publisher = publisher  # None: HTTP only, every entry is a `Reply`
         self._metrics = metrics
         self._policies = policies or PolicyHolder(model.contract)
         self._shadow = shadow  # handed each scored batch; never waited on
@@ -96,6 +97,8 @@ class InferenceLoop:
                     self._shadow.submit(
                         [batch[i] for i in kafka], [outcomes[i] for i in kafka], policies
                     )
+            if self._publisher is None:  # HTTP only: every text was answered above
+                continue
             if publishing is not None:
                 await publishing
             publishing = asyncio.create_task(self._publish(batch, outcomes, policies.primary))
@@ -150,6 +153,7 @@ class InferenceLoop:
     async def _publish(
         self, batch: list[Tokenized], outcomes: list[Outcome], policy: Policy
     ) -> None:
+        assert self._publisher is not None
         scored_at = int(time.time() * 1000)
         for entry, outcome in zip(batch, outcomes, strict=True):
             if isinstance(entry.item, Reply):  # an HTTP text, answered already
@@ -165,7 +169,7 @@ class InferenceLoop:
             await self._publisher.send_output(entry.item, value)
 
     async def _dead_letter(self, entry: Tokenized, exc: Exception) -> None:
-        assert isinstance(entry.item, InFlight)
+        assert isinstance(entry.item, InFlight) and self._publisher is not None
         await self._publisher.send_dead_letter(
             entry.item, ErrorKind.INFERENCE_FAILED, f"the model failed on this text: {exc!r}"
         )
