@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from testing.http import HttpResult, metric_sample
-from testing.worker_process import WorkerProcess
-from tests.worker.test_http_api import analyze, expected, start_api_worker
+from testing.http import HttpResult, http_post, metric_sample
+from testing.ports import free_port
+from testing.topics import fresh_topics
+from testing.worker_process import QUICK_ENV, WorkerProcess, start_worker
 from worker.backends.model import ServedModel, load_served_model
 
 pytestmark = pytest.mark.integration
@@ -44,6 +45,28 @@ POLICY = {
         "review": {"unsupported_language": "hold"},
     },
 }
+
+
+def start_api_worker(bootstrap: str, model_dir: Path, log_path: Path, **env: str) -> WorkerProcess:
+    topics = fresh_topics(bootstrap, "http-lang")
+    overrides = QUICK_ENV | {
+        "MODERATION_MODEL": str(model_dir),
+        "MODERATION_HTTP_API_PORT": str(free_port()),
+        "MODERATION_LOG_LEVEL": "DEBUG",
+    }
+    return start_worker(bootstrap, topics, log_path=log_path, overrides=overrides | env)
+
+
+def analyze(worker: WorkerProcess, body: Any, query: str = "") -> tuple[int, dict[str, Any]]:
+    result = http_post(f"{worker.api_url}/v1alpha1/comments:analyze{query}", orjson.dumps(body))
+    return result.status, json.loads(result.body)
+
+
+def expected(scorer: ServedModel, text: str) -> dict[str, float]:
+    """Each attribute the artifact maps, as the model scores its label."""
+    row = scorer.score([text])[0]
+    labels, attributes = scorer.contract.labels, scorer.contract.api_attributes
+    return {name: float(row[labels.index(label)]) for name, label in attributes.items()}
 
 
 def request(method: str, url: str, body: bytes | None = None, **headers: str) -> HttpResult:

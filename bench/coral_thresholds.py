@@ -15,7 +15,7 @@ The bundled model was trained on ALL rows of train.csv.gz (its card: the refit t
 these rows are in-sample for it: its figures here are optimistic. Pass `--model` an artifact of
 `make default-model`'s 80/20 build (trained without these rows) for a held-out figure.
 
-    python -m scripts.coral_thresholds [--model DIR] [--data CSV] [--json OUT]
+    python -m bench.coral_thresholds [--model DIR] [--data CSV] [--json OUT]
 """
 
 from __future__ import annotations
