@@ -351,3 +351,29 @@ def test_every_404_and_405_is_in_googles_shape(default_api: WorkerProcess) -> No
         assert method in error["message"]
     # and the server still serves
     assert analyze(default_api, orjson.loads(body))[0] == 200
+
+
+# ------------------------------------------------------------------- detection off
+
+
+def test_with_detection_off_only_declared_languages_count(
+    kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """MODERATION_LANGUAGE_DETECTION=0: the behaviour before detection. An undeclared French
+    comment is scored as English; a declared Spanish one is refused; `detectedLanguages` is the
+    served language."""
+    worker = start_api_worker(
+        kafka_bootstrap, tiny_model_dir, tmp_path / "worker.log",
+        MODERATION_LANGUAGE_DETECTION="0",
+    )  # fmt: skip
+    try:
+        base = {"comment": {"text": FRENCH}, "requestedAttributes": {"TOXICITY": {}}}
+        status, body = analyze(worker, base)
+        assert status == 200, body
+        assert (body["languages"], body["detectedLanguages"]) == (["en"], ["en"])
+        assert "unsupportedLanguage" not in body
+        status, body = coral_analyze(f"{worker.api_url}/v1alpha1", "k", CORAL["es"][1], "es")
+        assert status == 400
+        assert_refused(body, "es", "en")
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
