@@ -191,8 +191,9 @@ class Worker:
         self.api: PerspectiveApi | None = None  # the Perspective-compatible HTTP API, if asked for
         if settings.http_api_port is not None:
             self.api = PerspectiveApi(
-                settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving
-            )
+                settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving,
+                policies=self.policies,
+            )  # fmt: skip
         self.features: list[Feature] = [
             f for f in (self.policy_watcher, self.shadow, self.api) if f is not None
         ]

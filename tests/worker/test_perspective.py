@@ -12,17 +12,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import UnsupportedLanguage
 from schemas.artifact import DEFAULT_API_ATTRIBUTES, TOXICITY_LABELS, ArtifactContract
 from worker.http.perspective import (
     MAX_SPANS,
     ApiError,
     build_response,
     is_english,
+    judge_language,
+    language_refusal,
     parse_request,
     sentence_spans,
     split_sentences,
     utf16_offsets,
 )
+from worker.pipeline.language import Detection
 
 CONTRACT = ArtifactContract(
     model_name="m",
@@ -166,10 +170,15 @@ def test_a_valid_request_and_the_response_with_thresholds() -> None:
         CONTRACT,
         100,
     )
-    assert analysis.languages == ["en"] and analysis.client_token == "t" and not analysis.spans
+    assert analysis.languages == [] and analysis.client_token == "t" and not analysis.spans
     row = np.array([0.4, 0.0, 0.0, 0.9, 0.2, 0.0], dtype=np.float32)
     span_low = np.array([0.1, 0.0, 0.0, 0.1, 0.05, 0.0], dtype=np.float32)
-    response = build_response(analysis, TOXICITY_LABELS, row, [(0, 2, row), (3, 4, span_low)])
+    verdict = judge_language([], None, ("en",), UnsupportedLanguage.REFUSE)
+    response = build_response(
+        analysis, TOXICITY_LABELS, row, [(0, 2, row), (3, 4, span_low)], verdict
+    )
+    assert (response["languages"], response["detectedLanguages"]) == (["en"], ["en"])
+    assert "unsupportedLanguage" not in response
     scores = response["attributeScores"]
     assert set(scores) == {"THREAT", "INSULT"}  # TOXICITY 0.4 < 0.5: left out
     assert scores["THREAT"]["summaryScore"] == {"value": pytest.approx(0.9), "type": "PROBABILITY"}
@@ -200,3 +209,90 @@ def test_bad_requests_name_the_problem_never_the_text(body: object, error_type: 
     assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
     assert error["details"][0]["errorType"] == error_type
     assert "xxxxxxxxxx" not in error["message"] and "éé" not in error["message"]
+
+
+# ------------------------------------------------------------------------------- languages
+
+SERVED = ("en",)
+FRENCH = Detection("fr", 0.98, True)
+UNSURE_ITALIAN = Detection("it", 0.4, False)
+REFUSE, SCORE, HOLD = (
+    UnsupportedLanguage.REFUSE,
+    UnsupportedLanguage.SCORE,
+    UnsupportedLanguage.HOLD,
+)
+
+
+def test_declared_languages_win_over_the_detection() -> None:
+    spanish = judge_language(["es"], Detection("en", 0.99, True), SERVED, REFUSE)
+    assert (spanish.languages, spanish.detected, spanish.unsupported) == (["es"], ["en"], ["es"])
+    assert spanish.refused
+    english = judge_language(["en-GB"], FRENCH, SERVED, REFUSE)  # declared English: scored
+    assert (english.languages, english.detected, english.mode) == (["en-GB"], ["fr"], None)
+    assert not english.refused
+
+
+def test_undeclared_a_reliable_detection_decides_an_unsure_one_does_not() -> None:
+    french = judge_language([], FRENCH, SERVED, SCORE)
+    assert (french.languages, french.detected, french.unsupported) == (["fr"], ["fr"], ["fr"])
+    assert french.mode is SCORE and not french.refused
+    unsure = judge_language([], UNSURE_ITALIAN, SERVED, REFUSE)
+    assert (unsure.languages, unsure.detected, unsure.mode) == (["en"], ["it"], None)
+
+
+def test_detection_off_checks_declared_languages_only() -> None:
+    off = judge_language([], None, SERVED, REFUSE)
+    assert (off.languages, off.detected, off.mode) == (["en"], ["en"], None)
+    declared = judge_language(["de"], None, SERVED, HOLD)
+    assert (declared.detected, declared.unsupported, declared.mode) == (["en"], ["de"], HOLD)
+
+
+def test_the_refusal_is_perspectives_shape() -> None:
+    verdict = judge_language([], FRENCH, SERVED, REFUSE)
+    error = language_refusal(verdict, "TOXICITY").body()["error"]
+    assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
+    assert error["message"] == "Attribute TOXICITY does not support request languages: fr"
+    assert error["details"] == [
+        {
+            "@type": "type.googleapis.com/google.commentanalyzer.v1alpha1.Error",
+            "errorType": "LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE",
+            "languageNotSupportedByAttributeError": {
+                "detectedLanguages": ["fr"],
+                "attribute": "TOXICITY",
+            },
+        }
+    ]
+
+
+@pytest.mark.parametrize("mode", [SCORE, HOLD])
+def test_a_scored_unsupported_language_is_marked(mode: UnsupportedLanguage) -> None:
+    analysis = parse_request(
+        {"comment": {"text": "hi"}, "requestedAttributes": {"TOXICITY": {}}, "communityId": "t1"},
+        CONTRACT,
+        100,
+    )
+    assert analysis.tenant == "t1"
+    row = np.array([0.7, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    verdict = judge_language(analysis.languages, FRENCH, SERVED, mode)
+    response = build_response(analysis, TOXICITY_LABELS, row, None, verdict)
+    assert response["attributeScores"]["TOXICITY"]["summaryScore"]["value"] == pytest.approx(0.7)
+    assert (response["languages"], response["detectedLanguages"]) == (["fr"], ["fr"])
+    assert response["unsupportedLanguage"] == {
+        "mode": mode.value,
+        "languages": ["fr"],
+        "servedLanguages": ["en"],
+    }
+
+
+def test_drop_unsupported_attributes_leaves_them_out() -> None:
+    body = {
+        "comment": {"text": "hi"},
+        "requestedAttributes": {"TOXICITY": {}, "SEXUALLY_EXPLICIT": {}, "FLIRTATION": {}},
+    }
+    with pytest.raises(ApiError):
+        parse_request(body, CONTRACT, 100)
+    with pytest.raises(ApiError):
+        parse_request(body | {"dropUnsupportedAttributes": False}, CONTRACT, 100)
+    analysis = parse_request(body | {"dropUnsupportedAttributes": True}, CONTRACT, 100)
+    assert list(analysis.attributes) == ["TOXICITY"]
+    assert analysis.dropped == ("SEXUALLY_EXPLICIT", "FLIRTATION")

@@ -15,6 +15,12 @@ are split (in linear time) on the tokenizer thread, once the request was admitte
 arrive whole within `MODERATION_HTTP_API_BODY_TIMEOUT_S` (else 408, connection closed); a client
 that hangs up is counted (`moderation_http_client_disconnects_total`), not an error. The server
 itself (timeouts, connection cap, logs, no version banner): `worker/http/server.py`.
+
+Each comment's language is identified on the tokenizer thread with its tokenization (the
+model's `LanguageDetector`; none when `MODERATION_LANGUAGE_DETECTION` is off); what a language
+the model does not serve gets is the tenant's mode (`communityId`) in the policy in force
+(`worker/http/perspective.py`, `judge_language`). Any path or method not served answers in
+Google's error shape (404 NOT_FOUND, 405 UNIMPLEMENTED), as every other error.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
+from schemas import HTTP_DEFAULT_UNSUPPORTED_LANGUAGE
 from worker.backends.model import ServedModel
 from worker.config import Settings
 from worker.http.perspective import (
@@ -37,9 +45,12 @@ from worker.http.perspective import (
     API_VERSION,
     Analysis,
     ApiError,
+    LanguageVerdict,
     build_response,
     discovery_document,
     invalid,
+    judge_language,
+    language_refusal,
     parse_request,
     split_sentences,
 )
@@ -47,7 +58,9 @@ from worker.http.server import HttpLimits, HttpServer
 from worker.lifecycle import Feature
 from worker.metrics import Metrics
 from worker.pipeline.batching import BatchQueue, Tokenized
+from worker.pipeline.language import Detection, metric_label
 from worker.pipeline.records import Reply
+from worker.policy import PolicyHolder
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +70,7 @@ BODY_OVERHEAD = 64 * 1024  # room for the JSON around the text in a request body
 
 # Google's status names of the codes this server answers with
 _STATUS = {
-    400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
     408: "DEADLINE_EXCEEDED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
     431: "INVALID_ARGUMENT", 500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
@@ -83,6 +96,30 @@ def _shown(value: str) -> str:
     return "an unreadable value"
 
 
+def not_found(path: str) -> ApiError:
+    """404 for a path this server does not serve; one that lacks the version prefix says so."""
+    message = f"Not found: {_shown(path)}."
+    if not path.startswith(f"/{API_VERSION}/") and path.endswith(
+        ("comments:analyze", "comments:suggestscore")
+    ):
+        message += (
+            f" This API's methods are under /{API_VERSION}: a Perspective endpoint (Coral's"
+            f" 'endpoint' setting) ends in /{API_VERSION}, e.g. http://HOST:PORT/{API_VERSION}."
+        )
+    return ApiError(404, "NOT_FOUND", message)
+
+
+def language_counter(metrics: Metrics) -> Counter:
+    """`moderation_http_languages_total{language, outcome}`: analyze requests by the language
+    their text is taken to be (a bounded label set: `metric_label`) and what it got (`served`,
+    or the mode: `refuse`, `score`, `hold`)."""
+    return Counter(
+        "moderation_http_languages",
+        "HTTP API comments by language taken (bounded set, else other) and outcome.",
+        ["language", "outcome"], registry=metrics.registry,
+    )  # fmt: skip
+
+
 class ClientGone(Exception):
     """The client hung up before its answer: nothing to answer, nothing went wrong here."""
 
@@ -100,8 +137,12 @@ class PerspectiveApi(Feature):
         tokenize_executor: Executor,
         metrics: Metrics,
         serving: Callable[[], bool],
+        policies: PolicyHolder | None = None,
     ) -> None:
         self._model = model
+        # the policy in force (reloads included); without one, the model's: the HTTP default mode
+        self._policies = policies or PolicyHolder(model.contract)
+        self._languages = language_counter(metrics)
         self._queue = queue
         self._tokenize_executor = tokenize_executor
         self._metrics = metrics
@@ -116,7 +157,9 @@ class PerspectiveApi(Feature):
         self._closing = False
         # a body is read whole; above this size it is refused (Google's shape) before parsing
         self._max_body = 4 * settings.http_api_max_text_bytes + BODY_OVERHEAD
-        app = web.Application(client_max_size=self._max_body)
+        app = web.Application(
+            client_max_size=self._max_body, middlewares=[self._unrouted_in_googles_shape]
+        )
         app.router.add_post(ANALYZE_PATH, self._timed("analyze", self._analyze))
         app.router.add_post(
             f"/{API_VERSION}/comments:suggestscore",
@@ -158,6 +201,27 @@ class PerspectiveApi(Feature):
         await self._server.stop()
 
     # --- handlers --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _unrouted_in_googles_shape(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The router's 404 and 405 (a path or a method not served) in Google's error shape."""
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            error = ApiError(
+                405, "UNIMPLEMENTED",
+                f"Method {_shown(request.method)} is not allowed on {_shown(request.path)};"
+                f" allowed: {allowed}.",
+            )  # fmt: skip
+            response = _json(error.body(), 405)
+            response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        except web.HTTPNotFound:
+            response = _json(not_found(request.path).body(), 404)
+        self._metrics.http_requests.labels("other", str(response.status)).inc()
+        return response
 
     def _timed(
         self, method: str, handler: Callable[[web.Request], Awaitable[web.Response]]
@@ -254,7 +318,11 @@ class PerspectiveApi(Feature):
         replies = [Reply() for _ in texts]
         self._pending.update(replies)
         try:
-            ids = await self._tokenize(texts)
+            ids, detection = await self._tokenize(texts)
+            verdict = self._judge(analysis, detection)
+            if verdict.refused:
+                first = next(iter(analysis.attributes), None) or analysis.dropped[0]
+                raise language_refusal(verdict, first)
             if self._closing:
                 raise ApiError(503, "UNAVAILABLE", "The server is shutting down.")
             self._queue.put(
@@ -279,16 +347,45 @@ class PerspectiveApi(Feature):
         if sentences is not None:  # one sentence (or none): one span, the summary's score
             scored = rows[1:] if sentences.texts else rows[:1]
             spans = [(b, e, row) for (b, e), row in zip(sentences.spans, scored, strict=True)]
-        return build_response(analysis, self._model.contract.labels, rows[0], spans)
+        return build_response(analysis, self._model.contract.labels, rows[0], spans, verdict)
 
-    async def _tokenize(self, texts: list[str]) -> list[list[int]]:
+    async def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], Detection | None]:
+        """Token ids of `texts` and the language of the first (the comment), on the tokenizer
+        thread; None for the language when detection is off."""
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenize_executor, self._prepare, texts)
+
+    def _prepare(self, texts: list[str]) -> tuple[list[list[int]], Detection | None]:
+        """(On the tokenizer thread.) A failure is the request's own: a 400 naming the step."""
+        detection = None
+        if self._model.language is not None:
+            try:
+                detection = self._model.language.detect(texts[0])
+            except Exception as exc:
+                raise invalid(
+                    f"The comment's language could not be identified ({type(exc).__name__})."
+                ) from None
         try:
-            return await loop.run_in_executor(
-                self._tokenize_executor, self._model.tokenizer.encode, texts
-            )
+            return self._model.tokenizer.encode(texts), detection
         except Exception as exc:
             raise invalid(f"The comment could not be tokenized ({type(exc).__name__}).") from None
+
+    def _judge(self, analysis: Analysis, detection: Detection | None) -> LanguageVerdict:
+        """The request's languages, under the mode its tenant has in the policy in force."""
+        served = self._model.contract.served_languages
+        mode = self._policies.current.primary.language_mode(
+            analysis.tenant, HTTP_DEFAULT_UNSUPPORTED_LANGUAGE
+        )
+        verdict = judge_language(analysis.languages, detection, served, mode)
+        self._count_language(verdict)
+        return verdict
+
+    def _count_language(self, verdict: LanguageVerdict) -> None:
+        """One comment counted by its language (the first taken) and what it got."""
+        served = self._model.contract.served_languages
+        language = (verdict.unsupported or verdict.languages)[0]
+        outcome = verdict.mode.value if verdict.mode is not None else "served"
+        self._languages.labels(metric_label(language, served), outcome).inc()
 
     async def _unimplemented(self, request: web.Request) -> web.Response:
         self._check_key(request)

@@ -4,6 +4,13 @@ errors in Google's shape, sentence spans and the discovery document. No I/O: the
 
 Attribute names map to model labels through the artifact contract (`api_attributes`,
 `schemas/artifact.py`). Span offsets are UTF-16 code units, end exclusive, as Perspective's.
+
+Languages (`judge_language`): the request's `languages`, when given, say which language the text
+is (as Perspective); else the detection (`worker/pipeline/language.py`) when it is reliable, else
+the model's main served language. A language the model does not serve (the artifact's
+`served_languages`) follows the tenant's mode (`communityId` is the tenant; `UnsupportedLanguage`
+of the policy): `refuse` answers 400 LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE, `score` and `hold`
+answer the scores with `unsupportedLanguage` added to the response.
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from schemas import ArtifactContract
+from schemas import ArtifactContract, UnsupportedLanguage
+from worker.pipeline.language import Detection, is_served, served_language
 
 API_VERSION = "v1alpha1"
 ANALYZE_PATH = f"/{API_VERSION}/comments:analyze"
 PROBABILITY = "PROBABILITY"
-SERVED_LANGUAGE = "en"  # the model is English: `languages` may name only English
+SERVED_LANGUAGE = "en"  # English (`is_english`); a model's languages: `served_languages`
 MAX_SPANS = 64  # more sentences than this: adjacent sentences share a span
 ERROR_TYPE = "type.googleapis.com/google.commentanalyzer.v1alpha1.Error"
 
@@ -72,8 +80,8 @@ class AttributeParameters(_Message):
 
 
 class AnalyzeCommentRequest(_Message):
-    """The fields Perspective accepts; unknown ones are ignored. `context`, `sessionId`,
-    `communityId` and `dropUnsupportedAttributes` are accepted and have no effect."""
+    """The fields Perspective accepts; unknown ones are ignored. `context` and `sessionId` are
+    accepted and have no effect; `communityId` is the tenant (its policy's language mode)."""
 
     comment: TextEntry | None = None
     requested_attributes: dict[str, AttributeParameters | None] | None = None
@@ -93,9 +101,11 @@ class Analysis:
 
     text: str
     attributes: dict[str, tuple[str, float | None]]  # attribute -> (label, scoreThreshold)
-    languages: list[str]
+    languages: list[str]  # as declared (`languages`; empty: not declared)
     spans: bool
     client_token: str | None
+    tenant: str | None = None  # `communityId`
+    dropped: tuple[str, ...] = ()  # attributes not served, left out (`dropUnsupportedAttributes`)
 
 
 def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) -> Analysis:
@@ -123,9 +133,13 @@ def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) ->
     if not request.requested_attributes:
         raise invalid("Missing requested_attributes", "NO_REQUESTED_ATTRIBUTES")
     attributes: dict[str, tuple[str, float | None]] = {}
+    dropped: list[str] = []
     for name, parameters in request.requested_attributes.items():
         label = contract.api_attributes.get(name)
         if label is None:
+            if request.drop_unsupported_attributes:  # as Perspective: left out, no error
+                dropped.append(name)
+                continue
             served = ", ".join(sorted(contract.api_attributes)) or "none"
             raise invalid(f"Unknown requested attribute: {name} (served: {served})")
         parameters = parameters or AttributeParameters()
@@ -134,30 +148,72 @@ def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) ->
                 f"Requested score type {parameters.score_type} is not supported by attribute {name}"
             )
         attributes[name] = (label, parameters.score_threshold)
-    languages = request.languages or []
-    unsupported = [lang for lang in languages if not is_english(lang)]
-    if unsupported:
-        first = next(iter(attributes))
-        raise invalid(
-            f"Attribute {first} does not support request languages: {', '.join(unsupported)}",
-            "LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE",
-            languageNotSupportedByAttributeError={
-                "requestedLanguages": languages,
-                "attribute": first,
-            },
-        )
     return Analysis(
         text=comment.text,
         attributes=attributes,
-        languages=languages or [SERVED_LANGUAGE],
+        languages=[lang for lang in request.languages or [] if lang.strip()],
         spans=bool(request.span_annotations),
         client_token=request.client_token,
+        tenant=request.community_id or None,
+        dropped=tuple(dropped),
     )
 
 
 def is_english(language: str) -> bool:
     """ISO 639-1 or BCP-47 English: `en`, `EN`, `en-US`, `en_GB`."""
     return re.split(r"[-_]", language.strip(), maxsplit=1)[0].lower() == SERVED_LANGUAGE
+
+
+@dataclass(frozen=True)
+class LanguageVerdict:
+    """Which language a request's text is taken to be, and what its tenant's mode makes of it.
+
+    `languages` and `detected` are the response's `languages` and `detectedLanguages`;
+    `unsupported` the languages among `languages` the model does not serve (empty: served);
+    `mode` the tenant's mode for them (None when nothing is unsupported)."""
+
+    languages: list[str]
+    detected: list[str]
+    unsupported: list[str]
+    mode: UnsupportedLanguage | None
+    served: tuple[str, ...]
+
+    @property
+    def refused(self) -> bool:
+        return self.mode is UnsupportedLanguage.REFUSE
+
+
+def judge_language(
+    declared: list[str],
+    detection: Detection | None,
+    served: tuple[str, ...],
+    mode: UnsupportedLanguage,
+) -> LanguageVerdict:
+    """Declared languages win over the detection (as Perspective); undeclared, the detection
+    when reliable, else the main served language (a short or messy comment is not refused on an
+    unsure guess). `detection` None (detection off): `detectedLanguages` is the main served
+    language, and only declared languages can be unsupported."""
+    detected = [detection.code] if detection is not None else [served[0]]
+    if declared:
+        languages = declared
+    else:
+        languages = [served_language(detection, served) if detection is not None else served[0]]
+    unsupported = [lang for lang in languages if not is_served(lang, served)]
+    return LanguageVerdict(languages, detected, unsupported, mode if unsupported else None, served)
+
+
+def language_refusal(verdict: LanguageVerdict, attribute: str) -> ApiError:
+    """Perspective's answer to a language its attribute does not support: 400 with
+    `languageNotSupportedByAttributeError {detectedLanguages, attribute}` in `details`."""
+    return invalid(
+        f"Attribute {attribute} does not support request languages: "
+        f"{', '.join(verdict.unsupported)}",
+        "LANGUAGE_NOT_SUPPORTED_BY_ATTRIBUTE",
+        languageNotSupportedByAttributeError={
+            "detectedLanguages": verdict.detected,
+            "attribute": attribute,
+        },
+    )
 
 
 # --- spans -----------------------------------------------------------------------------------
@@ -243,10 +299,13 @@ def build_response(
     labels: tuple[str, ...],
     summary: Any,
     spans: list[tuple[int, int, Any]] | None,
+    verdict: LanguageVerdict,
 ) -> dict[str, Any]:
     """`summary`: the text's row of probabilities (in `labels` order); `spans`: (begin, end,
     row) in UTF-16 units, or None when not asked for. `scoreThreshold` drops scores below it,
-    and an attribute left with none, as Perspective does."""
+    and an attribute left with none, as Perspective does. A text in a language the model does
+    not serve (scored under `score` or `hold`) gets `unsupportedLanguage`: `{mode, languages,
+    servedLanguages}` (an addition to Perspective's response)."""
     column = {label: i for i, label in enumerate(labels)}
     scores: dict[str, Any] = {}
     for name, (label, threshold) in analysis.attributes.items():
@@ -267,9 +326,15 @@ def build_response(
             scores[name] = entry
     response: dict[str, Any] = {
         "attributeScores": scores,
-        "languages": analysis.languages,
-        "detectedLanguages": [SERVED_LANGUAGE],
+        "languages": verdict.languages,
+        "detectedLanguages": verdict.detected,
     }
+    if verdict.mode is not None:
+        response["unsupportedLanguage"] = {
+            "mode": verdict.mode.value,
+            "languages": verdict.unsupported,
+            "servedLanguages": list(verdict.served),
+        }
     if analysis.client_token is not None:
         response["clientToken"] = analysis.client_token
     return response
@@ -358,7 +423,10 @@ def discovery_document(root_url: str, attributes: list[str]) -> dict[str, Any]:
                     "spanAnnotations": {"type": "boolean"},
                     "clientToken": {"type": "string"},
                     "sessionId": {"type": "string"},
-                    "communityId": {"type": "string"},
+                    "communityId": {
+                        "type": "string",
+                        "description": "The tenant: its policy's mode for unsupported languages.",
+                    },
                     "dropUnsupportedAttributes": {"type": "boolean"},
                 },
             },
@@ -391,6 +459,18 @@ def discovery_document(root_url: str, attributes: list[str]) -> dict[str, Any]:
                     "languages": {"type": "array", "items": {"type": "string"}},
                     "detectedLanguages": {"type": "array", "items": {"type": "string"}},
                     "clientToken": {"type": "string"},
+                    "unsupportedLanguage": {"$ref": "UnsupportedLanguage"},
+                },
+            },
+            "UnsupportedLanguage": {
+                "id": "UnsupportedLanguage",
+                "type": "object",
+                "description": "Only when the text's language is one the model does not serve "
+                "and the tenant's mode scored it anyway (not part of Perspective's API).",
+                "properties": {
+                    "mode": {"type": "string", "enum": ["score", "hold"]},
+                    "languages": {"type": "array", "items": {"type": "string"}},
+                    "servedLanguages": {"type": "array", "items": {"type": "string"}},
                 },
             },
         },
