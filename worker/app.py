@@ -144,6 +144,8 @@ class Worker:
         self.metrics = Metrics()
         self.metrics.init_labels(settings.input_topic)
         self.metrics.init_http_labels()  # exported at 0 even with the API off: panels stay valid
+        if model.language is not None:
+            self.metrics.init_language_labels(model.contract.served_languages)
         contract, backend = model.contract, model.backend
         self.metrics.set_model(
             contract.model_name, contract.model_version, backend.device, list(contract.labels)
@@ -186,6 +188,9 @@ class Worker:
                 settings.max_metadata_bytes,
             ),
             self.tracing,
+            detector=model.language,
+            served_languages=contract.served_languages,
+            policies=self.policies,
         )
         # --- the optional parts: each a `Feature`, started and stopped in this order
         self.policy_watcher: PolicyWatcher | None = None

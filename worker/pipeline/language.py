@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas import CommentLanguage
+
 # Chosen on 6,000 Jigsaw comments (not those the figures are reported on): the rule with the best
 # multilingual accuracy whose "not English" share on English comments stays within 0.5 %.
 MIN_CONFIDENCE = 0.7
@@ -101,6 +103,10 @@ class LanguageDetector:
         confidence = min(1.0, float(probs[0]))
         return Detection(code, confidence, confidence >= MIN_CONFIDENCE and count >= MIN_LETTERS)
 
+    def detect_all(self, texts: list[str]) -> list[Detection]:
+        """`detect` of each text, in order (one call per chunk, on the tokenizer thread)."""
+        return [self.detect(text) for text in texts]
+
 
 def primary_subtag(language: str) -> str:
     """`pt-BR`, `pt_br` or ` PT ` -> `pt`: the language without its region or script."""
@@ -122,3 +128,17 @@ def metric_label(code: str, served_languages: tuple[str, ...] | list[str] = ()) 
 def served_language(detection: Detection, served_languages: tuple[str, ...] | list[str]) -> str:
     """The language to act on: the detection when reliable, else the first served language."""
     return detection.code if detection.reliable else served_languages[0]
+
+
+def comment_language(
+    detection: Detection, served_languages: tuple[str, ...] | list[str]
+) -> CommentLanguage:
+    """What an output says of a comment's language: the language acted on
+    (`served_language`), the detection's confidence (4 decimals), and whether it is served."""
+    code = served_language(detection, served_languages)
+    return CommentLanguage(
+        code=code,
+        confidence=round(detection.confidence, 4),
+        reliable=detection.reliable,
+        supported=is_served(code, served_languages),
+    )
