@@ -61,7 +61,7 @@ def test_bench_quick_writes_every_figure(
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--messages", "300",
          "--corpus", str(corpus), "--output-dir", str(out)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=280,
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=340,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = orjson.loads((out / "bench.json").read_bytes())

@@ -1,13 +1,14 @@
 """The intake: fetch, track, decode, tokenize once (and identify the language), queue; pause
 when too much is in flight.
 
-With language detection on (`ServedModel.language`), each comment's language is identified on
-the tokenizer thread in the same hop as its tokens, then judged here, on the loop, once per
-chunk against the policy in force (`PolicyHolder.current`): a comment in a language the model
-does not serve follows its tenant's `unsupported_language` mode (default for Kafka: `score`).
-`refuse` dead-letters it here (`unsupported_language`), before the queue, so no forward pass is
-spent on it; `score` and `hold` are carried on the record (`InFlight.language`, `.hold`) to the
-output step (`encode_output`), which marks the output and, for `hold`, moves its flags to `held`.
+With language detection on (`ServedModel.language`), each comment's language is identified (and
+compared with the served languages) on the tokenizer thread in the same hop as its tokens, then
+judged here, on the loop, against the policy in force, read once per chunk
+(`PolicyHolder.current`): a comment in a language the model does not serve follows its tenant's
+`unsupported_language` mode (default for Kafka: `score`). `refuse` dead-letters it here
+(`unsupported_language`), before the queue, so no forward pass is spent on it; `score` and
+`hold` are carried on the record (`InFlight.language`, `.hold`) to the output step
+(`encode_output`), which marks the output and, for `hold`, moves its flags to `held`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from worker.metrics import Metrics
 from worker.pipeline.batching import BatchQueue, Tokenized
 from worker.pipeline.checkpoint import Checkpoint
 from worker.pipeline.decode import InvalidMessage, decode_comment
-from worker.pipeline.language import Detection, LanguageDetector, comment_language
+from worker.pipeline.language import LanguageDetector, comment_language
 from worker.pipeline.publish import Publisher
 from worker.pipeline.records import InFlight
 from worker.pipeline.tokenizer import TextTokenizer
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT_MS = 100
 FRONT_DOOR = "kafka"  # the `front_door` label of the language metrics
 
-Prepared = tuple[list[list[int]], list[Detection] | None]  # token ids, languages (None: off)
+# token ids and languages (None: detection off) of a chunk, made on the tokenizer thread
+Prepared = tuple[list[list[int]], list[CommentLanguage] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +182,18 @@ class ConsumeLoop:
 
     def _prepare(self, texts: list[str]) -> Prepared:
         """On the tokenizer thread: the texts' token ids and, with a detector, their languages
-        (one thread hop for both)."""
+        as outputs state them (one thread hop for both)."""
         ids = self._tokenizer.encode(texts)
-        return ids, None if self._detector is None else self._detector.detect_all(texts)
+        if self._detector is None:
+            return ids, None
+        served = self._served_languages
+        return ids, [comment_language(d, served) for d in self._detector.detect_all(texts)]
 
     async def _one_by_one(self, items: list[InFlight]) -> list[Tokenized]:
         """Each item alone; the ones the tokenizer (or detector) fails on are dead-lettered."""
         kept: list[InFlight] = []
         ids: list[list[int]] = []
-        languages: list[Detection] | None = None if self._detector is None else []
+        languages: list[CommentLanguage] | None = None if self._detector is None else []
         for item in items:
             prepared = await self._prepare_one(item)
             if prepared is not None:
@@ -217,7 +222,7 @@ class ConsumeLoop:
         self,
         items: list[InFlight],
         ids: list[list[int]],
-        languages: list[Detection] | None,
+        languages: list[CommentLanguage] | None,
     ) -> list[Tokenized]:
         """The entries to queue. With languages: each item's language is set and counted, and
         one in a language the model does not serve follows its tenant's mode under the policy in
@@ -229,8 +234,8 @@ class ConsumeLoop:
         counted: Counter[str] = Counter()
         modes: Counter[Mode] = Counter()
         queued = []
-        for item, seq, detection in zip(items, ids, languages, strict=True):
-            item.language = language = comment_language(detection, served)
+        for item, seq, language in zip(items, ids, languages, strict=True):
+            item.language = language
             counted[language.code] += 1
             if not language.supported:
                 mode = language_mode(policy, item)
