@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shadow-model", default=None, help="the shadow for that run (default: the model)"
     )
+    parser.add_argument(
+        "--no-language",
+        action="store_true",
+        help="skip (b) again with language detection flipped (MODERATION_LANGUAGE_DETECTION)",
+    )
     parser.add_argument("--no-http", action="store_true", help="skip (d), the HTTP API load")
     parser.add_argument(
         "--http-requests", type=int, default=None, help="(d) requests per level (default 3000)"
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         given["precision_check"] = False
     if args.no_shadow:
         given["shadow"] = False
+    if args.no_language:
+        given["language"] = False
     if args.shadow_model is not None:
         given["shadow_model"] = args.shadow_model
     if args.no_http:

@@ -147,6 +147,7 @@ def run_saturation(
     profile_path: Path | None,
     poll_s: float = 0.5,
     timeout_s: float = 900,
+    log_name: str | None = None,
 ) -> dict[str, Any]:
     """(b): every comment produced first, then the worker drains them. The rate is timed by the
     output records' own timestamps (the worker's publish time): from the first score to the last,
@@ -158,7 +159,9 @@ def run_saturation(
     produce_s = asyncio.run(produce_all(bootstrap, topics.input, texts))
     n = len(texts)
     profiler = None
-    log_name = "worker-saturation-shadow.log" if settings.shadow_model else "worker-saturation.log"
+    if log_name is None:
+        shadowed = settings.shadow_model is not None
+        log_name = "worker-saturation-shadow.log" if shadowed else "worker-saturation.log"
     with running_worker(settings, bootstrap, topics, work_dir / log_name) as worker:
         if profile_path is not None:
             profiler = start_profiler(worker.pid, profile_path)

@@ -46,6 +46,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| (c) naive consumer (one message at a time, `transformers.pipeline`, commit each) "
         f"| {_f(c['comments_per_s'], 1)} | {describe(c.get('noise'))} |",
         *_shadow_row(r.get("shadow")),
+        *_language_row(r.get("language")),
         "",
         *_sizing(r),
         f"Best of {len(a.get('runs', [1]))} alternating runs each for (a) and (b): a runs "
@@ -69,6 +70,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"Machine: {describe(r['single_comment'].get('noise'))}.",
         "",
         *_shadow_paragraph(r.get("shadow")),
+        *_language_paragraph(r.get("language")),
         "Start-up (s, from process start; `moderation_startup_seconds`): "
         + ", ".join(f"{k} {v:.2f}" for k, v in b.get("startup_s", {}).items())
         + " (goal: ready minus the group join ≤ 5 s on CPU).",
@@ -263,6 +265,31 @@ def _shadow_paragraph(shadow: dict[str, Any] | None) -> list[str]:
         f"({covered['coverage']:.0%}), skipped {covered['dropped']:,} (behind: its queue was "
         f"full) and failed on {covered['failures']:,}. A shadow that cannot keep up skips "
         "batches rather than slowing the primary, so read the cost together with the coverage.",
+        "",
+    ]
+
+
+def _language_row(language: dict[str, Any] | None) -> list[str]:
+    if not language:
+        return []
+    flipped = language["flipped_to"]
+    rate, noise = language[f"{flipped}_comments_per_s"], language["run"].get("noise")
+    return [
+        f"| (b) with language detection {flipped} (`MODERATION_LANGUAGE_DETECTION`) "
+        f"| {_f(rate)} | {describe(noise)} |"
+    ]
+
+
+def _language_paragraph(language: dict[str, Any] | None) -> list[str]:
+    if not language:
+        return []
+    return [
+        "Language identification (fastText lid.176 on the tokenizer thread, "
+        "`MODERATION_LANGUAGE_DETECTION`): end to end "
+        f"**{_f(language['on_comments_per_s'])}** comments/s with it on vs "
+        f"{_f(language['off_comments_per_s'])} off (best runs, alternating with (b); runs with "
+        f"it {language['flipped_to']}: {language['flipped_runs']}): a cost of "
+        f"**{language['throughput_cost']:.1%}** (goal ≤ 5 %).",
         "",
     ]
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 REPORTED_SETTINGS = (
     "model", "device", "precision", "max_batch_size", "max_wait_ms", "max_length", "token_budget",
     "inference_threads", "torch_interop_threads", "max_in_flight",
-    "max_poll_records", "fetch_max_wait_ms",
+    "max_poll_records", "fetch_max_wait_ms", "language_detection",
     "producer_linger_ms", "producer_max_batch_bytes", "producer_compression",
 )  # fmt: skip
 
@@ -55,6 +55,7 @@ class BenchOptions:
     repeats: int = 2
     shadow: bool = True  # (b) again with a shadow model attached, alternating with (b)
     shadow_model: str | None = None  # None: the primary's model (BERT-Tiny by default)
+    language: bool = True  # (b) again with language detection flipped, alternating with (b)
     http_clients: tuple[int, ...] = (1, 16, 256)  # (d) concurrent HTTP API clients
     http_requests: int = 3000  # per concurrency level and mode (at least 4 per client)
     http_level_seconds: float = 8.0  # a level sends no more once this long has passed
@@ -122,6 +123,23 @@ def _shadow_cost(model: str, without: dict[str, Any], runs: list[dict[str, Any]]
     }
 
 
+def _language_cost(
+    detection_on: bool, b: dict[str, Any], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """(b) as configured beside (b) with language detection flipped (the other state): the best
+    run of each, and what detection costs in throughput (goal: <= 5 %)."""
+    flipped = _best_run(runs)
+    on, off = (b, flipped) if detection_on else (flipped, b)
+    return {
+        "on_comments_per_s": on["comments_per_s"],
+        "off_comments_per_s": off["comments_per_s"],
+        "throughput_cost": 1 - on["comments_per_s"] / off["comments_per_s"],
+        "flipped_to": "off" if detection_on else "on",
+        "flipped_runs": [round(r["comments_per_s"], 1) for r in runs],
+        "run": flipped,
+    }
+
+
 def sized_messages(rate: float, options: BenchOptions) -> int:
     """Comments for each (a), (b) and shadow run: what (a) scores in `throughput_seconds` at
     the probed `rate`, within [min(min_messages, messages), messages]. A machine at half speed
@@ -159,6 +177,9 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     ceilings: list[dict[str, Any]] = []
     saturations: list[dict[str, Any]] = []
     shadowed: list[dict[str, Any]] = []
+    flipped_runs: list[dict[str, Any]] = []  # (b) with language detection in the other state
+    flipped_state = "off" if settings.language_detection else "on"
+    flipped = settings.model_copy(update={"language_detection": not settings.language_detection})
     shadow_model = options.shadow_model or settings.model or str(DEFAULT_MODEL_DIR)
     with_shadow = settings.model_copy(update={"shadow_model": shadow_model})
     with kafka_broker(out / "broker.log") as bootstrap:
@@ -195,6 +216,18 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                     )
                 shadowed[-1]["noise"] = noise.figures
                 log.info("(b) with shadow: %.0f comments/s", shadowed[-1]["comments_per_s"])
+            if options.language:
+                name = f"(b) with language detection {flipped_state}, run {run + 1}"
+                log.info("%s on %d comments", name, len(texts))
+                with stages.stage(name) as noise:
+                    flipped_runs.append(
+                        end_to_end.run_saturation(
+                            flipped, bootstrap, texts, out, options.partitions, None,
+                            log_name=f"worker-saturation-language-{flipped_state}.log",
+                        )
+                    )  # fmt: skip
+                flipped_runs[-1]["noise"] = noise.figures
+                log.info("%s: %.0f comments/s", name, flipped_runs[-1]["comments_per_s"])
         with stages.stage("single comment") as noise:
             single = ceiling.run_single(model, unique)
         single["noise"] = noise.figures
@@ -203,6 +236,9 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         a["runs"] = [round(r["comments_per_s"], 1) for r in ceilings]
         b["runs"] = [round(r["comments_per_s"], 1) for r in saturations]
         shadow = _shadow_cost(shadow_model, b, shadowed) if shadowed else None
+        language = (
+            _language_cost(settings.language_detection, b, flipped_runs) if flipped_runs else None
+        )
         rate = max(1.0, options.latency_load * b["comments_per_s"])
         paced = repeat_to(unique, max(50, int(rate * options.latency_seconds)))
         log.info("(b) latency at %.0f comments/s for %d comments", rate, len(paced))
@@ -249,6 +285,8 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     b_over_c = b["comments_per_s"] / c["comments_per_s"]
     gpu = model.backend.device.startswith("cuda")
     goals = {"b >= 0.9a": b_over_a >= 0.9}
+    if language is not None:
+        goals["language detection costs <= 5 % of (b)"] = language["throughput_cost"] <= 0.05
     if gpu:
         goals |= {
             "b >= 100k/s": b["comments_per_s"] >= 100_000,
@@ -275,6 +313,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "single_comment": single,
         "naive": c,
         "shadow": shadow,
+        "language": language,
         "http_api": d,
         "ratios": {"b_over_a": b_over_a, "b_over_c": b_over_c},
         "goals": goals,

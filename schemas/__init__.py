@@ -12,7 +12,7 @@ from schemas.policy import (
     UnsupportedLanguage,
 )
 from schemas.registry import SCHEMA_FILES, json_schemas
-from schemas.scores import ModelRef, ScoredComment
+from schemas.scores import CommentLanguage, ModelRef, ScoredComment
 
 __all__ = [
     "HTTP_DEFAULT_UNSUPPORTED_LANGUAGE",
@@ -22,6 +22,7 @@ __all__ = [
     "ArtifactContract",
     "ArtifactError",
     "Comment",
+    "CommentLanguage",
     "DeadLetterHeaders",
     "ErrorKind",
     "ModelRef",

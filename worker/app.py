@@ -146,6 +146,8 @@ class Worker:
         self.metrics = Metrics()
         self.metrics.init_labels(settings.input_topic)
         self.metrics.init_http_labels()  # exported at 0 even with the API off: panels stay valid
+        if model.language is not None:
+            self.metrics.init_language_labels(model.contract.served_languages)
         contract, backend = model.contract, model.backend
         self.metrics.set_model(
             contract.model_name, contract.model_version, backend.device, list(contract.labels)
@@ -165,7 +167,8 @@ class Worker:
         if not settings.http_only:
             self.intake = KafkaIntake(
                 settings, model.tokenizer, self.tokenizer_thread, self.queue, self.metrics,
-                on_fatal=self.fail, tracing=self.tracing,
+                on_fatal=self.fail, tracing=self.tracing, detector=model.language,
+                served_languages=contract.served_languages, policies=self.policies,
             )  # fmt: skip
         # --- the optional parts: each a `Feature`, started and stopped in this order
         self.policy_watcher: PolicyWatcher | None = None

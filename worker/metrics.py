@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from schemas import UnsupportedLanguage
+from worker.pipeline.language import METRIC_LANGUAGES, OTHER, metric_label
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -14,6 +19,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 SCORE_DIFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 FLIP_DIRECTIONS = ("shadow_only", "primary_only")  # which model flags the label, the other not
 SHADOW_FAILURE_STAGES = ("infer", "publish")
+FRONT_DOORS = ("kafka", "http")  # the `front_door` label values of the language metrics
+LANGUAGE_MODES = tuple(mode.value for mode in UnsupportedLanguage)
 
 
 class Metrics:
@@ -43,7 +50,8 @@ class Metrics:
             buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self.tokenization = Histogram(
-            "moderation_tokenization_seconds", "Tokenizer time per fetched chunk of records.",
+            "moderation_tokenization_seconds",
+            "Tokenizer (and language detection) time per fetched chunk of records.",
             buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self.inference = Histogram(
@@ -128,6 +136,19 @@ class Metrics:
             "moderation_policy_reload_failures",
             "Changed policy files rejected (the previous policy stays in force).", registry=r,
         )  # fmt: skip
+        # language identification (worker/pipeline/language.py): bounded label values
+        self.comments_by_language = Counter(
+            "moderation_comments_by_language",
+            "Comments by front door and identified language (an unsure detection counts as the "
+            "model's main served language; languages outside a fixed set count as `other`).",
+            ["front_door", "language"], registry=r,
+        )  # fmt: skip
+        self.unsupported_language = Counter(
+            "moderation_unsupported_language",
+            "Comments in a language the model does not serve, by front door and the mode "
+            "applied (refuse, score, hold).",
+            ["front_door", "mode"], registry=r,
+        )  # fmt: skip
         # shadow scoring (worker/shadow.py): exported once a shadow model is attached
         self.shadow_model_info = Info(
             "moderation_shadow_model", "The shadow model scored beside the primary.", registry=r
@@ -171,6 +192,36 @@ class Metrics:
         self.http_latency.labels("analyze")
         self.http_disconnects.labels("analyze")
 
+    def init_language_labels(self, served_languages: Iterable[str] = ()) -> None:
+        """With language detection on: every language and mode series of both front doors at
+        0 (a bounded set: `METRIC_LANGUAGES`, the served languages and `other`)."""
+        languages = sorted(METRIC_LANGUAGES | {metric_label(c, tuple(served_languages)) for c in
+                                               served_languages} | {OTHER})  # fmt: skip
+        for front_door in FRONT_DOORS:
+            for language in languages:
+                self.comments_by_language.labels(front_door, language)
+            for mode in LANGUAGE_MODES:
+                self.unsupported_language.labels(front_door, mode)
+
+    def count_language(
+        self,
+        front_door: str,
+        code: str,
+        served_languages: Iterable[str] = (),
+        count: int = 1,
+    ) -> None:
+        """`count` comments in language `code` came in by `front_door` (`kafka` or `http`); the
+        code is mapped to its bounded label (`metric_label`), so any code may be passed."""
+        label = metric_label(code, tuple(served_languages))
+        self.comments_by_language.labels(_front_door(front_door), label).inc(count)
+
+    def count_unsupported(self, front_door: str, mode: str, count: int = 1) -> None:
+        """`count` comments in a language the model does not serve got `mode` (refuse, score,
+        hold)."""
+        if mode not in LANGUAGE_MODES:
+            raise ValueError(f"unknown unsupported-language mode {mode!r}: {LANGUAGE_MODES}")
+        self.unsupported_language.labels(_front_door(front_door), mode).inc(count)
+
     def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:
         self.model_info.info(
             {"name": name, "version": version, "device": device, "labels": ",".join(labels)}
@@ -185,3 +236,9 @@ class Metrics:
                 self.shadow_flips.labels(label, direction)
         for stage in SHADOW_FAILURE_STAGES:
             self.shadow_failures.labels(stage)
+
+
+def _front_door(name: str) -> str:
+    if name not in FRONT_DOORS:
+        raise ValueError(f"unknown front door {name!r}: {FRONT_DOORS}")
+    return name

@@ -61,7 +61,7 @@ def test_bench_quick_writes_every_figure(
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--messages", "300",
          "--corpus", str(corpus), "--output-dir", str(out)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=280,
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=340,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = orjson.loads((out / "bench.json").read_bytes())
@@ -94,6 +94,15 @@ def test_bench_quick_writes_every_figure(
     assert covered["failures"] == 0 and covered["scored"] + covered["dropped"] <= 300
     assert covered["scored"] > 0
     assert report["end_to_end"]["shadow"] is None
+    language = report["language"]  # (b) again with language detection off (it is on by default)
+    assert report["settings_worker"]["language_detection"] is True
+    assert language["flipped_to"] == "off" and len(language["flipped_runs"]) == 1
+    assert language["on_comments_per_s"] == report["end_to_end"]["comments_per_s"]
+    assert language["off_comments_per_s"] == language["run"]["comments_per_s"] > 0
+    assert language["run"]["distinct_outputs"] == 300
+    assert language["throughput_cost"] == 1 - (
+        language["on_comments_per_s"] / language["off_comments_per_s"]
+    )
     startup = report["end_to_end"]["startup_s"]
     assert {"imports", "model_load", "warm_up", "kafka_join", "ready_minus_join"} <= set(startup)
     assert 0 < startup["ready_minus_join"] < sum(startup.values())
@@ -115,7 +124,8 @@ def test_bench_quick_writes_every_figure(
     assert stages == [
         "set-up: corpus, model", "(a) probe: the rate that sizes the runs",
         "(a) model-only ceiling, run 1", "(b) worker end to end, run 1",
-        "(b) with a shadow model, run 1", "single comment", "(b) latency at half load",
+        "(b) with a shadow model, run 1", "(b) with language detection off, run 1",
+        "single comment", "(b) latency at half load",
         "(c) naive consumer", "(d) HTTP API", "backends and precisions",
     ]  # fmt: skip
     for s in noise["stages"]:
@@ -132,10 +142,12 @@ def test_bench_quick_writes_every_figure(
     }.items():  # fmt: skip
         assert report[figure]["noise"] == by_name[name]  # beside the figure it was taken over
     assert report["shadow"]["run"]["noise"] == by_name["(b) with a shadow model, run 1"]
+    assert language["run"]["noise"] == by_name["(b) with language detection off, run 1"]
     assert {"cpu_flags", "usable_cpus", "cgroup_cpu_quota"} <= set(report["machine"])
     assert report["probe"]["messages"] == 300 and report["probe"]["comments_per_s"] > 0
     markdown = (out / "REPORT.md").read_text()
     assert "## Machine noise per stage" in markdown and "300-comment probe measured" in markdown
+    assert "with language detection off (`MODERATION_LANGUAGE_DETECTION`)" in markdown
     for name in stages:
         assert f"| {name} | " in markdown
     assert "usable CPUs" in markdown and "cgroup CPU quota" in markdown

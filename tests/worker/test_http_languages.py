@@ -225,10 +225,15 @@ def test_a_tenants_own_mode_and_declared_languages_over_the_detection(
     assert status == 400
     assert_refused(body, "es", "en")
     metrics = score_api.get("/metrics").body
-    name = "moderation_http_languages_total"
-    assert metric_sample(metrics, name, language="fr", outcome="hold") >= 1
-    assert metric_sample(metrics, name, language="fr", outcome="refuse") >= 1
-    assert metric_sample(metrics, name, language="es", outcome="refuse") >= 1
+    languages, modes = (
+        "moderation_comments_by_language_total",
+        "moderation_unsupported_language_total",
+    )
+    assert metric_sample(metrics, languages, front_door="http", language="fr") >= 2
+    assert metric_sample(metrics, languages, front_door="http", language="es") >= 1
+    assert metric_sample(metrics, modes, front_door="http", mode="hold") >= 1
+    assert metric_sample(metrics, modes, front_door="http", mode="refuse") >= 2
+    assert metric_sample(metrics, modes, front_door="kafka", mode="refuse") == 0
 
 
 def test_a_short_unsure_comment_is_scored_as_english(default_api: WorkerProcess) -> None:

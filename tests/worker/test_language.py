@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from schemas import UnsupportedLanguage
+from worker.metrics import Metrics
 from worker.pipeline.language import (
     MAX_CHARS,
+    METRIC_LANGUAGES,
     UNDETERMINED,
     Detection,
     LanguageDetector,
@@ -96,3 +99,28 @@ def test_metric_labels_stay_a_bounded_set() -> None:
     assert metric_label(UNDETERMINED) == UNDETERMINED
     assert {metric_label(code) for code in ["ceb", "als", "xx", "zu", "qq"]} == {"other"}
     assert metric_label("ceb", served_languages=("en", "ceb")) == "ceb"
+
+
+def test_language_metrics_are_bounded_and_exported_at_zero() -> None:
+    metrics = Metrics()
+    metrics.init_language_labels(("en", "ceb"))
+    count = "moderation_comments_by_language_total"
+    get = metrics.registry.get_sample_value
+    assert get(count, {"front_door": "http", "language": "fr"}) == 0
+    assert get(count, {"front_door": "kafka", "language": "ceb"}) == 0  # a served language
+    for code in ["zu", "xx-YY", "qq"]:
+        metrics.count_language("kafka", code, ("en",))
+    metrics.count_language("http", "pt-BR", ("en",), count=3)
+    assert get(count, {"front_door": "kafka", "language": "other"}) == 3
+    assert get(count, {"front_door": "http", "language": "pt"}) == 3
+    labels = {s.labels["language"] for f in metrics.registry.collect() for s in f.samples
+              if f.name == "moderation_comments_by_language"}  # fmt: skip
+    assert "zu" not in labels and len(labels) == len(METRIC_LANGUAGES) + 2  # + ceb, other
+    metrics.count_unsupported("kafka", UnsupportedLanguage.HOLD)
+    assert (
+        get("moderation_unsupported_language_total", {"front_door": "kafka", "mode": "hold"}) == 1
+    )
+    with pytest.raises(ValueError, match="front door"):
+        metrics.count_language("grpc", "en")
+    with pytest.raises(ValueError, match="mode"):
+        metrics.count_unsupported("http", "drop")

@@ -35,7 +35,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import Counter
 
 from schemas import HTTP_DEFAULT_UNSUPPORTED_LANGUAGE
 from worker.backends.model import ServedModel
@@ -58,7 +57,7 @@ from worker.http.server import HttpLimits, HttpServer
 from worker.lifecycle import Feature
 from worker.metrics import Metrics
 from worker.pipeline.batching import BatchQueue, Tokenized
-from worker.pipeline.language import Detection, metric_label
+from worker.pipeline.language import Detection
 from worker.pipeline.records import Reply
 from worker.policy import PolicyHolder
 
@@ -109,17 +108,6 @@ def not_found(path: str) -> ApiError:
     return ApiError(404, "NOT_FOUND", message)
 
 
-def language_counter(metrics: Metrics) -> Counter:
-    """`moderation_http_languages_total{language, outcome}`: analyze requests by the language
-    their text is taken to be (a bounded label set: `metric_label`) and what it got (`served`,
-    or the mode: `refuse`, `score`, `hold`)."""
-    return Counter(
-        "moderation_http_languages",
-        "HTTP API comments by language taken (bounded set, else other) and outcome.",
-        ["language", "outcome"], registry=metrics.registry,
-    )  # fmt: skip
-
-
 class ClientGone(Exception):
     """The client hung up before its answer: nothing to answer, nothing went wrong here."""
 
@@ -142,7 +130,6 @@ class PerspectiveApi(Feature):
         self._model = model
         # the policy in force (reloads included); without one, the model's: the HTTP default mode
         self._policies = policies or PolicyHolder(model.contract)
-        self._languages = language_counter(metrics)
         self._queue = queue
         self._tokenize_executor = tokenize_executor
         self._metrics = metrics
@@ -381,11 +368,13 @@ class PerspectiveApi(Feature):
         return verdict
 
     def _count_language(self, verdict: LanguageVerdict) -> None:
-        """One comment counted by its language (the first taken) and what it got."""
+        """One comment counted by its language (the first unsupported one, else the first
+        taken) and, if the model does not serve it, the mode it got."""
         served = self._model.contract.served_languages
         language = (verdict.unsupported or verdict.languages)[0]
-        outcome = verdict.mode.value if verdict.mode is not None else "served"
-        self._languages.labels(metric_label(language, served), outcome).inc()
+        self._metrics.count_language("http", language, served)
+        if verdict.mode is not None:
+            self._metrics.count_unsupported("http", verdict.mode.value)
 
     async def _unimplemented(self, request: web.Request) -> web.Response:
         self._check_key(request)

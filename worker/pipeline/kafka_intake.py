@@ -23,8 +23,10 @@ from worker.pipeline.batching import BatchQueue
 from worker.pipeline.checkpoint import Checkpoint, CheckpointListener
 from worker.pipeline.consume import ConsumeLoop, IntakeLimits
 from worker.pipeline.kafka_clients import build_consumer, build_producer
+from worker.pipeline.language import LanguageDetector
 from worker.pipeline.publish import Publisher
 from worker.pipeline.tokenizer import TextTokenizer
+from worker.policy import PolicyHolder
 from worker.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ class KafkaIntake:
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None],
         tracing: Tracing | None = None,
+        *,
+        detector: LanguageDetector | None = None,
+        served_languages: tuple[str, ...] = ("en",),
+        policies: PolicyHolder | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = build_consumer(settings)
@@ -73,6 +79,9 @@ class KafkaIntake:
                 settings.max_metadata_bytes,
             ),
             tracing,
+            detector=detector,
+            served_languages=served_languages,
+            policies=policies,
         )
 
     async def connect(self) -> None:

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas import CommentLanguage
+
 # Chosen on 6,000 Jigsaw comments (not those the figures are reported on): the rule with the best
 # multilingual accuracy whose "not English" share on English comments stays within 0.5 %.
 MIN_CONFIDENCE = 0.7
@@ -92,14 +94,20 @@ class LanguageDetector:
         """The language of `text` (its first MAX_CHARS characters); a text with no letters is
         `und`, unreliable."""
         text = text[:MAX_CHARS]
-        count = letters(text)
-        if count == 0:
+        if _LETTER.search(text) is None:  # (a search: a tenth of the cost of counting them)
             return Detection(UNDETERMINED, 0.0, False)
         # fastText reads one line: newlines would raise, so all whitespace becomes one space.
         labels, probs = self._model.predict(" ".join(text.split()), k=1)
         code = labels[0].removeprefix(_LABEL)
         confidence = min(1.0, float(probs[0]))
-        return Detection(code, confidence, confidence >= MIN_CONFIDENCE and count >= MIN_LETTERS)
+        reliable = confidence >= MIN_CONFIDENCE and (
+            MIN_LETTERS <= 1 or letters(text) >= MIN_LETTERS
+        )
+        return Detection(code, confidence, reliable)
+
+    def detect_all(self, texts: list[str]) -> list[Detection]:
+        """`detect` of each text, in order (one call per chunk, on the tokenizer thread)."""
+        return [self.detect(text) for text in texts]
 
 
 def primary_subtag(language: str) -> str:
@@ -122,3 +130,17 @@ def metric_label(code: str, served_languages: tuple[str, ...] | list[str] = ()) 
 def served_language(detection: Detection, served_languages: tuple[str, ...] | list[str]) -> str:
     """The language to act on: the detection when reliable, else the first served language."""
     return detection.code if detection.reliable else served_languages[0]
+
+
+def comment_language(
+    detection: Detection, served_languages: tuple[str, ...] | list[str]
+) -> CommentLanguage:
+    """What an output says of a comment's language: the language acted on
+    (`served_language`), the detection's confidence (4 decimals), and whether it is served."""
+    code = served_language(detection, served_languages)
+    return CommentLanguage(
+        code=code,
+        confidence=round(detection.confidence, 4),
+        reliable=detection.reliable,
+        supported=is_served(code, served_languages),
+    )

@@ -48,20 +48,27 @@ def encode_output(
     policy: Policy | None = None,
 ) -> bytes:
     """The `ScoredComment` of one comment, encoded once as JSON; `flagged` follows `policy`
-    (the item's tenant's thresholds; None: the model's own, `policy_version` `model`)."""
+    (the item's tenant's thresholds; None: the model's own, `policy_version` `model`).
+    With language detection on it carries the item's `language` (judged at intake,
+    worker/pipeline/consume.py); a held item (`hold`: its language is not served and its
+    tenant's mode is `hold`) has its flags in `held` and `flagged` empty. A shadow's output, encoded
+    here too, says the same of the language as the primary's."""
     comment = item.comment
     assert comment is not None
     scores = dict(zip(contract.labels, probabilities.tolist(), strict=True))
+    flagged = (
+        contract.flagged(probabilities) if policy is None else policy.flagged(item, probabilities)
+    )
     output = ScoredComment(
         id=comment.id,
         scores=scores,
-        flagged=contract.flagged(probabilities)
-        if policy is None
-        else policy.flagged(item, probabilities),
+        flagged=[] if item.hold else flagged,
         model=ModelRef(name=contract.model_name, version=contract.model_version),
         policy_version=MODEL_POLICY_VERSION if policy is None else policy.version,
         scored_at=scored_at_ms,
         metadata=comment.metadata,
+        language=item.language,
+        held=flagged if item.hold else None,
     )
     return orjson.dumps(output.model_dump(exclude_none=True))
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from aiokafka.structs import ConsumerRecord
 
-from schemas import Comment
+from schemas import Comment, CommentLanguage
 from worker.pipeline.checkpoint import Ticket
 
 
@@ -27,6 +27,9 @@ class InFlight:
     ticket: Ticket
     comment: Comment | None = None
     trace: Any = None  # with tracing on: the context of its consume span (worker/tracing.py)
+    # with language detection on: its language, judged at intake (worker/pipeline/consume.py)
+    language: CommentLanguage | None = None
+    hold: bool = False  # its language is not served and its tenant's mode is `hold`
 
 
 @dataclass(slots=True, eq=False)
