@@ -182,8 +182,12 @@ class Settings(BaseSettings):
     feedback_topic: Annotated[str, Field(min_length=1)] = "comment-feedback"
     """Topic of moderator decisions (`Feedback` records, keyed by comment id)."""
     feedback_file: Path | None = None
-    """Append-only JSON-lines file of moderator decisions, where HTTP is served without Kafka;
-    unset: none."""
+    """Append-only JSON-lines file of moderator decisions (`comments:suggestscore`), used with
+    MODERATION_HTTP_ONLY (with Kafka they go to the topic): one `Feedback` per line, each written
+    whole and fsynced before the answer. Unset with HTTP only: suggestscore answers 501."""
+    feedback_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    """`comments:suggestscore`: how long a decision may take to be acknowledged by the broker (or
+    written to MODERATION_FEEDBACK_FILE); not stored by then: 503."""
 
     # Shadow scoring (worker/shadow.py): a second model on the same batches, off the primary path
     shadow_model: str | None = None

@@ -14,6 +14,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 SCORE_DIFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 FLIP_DIRECTIONS = ("shadow_only", "primary_only")  # which model flags the label, the other not
 SHADOW_FAILURE_STAGES = ("infer", "publish")
+SUGGESTION_OUTCOMES = ("stored", "invalid", "unavailable", "unconfigured")  # suggestscore
 
 
 class Metrics:
@@ -111,6 +112,12 @@ class Metrics:
             "HTTP API connections refused (503, closed) at MODERATION_HTTP_API_MAX_CONNECTIONS.",
             registry=r,
         )  # fmt: skip
+        self.feedback_suggestions = Counter(
+            "moderation_feedback_suggestions",
+            "comments:suggestscore requests by outcome: stored (acknowledged or written), invalid"
+            " (400), unavailable (503: not stored), unconfigured (501: HTTP only, no file).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.startup = Gauge(
             "moderation_startup_seconds", "Seconds spent in each start-up phase, once ready.",
             ["phase"], registry=r,
@@ -170,6 +177,11 @@ class Metrics:
             self.http_requests.labels("analyze", code)
         self.http_latency.labels("analyze")
         self.http_disconnects.labels("analyze")
+        for code in ("200", "400", "503"):
+            self.http_requests.labels("suggestscore", code)
+        self.http_latency.labels("suggestscore")
+        for outcome in SUGGESTION_OUTCOMES:
+            self.feedback_suggestions.labels(outcome)
 
     def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:
         self.model_info.info(
