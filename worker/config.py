@@ -285,6 +285,12 @@ class Settings(BaseSettings):
                 "http_only (MODERATION_HTTP_ONLY, --http-only) cannot run a shadow model "
                 "(MODERATION_SHADOW_MODEL): its scores go to Kafka"
             )
+        feedback = self.feedback_file
+        if self.http_only and feedback is not None:
+            if feedback.is_dir():
+                raise ValueError(f"feedback_file: {feedback} is a directory, not a file")
+            if not feedback.parent.is_dir():
+                raise ValueError(f"feedback_file: directory {feedback.parent} does not exist")
         return self
 
     @property

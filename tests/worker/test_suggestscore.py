@@ -26,7 +26,14 @@ from testing.http import http_post, metric_sample
 from testing.kafka import consume_until, create_topics
 from testing.ports import free_port
 from testing.topics import Topics, fresh_topics
-from testing.worker_process import QUICK_ENV, REPO_ROOT, WorkerProcess, start_worker, worker_env
+from testing.worker_process import (
+    QUICK_ENV,
+    REPO_ROOT,
+    WorkerProcess,
+    refusal_line,
+    start_worker,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -428,3 +435,18 @@ def test_http_only_without_a_feedback_file_answers_501_saying_what_to_set(
     finally:
         assert worker.terminate() == 0
     assert "suggestscore answers 501" in worker.log()
+
+
+@pytest.mark.parametrize("where", ["missing-directory", "a-directory"])
+def test_http_only_refuses_a_feedback_file_it_could_not_write(tmp_path: Path, where: str) -> None:
+    """One line, exit 2, before the model is loaded."""
+    path = tmp_path / "nowhere" / "feedback.jsonl" if where == "missing-directory" else tmp_path
+    line = refusal_line(
+        {
+            "MODERATION_HTTP_ONLY": "1",
+            "MODERATION_HTTP_API_PORT": "0",
+            "MODERATION_FEEDBACK_FILE": str(path),
+        }
+    )
+    assert line.startswith("moderation-worker: invalid settings: feedback_file: "), line
+    assert str(path) in line, line

@@ -110,6 +110,12 @@ class FileFeedback:
         self._fd = await loop.run_in_executor(self._thread, self._open)
 
     def _open(self) -> int:
+        try:
+            return self._open_file()
+        except OSError as exc:  # the path, not only the errno, in the worker's one fatal line
+            raise OSError(f"MODERATION_FEEDBACK_FILE {self._path}: {exc.strerror or exc}") from None
+
+    def _open_file(self) -> int:
         existed = self._path.exists()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
         fd = os.open(self._path, flags, 0o640)  # O_NONBLOCK: a FIFO cannot hang the start
