@@ -290,7 +290,9 @@ class Settings(BaseSettings):
             if feedback.is_dir():
                 raise ValueError(f"feedback_file: {feedback} is a directory, not a file")
             if not feedback.parent.is_dir():
-                raise ValueError(f"feedback_file: directory {feedback.parent} does not exist")
+                raise ValueError(
+                    f"feedback_file: {feedback}: its directory {feedback.parent} does not exist"
+                )
         return self
 
     @property
