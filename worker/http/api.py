@@ -127,6 +127,17 @@ def language_counter(metrics: Metrics) -> Counter:
     )  # fmt: skip
 
 
+def suggestion_outcome(status: int) -> str:
+    """`moderation_feedback_suggestions_total`'s `outcome` of a suggestscore answer: `stored`
+    (200), `invalid` (4xx), `unconfigured` (501: HTTP only without a feedback file), or
+    `unavailable` (any other 5xx: not stored)."""
+    if status == 200:
+        return "stored"
+    if status == 501:
+        return "unconfigured"
+    return "invalid" if 400 <= status < 500 else "unavailable"
+
+
 class ClientGone(Exception):
     """The client hung up before its answer: nothing to answer, nothing went wrong here."""
 
@@ -414,36 +425,35 @@ class PerspectiveApi(Feature):
 
     async def _suggestscore(self, request: web.Request) -> web.Response:
         """A moderator's decision: stored as a `Feedback` record, then answered (see the module
-        doc); each request counted by outcome (`moderation_feedback_suggestions_total`)."""
+        doc). Each request with a valid key is counted by outcome (`suggestion_outcome`), except
+        one whose client hung up before its body arrived."""
         self._check_key(request)
-        outcome = "unavailable"
+        status = 500
         try:
             if self._feedback is None:
-                outcome = "unconfigured"
                 raise ApiError(
                     501, "UNIMPLEMENTED",
                     "comments:suggestscore needs somewhere to keep decisions: this worker serves"
                     " HTTP without Kafka, so set MODERATION_FEEDBACK_FILE (a JSON-lines file).",
                 )  # fmt: skip
             body = await self._json_body(request)
-            try:
-                suggestion = parse_suggestion(body, self._model.contract, self._max_text_bytes)
-            except ApiError:
-                outcome = "invalid"
-                raise
+            suggestion = parse_suggestion(body, self._model.contract, self._max_text_bytes)
             detected = await self._detect(suggestion)
             try:
                 await self._feedback.write(suggestion.feedback)
             except FeedbackUnavailable as exc:
                 raise ApiError(503, "UNAVAILABLE", str(exc)) from None
-            outcome = "stored"
+            status = 200
             return _json(suggest_response(suggestion, detected))
         except ApiError as error:
-            if error.code == 400:
-                outcome = "invalid"
+            status = error.code
+            raise
+        except ClientGone:
+            status = 0
             raise
         finally:
-            self._metrics.feedback_suggestions.labels(outcome).inc()
+            if status:
+                self._metrics.feedback_suggestions.labels(suggestion_outcome(status)).inc()
 
     async def _detect(self, suggestion: Suggestion) -> list[str]:
         """`detectedLanguages` of a suggestion: the detection on the tokenizer thread (as for

@@ -55,6 +55,13 @@ def encode(feedback: Feedback) -> bytes:
     return feedback.model_dump_json(exclude_none=True).encode()
 
 
+def _retrieve(done: asyncio.Future[object]) -> None:
+    """A shielded wait's future, retrieved once done: after a timeout nobody awaits it, and
+    asyncio would log its exception as never retrieved (the answer, 503, already said so)."""
+    if not done.cancelled():
+        done.exception()
+
+
 class KafkaFeedback:
     """Records on the feedback topic, keyed by id, through a producer owned elsewhere (the
     worker's: started and stopped with its Kafka side)."""
@@ -81,6 +88,7 @@ class KafkaFeedback:
                 delivery = await self._producer.send(
                     self._topic, value=encode(feedback), key=feedback.id.encode()
                 )
+                delivery.add_done_callback(_retrieve)  # its outcome after a timeout, unlogged
                 await asyncio.shield(delivery)
         except TimeoutError:
             raise FeedbackUnavailable(
@@ -139,8 +147,10 @@ class FileFeedback:
             )
         loop = asyncio.get_running_loop()
         try:
+            written = loop.run_in_executor(self._thread, self._append, line)
+            written.add_done_callback(_retrieve)
             async with asyncio.timeout(self._timeout_s):
-                await asyncio.shield(loop.run_in_executor(self._thread, self._append, line))
+                await asyncio.shield(written)
         except TimeoutError:
             raise FeedbackUnavailable(
                 f"The decision was not written within {self._timeout_s:g} s."
