@@ -3,6 +3,7 @@
 from schemas.artifact import ArtifactContract, ArtifactError
 from schemas.comment import Comment
 from schemas.dead_letter import DeadLetterHeaders, ErrorKind, RedriveHeaders
+from schemas.feedback import FEEDBACK_TOPIC, Feedback
 from schemas.policy import (
     HTTP_DEFAULT_UNSUPPORTED_LANGUAGE,
     KAFKA_DEFAULT_UNSUPPORTED_LANGUAGE,
@@ -15,6 +16,7 @@ from schemas.registry import SCHEMA_FILES, json_schemas
 from schemas.scores import CommentLanguage, ModelRef, ScoredComment
 
 __all__ = [
+    "FEEDBACK_TOPIC",
     "HTTP_DEFAULT_UNSUPPORTED_LANGUAGE",
     "KAFKA_DEFAULT_UNSUPPORTED_LANGUAGE",
     "MODEL_POLICY_VERSION",
@@ -25,6 +27,7 @@ __all__ = [
     "CommentLanguage",
     "DeadLetterHeaders",
     "ErrorKind",
+    "Feedback",
     "ModelRef",
     "RedriveHeaders",
     "ScoredComment",

@@ -41,6 +41,7 @@ from schemas import ThresholdPolicy
 from worker.backends.model import ServedModel, load_from_settings
 from worker.config import Settings
 from worker.http.api import PerspectiveApi
+from worker.http.feedback_sink import feedback_sink
 from worker.http.health import HealthServer
 from worker.lifecycle import Feature, ShutdownTimeouts
 from worker.metrics import Metrics
@@ -193,9 +194,10 @@ class Worker:
             )
         self.api: PerspectiveApi | None = None  # the Perspective-compatible HTTP API, if asked for
         if settings.http_api_port is not None:
+            producer = self.intake.producer if self.intake is not None else None
             self.api = PerspectiveApi(
                 settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving,
-                policies=self.policies,
+                policies=self.policies, feedback=feedback_sink(settings, producer),
             )  # fmt: skip
         self.features: list[Feature] = [
             f for f in (self.policy_watcher, self.shadow, self.api) if f is not None

@@ -178,6 +178,17 @@ class Settings(BaseSettings):
     tenant_header: Annotated[str, Field(min_length=1)] | None = None
     """Kafka header that holds the tenant; where set and present it wins over the metadata."""
 
+    # Moderator feedback (schemas/feedback.py): decisions sent back, read by feedback-export
+    feedback_topic: Annotated[str, Field(min_length=1)] = "comment-feedback"
+    """Topic of moderator decisions (`Feedback` records, keyed by comment id)."""
+    feedback_file: Path | None = None
+    """Append-only JSON-lines file of moderator decisions (`comments:suggestscore`), used with
+    MODERATION_HTTP_ONLY (with Kafka they go to the topic): one `Feedback` per line, each written
+    whole and fsynced before the answer. Unset with HTTP only: suggestscore answers 501."""
+    feedback_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
+    """`comments:suggestscore`: how long a decision may take to be acknowledged by the broker (or
+    written to MODERATION_FEEDBACK_FILE); not stored by then: 503."""
+
     # Shadow scoring (worker/shadow.py): a second model on the same batches, off the primary path
     shadow_model: str | None = None
     """Hub id or directory of a shadow model scored on the same batches; unset: none."""
@@ -274,6 +285,14 @@ class Settings(BaseSettings):
                 "http_only (MODERATION_HTTP_ONLY, --http-only) cannot run a shadow model "
                 "(MODERATION_SHADOW_MODEL): its scores go to Kafka"
             )
+        feedback = self.feedback_file
+        if self.http_only and feedback is not None:
+            if feedback.is_dir():
+                raise ValueError(f"feedback_file: {feedback} is a directory, not a file")
+            if not feedback.parent.is_dir():
+                raise ValueError(
+                    f"feedback_file: {feedback}: its directory {feedback.parent} does not exist"
+                )
         return self
 
     @property

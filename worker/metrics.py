@@ -21,6 +21,7 @@ FLIP_DIRECTIONS = ("shadow_only", "primary_only")  # which model flags the label
 SHADOW_FAILURE_STAGES = ("infer", "publish")
 FRONT_DOORS = ("kafka", "http")  # the `front_door` label values of the language metrics
 LANGUAGE_MODES = tuple(mode.value for mode in UnsupportedLanguage)
+SUGGESTION_OUTCOMES = ("stored", "invalid", "unavailable", "unconfigured")  # suggestscore
 
 
 class Metrics:
@@ -119,6 +120,12 @@ class Metrics:
             "HTTP API connections refused (503, closed) at MODERATION_HTTP_API_MAX_CONNECTIONS.",
             registry=r,
         )  # fmt: skip
+        self.feedback_suggestions = Counter(
+            "moderation_feedback_suggestions",
+            "comments:suggestscore requests by outcome: stored (acknowledged or written), invalid"
+            " (400), unavailable (503: not stored), unconfigured (501: HTTP only, no file).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.startup = Gauge(
             "moderation_startup_seconds", "Seconds spent in each start-up phase, once ready.",
             ["phase"], registry=r,
@@ -191,6 +198,11 @@ class Metrics:
             self.http_requests.labels("analyze", code)
         self.http_latency.labels("analyze")
         self.http_disconnects.labels("analyze")
+        for code in ("200", "400", "503"):
+            self.http_requests.labels("suggestscore", code)
+        self.http_latency.labels("suggestscore")
+        for outcome in SUGGESTION_OUTCOMES:
+            self.feedback_suggestions.labels(outcome)
 
     def init_language_labels(self, served_languages: Iterable[str] = ()) -> None:
         """With language detection on: every language and mode series of both front doors at

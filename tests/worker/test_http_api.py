@@ -257,12 +257,6 @@ def test_bad_requests_get_googles_error_shape_and_never_reach_the_model(
     assert status == 200 and body["languages"] == ["EN-us"]
 
 
-def test_suggestscore_is_not_implemented_and_says_so(api: WorkerProcess) -> None:
-    result = http_post(f"{api.api_url}/v1alpha1/comments:suggestscore", b"{}")
-    assert result.status == 501
-    assert json.loads(result.body)["error"]["status"] == "UNIMPLEMENTED"
-
-
 # ------------------------------------------------------------------- discovery and clients
 
 

@@ -21,6 +21,11 @@ model's `LanguageDetector`; none when `MODERATION_LANGUAGE_DETECTION` is off); w
 the model does not serve gets is the tenant's mode (`communityId`) in the policy in force
 (`worker/http/perspective.py`, `judge_language`). Any path or method not served answers in
 Google's error shape (404 NOT_FOUND, 405 UNIMPLEMENTED), as every other error.
+
+`POST /v1alpha1/comments:suggestscore` takes a moderator's decision (`worker/http/suggest.py`)
+and answers only once its `Feedback` record is stored (`worker/http/feedback_sink.py`: the
+feedback topic with Kafka, `MODERATION_FEEDBACK_FILE` with HTTP only); not stored within
+`MODERATION_FEEDBACK_TIMEOUT_S`: 503. HTTP only without a file: 501, saying what to set.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from aiohttp import web
 from schemas import HTTP_DEFAULT_UNSUPPORTED_LANGUAGE
 from worker.backends.model import ServedModel
 from worker.config import Settings
+from worker.http.feedback_sink import FeedbackSink, FeedbackUnavailable
 from worker.http.perspective import (
     ANALYZE_PATH,
     API_VERSION,
@@ -54,6 +60,7 @@ from worker.http.perspective import (
     split_sentences,
 )
 from worker.http.server import HttpLimits, HttpServer
+from worker.http.suggest import Suggestion, parse_suggestion, suggest_response
 from worker.lifecycle import Feature
 from worker.metrics import Metrics
 from worker.pipeline.batching import BatchQueue, Tokenized
@@ -108,6 +115,17 @@ def not_found(path: str) -> ApiError:
     return ApiError(404, "NOT_FOUND", message)
 
 
+def suggestion_outcome(status: int) -> str:
+    """`moderation_feedback_suggestions_total`'s `outcome` of a suggestscore answer: `stored`
+    (200), `invalid` (4xx), `unconfigured` (501: HTTP only without a feedback file), or
+    `unavailable` (any other 5xx: not stored)."""
+    if status == 200:
+        return "stored"
+    if status == 501:
+        return "unconfigured"
+    return "invalid" if 400 <= status < 500 else "unavailable"
+
+
 class ClientGone(Exception):
     """The client hung up before its answer: nothing to answer, nothing went wrong here."""
 
@@ -126,8 +144,12 @@ class PerspectiveApi(Feature):
         metrics: Metrics,
         serving: Callable[[], bool],
         policies: PolicyHolder | None = None,
+        feedback: FeedbackSink | None = None,
     ) -> None:
         self._model = model
+        # where suggestscore stores decisions (None: HTTP only without MODERATION_FEEDBACK_FILE)
+        self._feedback = feedback
+        self._feedback_started = False
         # the policy in force (reloads included); without one, the model's: the HTTP default mode
         self._policies = policies or PolicyHolder(model.contract)
         self._queue = queue
@@ -150,7 +172,7 @@ class PerspectiveApi(Feature):
         app.router.add_post(ANALYZE_PATH, self._timed("analyze", self._analyze))
         app.router.add_post(
             f"/{API_VERSION}/comments:suggestscore",
-            self._timed("suggestscore", self._unimplemented),
+            self._timed("suggestscore", self._suggestscore),
         )
         app.router.add_get("/$discovery/rest", self._timed("discovery", self._discovery))
         limits = HttpLimits(
@@ -167,6 +189,14 @@ class PerspectiveApi(Feature):
 
     async def start(self) -> None:
         """Listen on the settings' host and port (`Settings.http_api_bind_host`)."""
+        if self._feedback is not None:
+            await self._feedback.start()  # a file that cannot be opened: the worker does not start
+            self._feedback_started = True
+            log.info("comments:suggestscore records decisions to %s", self._feedback.destination)
+        else:
+            log.warning(
+                "comments:suggestscore answers 501: HTTP only without MODERATION_FEEDBACK_FILE"
+            )
         self.port = await self._server.start(self._host, self._port)
         log.info("Perspective-compatible HTTP API on port %s", self.port)
         if self._key is None:
@@ -186,6 +216,8 @@ class PerspectiveApi(Feature):
         for reply in list(self._pending):
             reply.resolve(ApiError(503, "UNAVAILABLE", "The server is shutting down."))
         await self._server.stop()
+        if self._feedback is not None and self._feedback_started:
+            await self._feedback.stop()
 
     # --- handlers --------------------------------------------------------------------------
 
@@ -243,6 +275,12 @@ class PerspectiveApi(Feature):
 
     async def _analyze(self, request: web.Request) -> web.Response:
         self._check_key(request)
+        body = await self._json_body(request)
+        analysis = parse_request(body, self._model.contract, self._max_text_bytes)
+        return _json(await self._score(analysis))
+
+    async def _json_body(self, request: web.Request) -> Any:
+        """The decoded JSON body of a request to a method (503 while not serving)."""
         if not self._serving() or self._closing:
             raise ApiError(503, "UNAVAILABLE", "The service is not ready; retry later.")
         if request.content_type != JSON:
@@ -252,11 +290,9 @@ class PerspectiveApi(Feature):
             )
         raw = await self._read_body(request)
         try:
-            body = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise invalid("Invalid JSON payload received.") from None
-        analysis = parse_request(body, self._model.contract, self._max_text_bytes)
-        return _json(await self._score(analysis))
 
     async def _read_body(self, request: web.Request) -> bytes:
         """The whole body within the body timeout; a client that hangs up: `ClientGone`."""
@@ -376,9 +412,56 @@ class PerspectiveApi(Feature):
         if verdict.mode is not None:
             self._metrics.count_unsupported("http", verdict.mode.value)
 
-    async def _unimplemented(self, request: web.Request) -> web.Response:
+    async def _suggestscore(self, request: web.Request) -> web.Response:
+        """A moderator's decision: stored as a `Feedback` record, then answered (see the module
+        doc). Each request with a valid key is counted by outcome (`suggestion_outcome`), except
+        one whose client hung up before its body arrived."""
         self._check_key(request)
-        raise ApiError(501, "UNIMPLEMENTED", "comments:suggestscore is not served here.")
+        status = 500
+        try:
+            if self._feedback is None:
+                raise ApiError(
+                    501, "UNIMPLEMENTED",
+                    "comments:suggestscore needs somewhere to keep decisions: this worker serves"
+                    " HTTP without Kafka, so set MODERATION_FEEDBACK_FILE (a JSON-lines file).",
+                )  # fmt: skip
+            body = await self._json_body(request)
+            suggestion = parse_suggestion(body, self._model.contract, self._max_text_bytes)
+            detected = await self._detect(suggestion)
+            try:
+                await self._feedback.write(suggestion.feedback)
+            except FeedbackUnavailable as exc:
+                raise ApiError(503, "UNAVAILABLE", str(exc)) from None
+            status = 200
+            return _json(suggest_response(suggestion, detected))
+        except ApiError as error:
+            status = error.code
+            raise
+        except ClientGone:
+            status = 0
+            raise
+        finally:
+            if status:
+                self._metrics.feedback_suggestions.labels(suggestion_outcome(status)).inc()
+
+    async def _detect(self, suggestion: Suggestion) -> list[str]:
+        """`detectedLanguages` of a suggestion: the detection on the tokenizer thread (as for
+        analyze), or the model's main served language when detection is off."""
+        detector = self._model.language
+        if detector is None:
+            return [self._model.contract.served_languages[0]]
+        loop = asyncio.get_running_loop()
+        try:
+            detection = await loop.run_in_executor(
+                self._tokenize_executor, detector.detect, suggestion.text
+            )
+        except RuntimeError:  # the executor shut down: the worker is stopping
+            raise ApiError(503, "UNAVAILABLE", "The server is shutting down.") from None
+        except Exception as exc:
+            raise invalid(
+                f"The comment's language could not be identified ({type(exc).__name__})."
+            ) from None
+        return [detection.code]
 
     async def _discovery(self, request: web.Request) -> web.Response:
         self._check_key(request)

@@ -349,8 +349,9 @@ def _score(value: Any) -> dict[str, Any]:
 
 def discovery_document(root_url: str, attributes: list[str]) -> dict[str, Any]:
     """The REST discovery document of `commentanalyzer v1alpha1` as this server serves it
-    (`comments.analyze` only), with `rootUrl` pointing here: Google's client libraries build
-    their client from it (`googleapiclient.discovery.build(..., discoveryServiceUrl=...)`)."""
+    (`comments.analyze` and `comments.suggestscore`), with `rootUrl` pointing here: Google's
+    client libraries build their client from it
+    (`googleapiclient.discovery.build(..., discoveryServiceUrl=...)`)."""
 
     def string(description: str) -> dict[str, str]:
         return {"type": "string", "description": description}
@@ -370,7 +371,8 @@ def discovery_document(root_url: str, attributes: list[str]) -> dict[str, Any]:
         "name": "commentanalyzer",
         "version": API_VERSION,
         "title": "Perspective Comment Analyzer API (moderation-worker)",
-        "description": "Perspective-compatible comments:analyze served by moderation-worker; "
+        "description": "Perspective-compatible comments:analyze and comments:suggestscore "
+        "served by moderation-worker; "
         f"attributes: {', '.join(attributes)}.",
         "protocol": "rest",
         "rootUrl": root_url,
@@ -428,6 +430,39 @@ def discovery_document(root_url: str, attributes: list[str]) -> dict[str, Any]:
                         "description": "The tenant: its policy's mode for unsupported languages.",
                     },
                     "dropUnsupportedAttributes": {"type": "boolean"},
+                },
+            },
+            "SuggestCommentScoreRequest": {
+                "id": "SuggestCommentScoreRequest",
+                "type": "object",
+                "description": "A moderator's decision, recorded as a Feedback record: each "
+                "attribute's summaryScore.value >= 0.5 means its label applies.",
+                "properties": {
+                    "comment": {"$ref": "TextEntry"},
+                    "context": {"type": "object", "description": "Accepted, not kept."},
+                    "attributeScores": {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "AttributeScores"},
+                    },
+                    "languages": {"type": "array", "items": {"type": "string"}},
+                    "communityId": string("The tenant the decision is from."),
+                    "clientToken": string(
+                        "Echoed; also the id of the decision's record (else a hash of the text)."
+                    ),
+                    "sessionId": string("Accepted, not used."),
+                    "doNotStore": {
+                        "type": "boolean",
+                        "description": "Keep the comment's text out of the record.",
+                    },
+                },
+            },
+            "SuggestCommentScoreResponse": {
+                "id": "SuggestCommentScoreResponse",
+                "type": "object",
+                "properties": {
+                    "clientToken": {"type": "string"},
+                    "detectedLanguages": {"type": "array", "items": {"type": "string"}},
+                    "requestedLanguages": {"type": "array", "items": {"type": "string"}},
                 },
             },
             "Score": score,
@@ -488,7 +523,19 @@ def discovery_document(root_url: str, attributes: list[str]) -> dict[str, Any]:
                         "parameterOrder": [],
                         "request": {"$ref": "AnalyzeCommentRequest"},
                         "response": {"$ref": "AnalyzeCommentResponse"},
-                    }
+                    },
+                    "suggestscore": {
+                        "id": "commentanalyzer.comments.suggestscore",
+                        "path": f"{API_VERSION}/comments:suggestscore",
+                        "flatPath": f"{API_VERSION}/comments:suggestscore",
+                        "httpMethod": "POST",
+                        "description": "Suggest comment scores as training data: a moderator's "
+                        "decision, answered once it is stored.",
+                        "parameters": {},
+                        "parameterOrder": [],
+                        "request": {"$ref": "SuggestCommentScoreRequest"},
+                        "response": {"$ref": "SuggestCommentScoreResponse"},
+                    },
                 }
             }
         },
