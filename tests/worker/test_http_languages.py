@@ -236,6 +236,30 @@ def test_a_tenants_own_mode_and_declared_languages_over_the_detection(
     assert metric_sample(metrics, modes, front_door="kafka", mode="refuse") == 0
 
 
+def test_a_tenant_endpoint_gives_coral_its_tenants_mode(
+    score_api: WorkerProcess, scorer: ServedModel
+) -> None:
+    """Coral's analyze sends no communityId: its operator names the tenant in the endpoint
+    (`/tenants/NAME/v1alpha1`), and that tenant's mode applies; the path wins over the body."""
+    _, text = CORAL["es"]
+    status, body = coral_analyze(f"{score_api.api_url}/v1alpha1", KEY, text, "es")
+    assert status == 200, body  # the policy's default: score
+    assert body["unsupportedLanguage"]["mode"] == "score"
+    status, body = coral_analyze(f"{score_api.api_url}/tenants/strict/v1alpha1", KEY, text, "es")
+    assert status == 400, body
+    assert_refused(body, "es", "es")
+    status, body = coral_analyze(f"{score_api.api_url}/tenants/review/v1alpha1/", KEY, text, "es")
+    assert status == 200, body
+    assert_scored(body, scorer, text)
+    assert body["unsupportedLanguage"]["mode"] == "hold"
+    url = f"{score_api.api_url}/tenants/strict/v1alpha1/comments:analyze?key={KEY}"
+    with_body_tenant = {"comment": {"text": text}, "languages": ["es"], "communityId": "review"}
+    result = http_post(
+        url, orjson.dumps(with_body_tenant | {"requestedAttributes": {"TOXICITY": {}}})
+    )
+    assert result.status == 400, result.body  # the path's tenant (strict), not the body's
+
+
 def test_a_short_unsure_comment_is_scored_as_english(default_api: WorkerProcess) -> None:
     """An unreliable detection is not a refusal: the text is taken as the served language."""
     status, body = analyze(

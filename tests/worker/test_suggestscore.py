@@ -74,9 +74,11 @@ def coral_request(text: str, comment_id: str, status: str = "DELETED") -> dict[s
     }
 
 
-def suggest(worker: WorkerProcess, body: Any, query: str = "?key=K") -> tuple[int, dict[str, Any]]:
+def suggest(
+    worker: WorkerProcess, body: Any, query: str = "?key=K", endpoint: str = "/v1alpha1"
+) -> tuple[int, dict[str, Any]]:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    result = http_post(f"{worker.api_url}/v1alpha1/comments:suggestscore{query}", raw)
+    result = http_post(f"{worker.api_url}{endpoint}/comments:suggestscore{query}", raw)
     return result.status, json.loads(result.body)
 
 
@@ -193,6 +195,15 @@ def test_corals_exact_request_is_answered_once_its_record_is_on_the_feedback_top
         api.get("/metrics").body, "moderation_http_requests_total",
         method="suggestscore", code="200",
     ) >= 2  # fmt: skip
+
+
+def test_a_tenant_endpoint_names_the_records_tenant(
+    api: WorkerProcess, kafka_bootstrap: str, feedback_topic: str
+) -> None:
+    """Under `/tenants/NAME/v1alpha1` the record's tenant is NAME, whatever communityId says."""
+    body = coral_request(TEXT, "c-202")
+    assert suggest(api, body, endpoint="/tenants/site-es/v1alpha1")[0] == 200
+    assert the_record(kafka_bootstrap, feedback_topic, "comment:c-202").tenant == "site-es"
 
 
 def _two(bootstrap: str, topic: str, key: str) -> list[ConsumerRecord]:

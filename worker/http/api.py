@@ -31,6 +31,7 @@ feedback topic with Kafka, `MODERATION_FEEDBACK_FILE` with HTTP only); not store
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
@@ -48,6 +49,8 @@ from worker.http.feedback_sink import FeedbackSink, FeedbackUnavailable
 from worker.http.perspective import (
     ANALYZE_PATH,
     API_VERSION,
+    MAX_TENANT_CHARS,
+    TENANT_PREFIX,
     Analysis,
     ApiError,
     LanguageVerdict,
@@ -115,6 +118,17 @@ def not_found(path: str) -> ApiError:
     return ApiError(404, "NOT_FOUND", message)
 
 
+def path_tenant(request: web.Request) -> str | None:
+    """The tenant named by the endpoint's path (`/tenants/NAME/v1alpha1/...`), which wins over
+    the body's `communityId`; None on the plain `/v1alpha1` paths."""
+    tenant = request.match_info.get("tenant")
+    if tenant is not None and len(tenant) > MAX_TENANT_CHARS:
+        raise invalid(
+            f"The tenant in the path is too long (at most {MAX_TENANT_CHARS} characters)."
+        )
+    return tenant
+
+
 def suggestion_outcome(status: int) -> str:
     """`moderation_feedback_suggestions_total`'s `outcome` of a suggestscore answer: `stored`
     (200), `invalid` (4xx), `unconfigured` (501: HTTP only without a feedback file), or
@@ -169,11 +183,12 @@ class PerspectiveApi(Feature):
         app = web.Application(
             client_max_size=self._max_body, middlewares=[self._unrouted_in_googles_shape]
         )
-        app.router.add_post(ANALYZE_PATH, self._timed("analyze", self._analyze))
-        app.router.add_post(
-            f"/{API_VERSION}/comments:suggestscore",
-            self._timed("suggestscore", self._suggestscore),
-        )
+        for prefix in ("", TENANT_PREFIX):  # the tenant from the path, else `communityId`
+            app.router.add_post(prefix + ANALYZE_PATH, self._timed("analyze", self._analyze))
+            app.router.add_post(
+                f"{prefix}/{API_VERSION}/comments:suggestscore",
+                self._timed("suggestscore", self._suggestscore),
+            )
         app.router.add_get("/$discovery/rest", self._timed("discovery", self._discovery))
         limits = HttpLimits(
             keepalive_timeout_s=settings.http_api_keepalive_timeout_s,
@@ -277,6 +292,9 @@ class PerspectiveApi(Feature):
         self._check_key(request)
         body = await self._json_body(request)
         analysis = parse_request(body, self._model.contract, self._max_text_bytes)
+        tenant = path_tenant(request)
+        if tenant is not None:
+            analysis = dataclasses.replace(analysis, tenant=tenant)
         return _json(await self._score(analysis))
 
     async def _json_body(self, request: web.Request) -> Any:
@@ -427,6 +445,10 @@ class PerspectiveApi(Feature):
                 )  # fmt: skip
             body = await self._json_body(request)
             suggestion = parse_suggestion(body, self._model.contract, self._max_text_bytes)
+            tenant = path_tenant(request)
+            if tenant is not None:
+                feedback = suggestion.feedback.model_copy(update={"tenant": tenant})
+                suggestion = dataclasses.replace(suggestion, feedback=feedback)
             detected = await self._detect(suggestion)
             try:
                 await self._feedback.write(suggestion.feedback)

@@ -27,6 +27,10 @@ from worker.pipeline.language import Detection, is_served, served_language
 
 API_VERSION = "v1alpha1"
 ANALYZE_PATH = f"/{API_VERSION}/comments:analyze"
+# The same methods under a tenant's own endpoint, for clients that send no `communityId` (Coral's
+# analyze does not): its operator gives it `http://HOST:PORT/tenants/NAME/v1alpha1`.
+TENANT_PREFIX = "/tenants/{tenant}"
+MAX_TENANT_CHARS = 256
 PROBABILITY = "PROBABILITY"
 SERVED_LANGUAGE = "en"  # English (`is_english`); a model's languages: `served_languages`
 MAX_SPANS = 64  # more sentences than this: adjacent sentences share a span
