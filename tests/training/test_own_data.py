@@ -260,3 +260,22 @@ def test_readme_says_what_to_run_with_a_few_thousand_rows() -> None:
     for cmd in commands:
         parser.parse_args(cmd[1:])
     assert "steers" not in section and "collapsed" in section
+
+
+def test_fine_tuning_a_six_label_model_on_other_labels_trains_a_new_head(
+    work: Path, healthy_run: Path, own_rows: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`fit --base-model worker/default_model` with one's own label columns: the encoder is
+    kept, the head replaced (transformers alone stops at the size mismatch)."""
+    out = work / "two-labels"
+    argv = ["fit", "--base-model", str(healthy_run / "model"), "--train", str(own_rows)]
+    with caplog.at_level(logging.WARNING, logger="training.modeling"):
+        assert (
+            main([*argv, "--label-columns", "toxic,insult", "--output-dir", str(out), *HEALTHY])
+            == 0
+        )
+    assert any(
+        "training a new head for ['toxic', 'insult']" in r.getMessage() for r in caplog.records
+    )
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "toxic", "1": "insult"}
