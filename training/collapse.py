@@ -64,7 +64,7 @@ class CollapseCheck:
         parts = []
         if self.max_spread is not None:
             parts.append(
-                f"its scores vary by at most {self.max_spread:.4f} (std) across {self.rows} "
+                f"its scores vary by at most {self.max_spread:.2g} (std) across {self.rows} "
                 f"validation texts ({'below' if self.constant else 'above'} {MIN_SPREAD})"
             )
         if self.macro_roc_auc is not None:

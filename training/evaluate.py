@@ -312,9 +312,9 @@ def evaluate_model(
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if is_recorded_source(info.get("train_data"), data_path):
         metrics["warning"] = (
-            f"{data_path} is the file {model_dir} was trained on ({info['train_data']}; "
-            f"validation: {info.get('val_data', 'n/a')}): these rows include its training "
-            "rows, so the figures are optimistic; evaluate on rows it has not seen"
+            f"{data_path} is the file {model_dir} was trained on (train_data in its "
+            f"{INFO_FILE}: {info['train_data']}): these rows include its training rows, so "
+            "the figures are optimistic; evaluate on rows it has not seen"
         )
         log.warning("%s", metrics["warning"])
     history = json.loads(history_path.read_text()) if history_path else find_history(model_dir)

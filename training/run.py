@@ -185,6 +185,9 @@ def finish_run(
     metrics["skipped_rows"] = info.get("skipped_rows", 0)
     check = check_collapse(val.labels, probs, labels)
     metrics["collapse"] = check.as_dict()
+    if check.collapsed:  # the card says so too
+        warning = collapse_message(check, "This model", "its validation split")
+        info = {**info, "notes": [*(info.get("notes") or []), f"**Warning:** {warning}"]}
     save_artifact(
         model,
         tokenizer,

@@ -106,6 +106,9 @@ def test_a_collapsed_fit_and_distill_say_so_and_export_refuses_them_unless_force
     info = json.loads((collapsed / "model" / "training_info.json").read_text())
     record = info["metrics"]["collapse"]
     assert record["collapsed"] is True and max(record["spread"].values()) < MIN_SPREAD
+    assert (
+        "**Warning:** This model looks collapsed" in (collapsed / "model" / "README.md").read_text()
+    )
 
     student = work / "collapsed-student"
     distill = ["distill", "--teacher", str(healthy_run), "--student-config", str(tiny_model)]
