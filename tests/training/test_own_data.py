@@ -5,8 +5,10 @@ says what to run with a few thousand rows. Tiny random models, as in test_traini
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -16,12 +18,46 @@ import numpy as np
 import pytest
 from transformers import BertConfig
 
-from tests.training.test_training import COMMON, TOKENIZER_DIR, TOKENIZER_FILES, _rows, _write_csv
+from training import JIGSAW_LABELS
 from training.cli import build_parser, main
 from training.collapse import MIN_MACRO_ROC_AUC, MIN_SPREAD, check_collapse
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[2]
+TOKENIZER_DIR = REPO / "worker" / "default_model"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+TEXTS_TOXIC = ["you are a stupid idiot", "i will kill you", "shut up you fat moron", "go die loser"]
+TEXTS_CLEAN = ["thanks for the edit", "see the talk page", "i added a citation", "nice article"]
+COMMON = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--no-progress", "--seed", "3"]
 HEALTHY = [*COMMON, "--epochs", "4", "--lr", "5e-3", "--max-length", "32"]
+
+
+def _rows(n: int) -> list[dict[str, str]]:
+    """Half toxic rows (every label sometimes), half clean: test_training.py's tiny data."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        toxic = i % 2 == 0
+        pool = TEXTS_TOXIC if toxic else TEXTS_CLEAN
+        text = " ".join(pool[int(j)] for j in rng.integers(0, 4, size=2)) + f" {i}"
+        row = {"id": f"{i:016x}", "comment_text": text}
+        for j, label in enumerate(JIGSAW_LABELS):
+            row[label] = "1" if toxic and (j == 0 or i % (j + 3) == 0) else "0"
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "comment_text", *JIGSAW_LABELS])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 @pytest.fixture(scope="module")
