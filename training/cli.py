@@ -93,9 +93,12 @@ def parse_pos_weight(value: str) -> PosWeight:
 
 
 def parse_base_rates(value: str) -> dict[str, float] | str:
-    """`training`, or `label=rate,...` with each rate strictly between 0 and 1 (argparse type)."""
+    """`training`, `jigsaw` (the full Jigsaw set's rates), or `label=rate,...` with each rate
+    strictly between 0 and 1 (argparse type)."""
     if value.strip() == "training":
         return "training"
+    if value.strip() == "jigsaw":
+        return "jigsaw"
     rates: dict[str, float] = {}
     for item in (v.strip() for v in value.split(",")):
         label, sep, rate = item.partition("=")
@@ -105,7 +108,7 @@ def parse_base_rates(value: str) -> dict[str, float] | str:
             number = math.nan
         if not sep or not label.strip() or not 0.0 < number < 1.0:
             raise argparse.ArgumentTypeError(
-                f"expected 'training' or label=rate pairs with 0 < rate < 1, got {item!r}"
+                f"expected 'training', 'jigsaw' or label=rate pairs with 0 < rate < 1, got {item!r}"
             )
         rates[label.strip()] = number
     return rates
@@ -332,7 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="write into a non-empty directory that is not an earlier export of this model "
-        "(or into the source itself); the artifact files there are replaced",
+        "(or into the source itself), the artifact files there replaced; or export a model "
+        "that looks collapsed (near-constant scores or chance ranking on validation)",
+    )
+    p.add_argument(
+        "--text-column",
+        default="comment_text",
+        help="text column of --calibration-data and --onnx-check-data (default %(default)s)",
     )
     p.add_argument("--metrics", type=Path, default=None, help="metrics.json for the model card")
     p.add_argument("--model-name", default=None)
@@ -359,11 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-rates",
         type=parse_base_rates,
         default=None,
-        help="label=rate,... the label rates the calibrated probabilities assume (default: the "
-        "full Jigsaw train set's: toxic=0.096,severe_toxic=0.01,obscene=0.053,threat=0.003,"
-        "insult=0.049,identity_hate=0.009; other labels: their training rate); labels not "
-        "named keep that default, or a calibrated source's rate; 'training' for no prior "
-        "correction. Without --calibration-data: re-shift a calibrated source, no refit",
+        help="label=rate,... the label rates the calibrated probabilities assume (default: "
+        "the rates of --calibration-data's validation split, no prior correction); 'jigsaw' "
+        "for the full Jigsaw train set's (toxic=0.096,severe_toxic=0.01,obscene=0.053,"
+        "threat=0.003,insult=0.049,identity_hate=0.009; what traffic like Jigsaw's sample, "
+        "3x richer in toxic rows, needs); labels not named keep the calibration data's rate, "
+        "or a calibrated source's; 'training' = the calibration data's. Without "
+        "--calibration-data: re-shift a calibrated source, no refit. Export logs the rates "
+        "it assumed and where they came from",
     )
     p.add_argument(
         "--calibration-from",
@@ -500,6 +512,7 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             calibration_data=args.calibration_data,
             base_rates=args.base_rates,
             calibration_from=args.calibration_from,
+            text_column=args.text_column,
         )
     if args.command == "baseline":
         from training.baseline import run_baseline
@@ -546,5 +559,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(metrics, dict):
         keys = ("mean_roc_auc", "bce", "mean_f1", "skipped_rows")
         summary = {k: metrics.get(k) for k in keys if k in metrics}
+        collapse = metrics.get("collapse") or {}
+        if collapse:
+            summary["collapsed"] = bool(collapse.get("collapsed"))
         print(json.dumps(summary or metrics))
+        if collapse.get("collapsed"):  # the last line a user sees: the model is not usable
+            from training.collapse import CollapseCheck, collapse_message
+
+            check = CollapseCheck.from_dict(collapse)
+            model = f"{args.output_dir}/model"
+            print(
+                f"moderation-train: warning: {collapse_message(check, model, 'validation')} "
+                "(export refuses it without --force)",
+                file=sys.stderr,
+            )
     return 0

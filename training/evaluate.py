@@ -159,6 +159,7 @@ def write_report(
         f"- mean ROC-AUC: {format_metric(metrics['mean_roc_auc'])}",
         f"- mean PR-AUC: {format_metric(metrics['mean_pr_auc'])}",
         f"- mean F1 at thresholds: {format_metric(metrics['mean_f1'])}",
+        *([f"- **warning**: {metrics['warning']}"] if metrics.get("warning") else []),
         "",
         "| label | positives | ROC-AUC | PR-AUC | threshold | F1 | BCE | ECE |",
         "|---|---|---|---|---|---|---|---|",
@@ -254,7 +255,7 @@ def evaluate_model(
     cross-fitted (`training.calibration.calibration_table`); the artifact is not changed
     (`export --calibration-data` stores a calibration)."""
     from schemas.artifact import read_contract
-    from training.artifact_files import resolve_model_dir
+    from training.artifact_files import INFO_FILE, resolve_model_dir
     from training.calibration import (
         calibration_table,
         crossfitted_probabilities,
@@ -263,9 +264,10 @@ def evaluate_model(
         raw_logits,
         sigmoid,
     )
+    from training.collapse import CollapseCheck, check_collapse, collapse_message
     from training.data import load_dataset
     from training.modeling import load_classifier, load_tokenizer, predict
-    from training.provenance import portable_path
+    from training.provenance import is_recorded_source, portable_path
 
     model_dir = resolve_model_dir(model)
     contract = read_contract(model_dir)
@@ -305,6 +307,16 @@ def evaluate_model(
     metrics["model"] = portable_path(model_dir)
     metrics["data"] = portable_path(data_path)
     metrics["skipped_rows"] = dataset.skipped_rows
+    metrics["collapse"] = check_collapse(y, probs, labels).as_dict()
+    info_file = model_dir / INFO_FILE
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if is_recorded_source(info.get("train_data"), data_path):
+        metrics["warning"] = (
+            f"{data_path} is the file {model_dir} was trained on (train_data in its "
+            f"{INFO_FILE}: {info['train_data']}): these rows include its training rows, so "
+            "the figures are optimistic; evaluate on rows it has not seen"
+        )
+        log.warning("%s", metrics["warning"])
     history = json.loads(history_path.read_text()) if history_path else find_history(model_dir)
     write_report(
         metrics,
@@ -317,4 +329,7 @@ def evaluate_model(
         reliability=reliability,
     )
     log.info("mean ROC-AUC %s, BCE %.4f", format_metric(metrics["mean_roc_auc"]), metrics["bce"])
+    check = CollapseCheck.from_dict(metrics["collapse"])
+    if check.collapsed:
+        log.warning("%s", collapse_message(check, str(model_dir), str(data_path)))
     return metrics

@@ -7,6 +7,7 @@ steps in order, each in its own module: check the target (`training.export_targe
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from training.artifact_files import (
     resolve_model_dir,
 )
 from training.artifact_writer import save_artifact
-from training.calibration import BaseRates
-from training.export_calibration import calibrate, match_reference
+from training.collapse import CollapseCheck, collapse_message
+from training.export_calibration import RequestedRates, calibrate, match_reference
 from training.export_target import check_export_target, exported_from
 from training.sources import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def export_model(
@@ -37,8 +40,9 @@ def export_model(
     onnx_check: Path | None = None,
     force: bool = False,
     calibration_data: Path | None = None,
-    base_rates: BaseRates = None,
+    base_rates: RequestedRates = None,
     calibration_from: Path | None = None,
+    text_column: str = "comment_text",
 ) -> ArtifactContract:
     """Re-export a trained model (from a run or artifact directory) as a served artifact.
 
@@ -59,6 +63,11 @@ def export_model(
     `out_dir` must be missing, empty or an earlier export of the same model; `force` allows
     any directory, the source included (`check_export_target`). The artifact files of an
     earlier model there are removed first, so that none is left beside the new ones.
+
+    A model that looks collapsed (`training.collapse`), by the validation figures its training
+    recorded or on `calibration_data`'s validation split, is refused (`UsageError`) unless
+    `force`. `text_column` names the text column of `calibration_data` and `onnx_check`.
+    The base rates the probabilities assume, and where they came from, are logged.
     """
     from training.modeling import load_classifier, load_tokenizer
 
@@ -71,6 +80,8 @@ def export_model(
     info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if metrics_path is not None:
         info["metrics"] = json.loads(metrics_path.read_text())
+    if not force:
+        refuse_collapsed(recorded_check(info), model_dir, "its recorded validation metrics")
     info["exported_from"] = exported_from(model_dir)
     thresholds = dict(source_contract.label_thresholds)
     calibration = source_contract.calibration
@@ -83,13 +94,34 @@ def export_model(
                 "--calibration-from takes the reference's base rates: drop --base-rates"
             )
         fit, thresholds = match_reference(
-            model, tokenizer, source_contract, calibration_data, calibration_from, info
+            model,
+            tokenizer,
+            source_contract,
+            calibration_data,
+            calibration_from,
+            info,
+            text_column=text_column,
         )
         calibration, rates = fit.calibration, (fit.base_rates, fit.training_rates)
     elif calibration_data is not None or base_rates is not None:
-        fit = calibrate(model, tokenizer, source_contract, calibration_data, base_rates, info)
+        fit = calibrate(
+            model,
+            tokenizer,
+            source_contract,
+            calibration_data,
+            base_rates,
+            info,
+            text_column=text_column,
+        )
+        if not force and "collapse" in info["calibration"]:
+            where = f"the validation split of {calibration_data}"
+            refuse_collapsed(
+                CollapseCheck.from_dict(info["calibration"]["collapse"]), model_dir, where
+            )
         thresholds = fit.map_thresholds(thresholds)
         calibration, rates = fit.calibration, (fit.base_rates, fit.training_rates)
+    elif rates[0] is not None:
+        log.info("base rates carried over from the calibrated source: %s", rates[0])
     if calibration is not source_contract.calibration:
         for label, entry in (info.get("metrics") or {}).get("labels", {}).items():
             entry["threshold"] = thresholds.get(label, entry.get("threshold"))
@@ -115,7 +147,31 @@ def export_model(
         from training.data import DataOptions, load_split
         from training.onnx_export import export_onnx_graphs
 
-        check = load_split(DataOptions(train=onnx_check))[1] if onnx_check else None
+        check = None
+        if onnx_check is not None:
+            options = DataOptions(
+                train=onnx_check, text_column=text_column, label_columns=list(contract.labels)
+            )
+            check = load_split(options)[1]
         info["onnx"] = export_onnx_graphs(out_dir, check)
         (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
     return contract
+
+
+def recorded_check(info: dict[str, Any]) -> CollapseCheck | None:
+    """The collapse figures a training run recorded in its metrics (`training.run`), or for a
+    run that predates them, its macro ROC-AUC alone; None where there are none."""
+    metrics = info.get("metrics") or {}
+    if metrics.get("collapse"):
+        return CollapseCheck.from_dict(metrics["collapse"])
+    if isinstance(metrics.get("mean_roc_auc"), int | float):
+        return CollapseCheck(int(metrics.get("n") or 0), {}, float(metrics["mean_roc_auc"]))
+    return None
+
+
+def refuse_collapsed(check: CollapseCheck | None, model_dir: Path, where: str) -> None:
+    """`UsageError` (one line, exit 2) for a collapsed model."""
+    if check is not None and check.collapsed:
+        raise UsageError(
+            collapse_message(check, str(model_dir), where) + "; or pass --force to export it"
+        )

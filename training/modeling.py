@@ -140,7 +140,29 @@ def build_classifier(
     if from_config:
         config = AutoConfig.from_pretrained(str(base), **kwargs)
         return AutoModelForSequenceClassification.from_config(config)
-    return AutoModelForSequenceClassification.from_pretrained(str(base), **kwargs)
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(base), ignore_mismatched_sizes=_new_head(base, labels), **kwargs
+    )
+
+
+def _new_head(base: str | Path, labels: Sequence[str]) -> bool:
+    """Whether `base` is a classifier whose head has another number of outputs than `labels`
+    (e.g. `worker/default_model`'s six, fine-tuned on other labels): its head is then replaced
+    by a new one, said in a warning, where transformers would stop with a size mismatch."""
+    config = AutoConfig.from_pretrained(str(base))
+    known = getattr(config, "id2label", None) or {}
+    trained = config.architectures and any(
+        name.endswith("ForSequenceClassification") for name in config.architectures
+    )
+    if not trained or len(known) == len(labels):
+        return False
+    log.warning(
+        "%s is a classifier for %s; training a new head for %s (the encoder is kept)",
+        base,
+        list(known.values()),
+        list(labels),
+    )
+    return True
 
 
 def load_classifier(model_dir: str | Path) -> PreTrainedModel:

@@ -93,3 +93,31 @@ def portable_argument(argument: str) -> str:
 def portable_command(argv: Sequence[str]) -> str:
     """A shell command line for the model card, its paths made portable."""
     return shlex.join(portable_argument(arg) for arg in argv)
+
+
+def _named_digest(recorded: str) -> str | None:
+    """The digest in a name written as `name (sha256 HEX)`, else None."""
+    name, sep, rest = recorded.rpartition(" (sha256 ")
+    return rest.rstrip(")") if sep and name and rest.endswith(")") else None
+
+
+def is_recorded_source(recorded: str | None, path: Path) -> bool:
+    """Whether the file `path` is the source a card or training info names as `recorded`
+    (`portable_path`'s forms): the same name as a user would type it, the same file where that
+    name resolves here (from the current directory or the checkout), or the same bytes as a
+    name recorded with its digest."""
+    if not recorded or not path.is_file():
+        return False
+    if recorded == portable_path(path.resolve()):
+        return True
+    digest = _named_digest(recorded)
+    if digest is not None:
+        return file_digest(path) == digest
+    bases = [Path.cwd(), *([CHECKOUT] if CHECKOUT is not None else [])]
+    for base in bases:
+        candidate = base / recorded
+        if candidate.is_file() and (
+            candidate.resolve() == path.resolve() or file_digest(candidate) == file_digest(path)
+        ):
+            return True
+    return False

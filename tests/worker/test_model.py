@@ -192,3 +192,54 @@ def test_bad_arguments_get_one_line_and_nonzero_exit(args: list[str], message: s
     assert result.returncode != 0
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_training_run_directory_serves_its_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`--model RUN_DIR` (what `moderation-train fit/distill --output-dir` wrote) serves
+    RUN_DIR/model, as `moderation-train evaluate` and `export` accept it."""
+    run = tmp_path / "run"
+    copy_artifact(tiny_model_dir, run / "model")
+    (run / "checkpoint").mkdir()
+    served = load_served_model(run, device="cpu", precision="fp32")
+    direct = load_served_model(run / "model", device="cpu", precision="fp32")
+    assert served.contract == direct.contract
+    np.testing.assert_array_equal(served.score(TEXTS), direct.score(TEXTS))
+
+
+def teacher_checkpoint(tiny_model_dir: Path, target: Path) -> Path:
+    """What `moderation-train fit --pooling mean` writes: the encoder's directory with
+    `"pooling": "mean"` in its config, plus the head in `head.safetensors`."""
+    from safetensors.torch import save_file
+
+    copy_artifact(tiny_model_dir, target)
+    model = AutoModelForSequenceClassification.from_pretrained(target)
+    model.bert.save_pretrained(target)  # the encoder only
+    config = orjson.loads((target / "config.json").read_bytes())
+    config |= {
+        "pooling": "mean",
+        "problem_type": "multi_label_classification",
+        "id2label": {str(k): v for k, v in model.config.id2label.items()},
+    }
+    (target / "config.json").write_bytes(orjson.dumps(config))
+    head = {"weight": model.classifier.weight.detach(), "bias": model.classifier.bias.detach()}
+    save_file({k: v.contiguous() for k, v in head.items()}, str(target / "head.safetensors"))
+    return target
+
+
+def test_a_teacher_checkpoint_is_refused_first_with_what_to_do(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """One line, exit 2, before transformers loads it (no "newly initialized" lines), from its
+    artifact directory or its run directory."""
+    run = tmp_path / "teacher-run"
+    teacher = teacher_checkpoint(tiny_model_dir, run / "model")
+    for source in (teacher, run):
+        with pytest.raises(ModelLoadError, match="this is a teacher checkpoint, distill or"):
+            load_served_model(source, device="cpu", precision="fp32")
+    result = run_cli(
+        "run", "--model", str(run), "--bootstrap-servers", "127.0.0.1:1",
+        env={"MODERATION_METRICS_PORT": "0"},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "this is a teacher checkpoint, distill or fine-tune it first" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

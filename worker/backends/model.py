@@ -1,11 +1,14 @@
 """The served model: artifact contract + tokenizer + backend, loaded and checked at start.
+`--model` takes an artifact directory, or a training run directory (its `model/` is served).
 
 A model that cannot be served (missing directory, no safetensors weights, corrupt weights, not
-multi-label, incomplete classifier) raises `ModelLoadError`: the worker refuses to start.
+multi-label, incomplete classifier, a teacher checkpoint) raises `ModelLoadError`: the worker
+refuses to start.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.artifact import ArtifactContract, ArtifactError, read_contract
+from schemas.artifact import CONFIG_FILE, ArtifactContract, ArtifactError, read_contract
 from worker.backends.backend import Backend, ModelLoadError
 from worker.backends.runtime import Runtime, choose_runtime
 from worker.config import Settings
@@ -27,6 +30,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"  # 
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
 # A tokenizer: the fast one's file, or a slow one's vocabulary (converted at load)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model")
+RUN_MODEL_DIR = "model"  # a training run directory's artifact (`moderation-train fit/distill`)
+TEACHER_HEAD_FILE = "head.safetensors"  # the separate head of a mean-pooled teacher
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ def resolve_source(source: str | Path | None) -> Path:
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"model {str(source)!r} is a file; give an artifact directory")
+        if not (path / CONFIG_FILE).is_file() and (path / RUN_MODEL_DIR / CONFIG_FILE).is_file():
+            log.info("%s is a training run directory: serving its artifact %s", path, RUN_MODEL_DIR)
+            return path / RUN_MODEL_DIR
         return path
     if path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") > 1:
         raise ModelLoadError(f"model directory {str(source)!r} does not exist")
@@ -88,6 +96,23 @@ def resolve_source(source: str | Path | None) -> Path:
             f"model {str(source)!r} is not a local directory, and as a Hugging Face hub id it "
             f"cannot be fetched: {reason}"
         ) from None
+
+
+def check_not_teacher(model_dir: Path) -> None:
+    """A teacher checkpoint (`moderation-train fit --pooling mean`: a bare encoder whose
+    `config.json` says `"pooling": "mean"`, its head in `head.safetensors`) is refused before
+    any library loads it (transformers would first log the classifier it initializes at
+    random)."""
+    try:
+        pooling = json.loads((model_dir / CONFIG_FILE).read_text()).get("pooling")
+    except (OSError, ValueError, AttributeError):
+        pooling = None  # read_contract says what is wrong with the config
+    if pooling == "mean" or (model_dir / TEACHER_HEAD_FILE).is_file():
+        raise ModelLoadError(
+            f"{model_dir}: this is a teacher checkpoint, distill or fine-tune it first "
+            f"(moderation-train distill --teacher {model_dir} ..., see training/README.md); "
+            "the worker serves stock sequence classifiers only"
+        )
 
 
 def check_tokenizer_files(model_dir: Path) -> None:
@@ -118,6 +143,7 @@ def plan_served_model(
     machine without a GPU driver."""
     model_dir = resolve_source(source)
     name = model_dir.name if source is None or Path(source).exists() else str(source)
+    check_not_teacher(model_dir)
     contract = read_served_contract(model_dir, name)
     check_tokenizer_files(model_dir)
     runtime = choose_runtime(
