@@ -130,6 +130,25 @@ def choose_backend(requested: str, device: str) -> Choice[str]:
     raise ValueError("backend auto on a CPU is chosen by measurement, not by choose_backend")
 
 
+OPENVINO_PRECISIONS = ("fp32", "bf16")
+
+
+def check_openvino(model_dir: Path, device: str) -> None:
+    """An explicit `openvino` that cannot serve here: refused at once, before anything loads."""
+    if not device.startswith("cpu"):
+        raise ValueError(f"the openvino backend runs on cpu, not {device!r}")
+    graph = model_dir / ONNX_FILES["fp32"]
+    if not graph.is_file():
+        raise ValueError(
+            f"backend openvino reads {graph}, which is missing: export the artifact with "
+            "`moderation-train export --onnx`"
+        )
+    if not openvino_installed():
+        raise ValueError(
+            "backend openvino: openvino is not installed: pip install 'moderation-worker[openvino]'"
+        )
+
+
 def choose_openvino_precision(requested: str, cpu: CpuInfo) -> Choice[str]:
     """bf16 inference precision with native bf16 (measured 1.4x torch bf16 here, max |diff|
     0.002 from fp32), else fp32; int8 and fp16 are not served by this backend."""
@@ -270,7 +289,13 @@ def _choose_runtime(
             precision, (model_dir / ONNX_FILES["int8"]).is_file()
         )
     elif chosen_backend.value == "openvino":
+        check_openvino(model_dir, chosen_device.value)
         chosen_precision = choose_openvino_precision(precision, cpu)
+        if chosen_precision.value not in OPENVINO_PRECISIONS:
+            raise ValueError(
+                f"the openvino backend serves precision {' or '.join(OPENVINO_PRECISIONS)}, "
+                f"not {chosen_precision.value!r}"
+            )
     else:
         cuda_bf16 = False
         if chosen_device.value.startswith("cuda"):
