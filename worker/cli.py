@@ -188,6 +188,7 @@ def measurement(runtime: Runtime) -> dict[str, Any] | str | None:
             "backend": runtime.measured.backend,
             "precision": runtime.measured.precision,
             "padded_tokens_per_s": runtime.measured.tokens_per_s,
+            "per": "CPU-second" if runtime.measured.basis == "cpu" else "second",
             "measured_at": runtime.measured.measured_at,
         }
     if runtime.pending:

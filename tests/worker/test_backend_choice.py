@@ -67,6 +67,24 @@ def test_timing_picks_the_fastest_and_stays_within_the_budget() -> None:
     assert slow.calls == fast.calls > 2 * len(SHAPES)  # the untimed first use, then rounds
 
 
+def test_rates_follow_the_work_clock_and_the_budget_the_wall_clock() -> None:
+    """On a shared machine the wall clock runs on while the backend waits for a CPU: the rate
+    is per unit of `work_clock`, the budget is wall time."""
+    wall, work = FakeClock(), FakeClock()
+
+    class Contended(TimedBackend):
+        def infer(self, batch: TokenBatch) -> np.ndarray:
+            work.now += self.cost * batch.input_ids.size
+            wall.now += 3 * self.cost * batch.input_ids.size  # two thirds waiting for a CPU
+            return np.zeros((len(batch), 1), dtype=np.float32)
+
+    figures = time_backends(
+        {"b": Contended(wall, 1e-6)}, SHAPES, budget_s=1.0, clock=wall, work_clock=work
+    )
+    assert figures["b"] == pytest.approx(1e6)
+    assert wall.now <= 1.0
+
+
 def test_timing_runs_one_round_even_when_one_round_overruns_the_budget() -> None:
     clock = FakeClock()
     figures = time_backends({"only": TimedBackend(clock, 1.0)}, SHAPES, budget_s=0.1, clock=clock)
@@ -150,12 +168,14 @@ def test_first_start_measures_and_remembers_then_the_next_uses_the_choice(
         first = load(artifact, cache)
     chosen = first.runtime.backend.value
     assert chosen in ("torch", "onnx", "openvino") and first.backend.kind == chosen
-    assert "backend auto: " in caplog.text and "padded tokens/s" in caplog.text
+    # one thread: rates per CPU-second, not skewed by other processes on a shared machine
+    assert "backend auto: " in caplog.text and "padded tokens per CPU-second" in caplog.text
     (written,) = cache.glob("backend-choice-*.json")
     record = json.loads(written.read_text())
     assert record["backend"] == chosen
     assert set(record["tokens_per_s"]) == {"torch fp32", "onnx fp32", "openvino fp32"}
     assert record["key"]["threads"] == 1 and record["key"]["artifact_version"] == "seed-0"
+    assert record["basis"] == "cpu"
 
     after = plan(artifact, cache)
     assert not after.pending and after.backend.value == chosen

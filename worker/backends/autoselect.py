@@ -5,9 +5,14 @@ candidate of `worker.backends.runtime.auto_candidates` is loaded; a candidate th
 is dropped with a warning (the others still compete). Each runs the timed shapes once untimed
 (first-use costs), then rounds of all shapes, the candidates interleaved within each round so
 that a burst of load on a shared machine does not favour one of them; each candidate's best
-round counts. Rounds stop when the next one would pass the budget (2 s in all, first uses
-included). The fastest is served, the choice written to the cache with its figures, and the
-others are dropped.
+round counts. Rounds stop when the next one would pass the budget (2 s of wall time in all,
+first uses included). The fastest is served, the choice written to the cache with its figures,
+and the others are dropped.
+
+With one inference thread the rates are per CPU-second of the process (`time.process_time`):
+on an idle machine that equals the wall-clock rate, and on a shared one it is not skewed by
+whatever else runs (on 2 busy cores, wall-clock rounds of the same backend varied 2x, CPU-time
+rounds 5 %). With several threads the parallel speed-up is part of what is compared: wall time.
 
 The timed shapes are the fullest pass of each padded length (`measure_shapes`): what the
 batcher forms under load, where the speed of the backend matters.
@@ -54,8 +59,11 @@ def time_backends(
     shapes: list[tuple[int, int]],
     budget_s: float = BUDGET_S,
     clock: Callable[[], float] = time.perf_counter,
+    work_clock: Callable[[], float] | None = None,
 ) -> dict[str, float]:
-    """Padded tokens per second of each backend on `shapes` (best interleaved round)."""
+    """Padded tokens per second of `work_clock` (default: `clock`) of each backend on `shapes`
+    (best interleaved round); `clock` bounds the whole to `budget_s`."""
+    work_clock = work_clock or clock
     started = clock()
     batches = [_batch(shape) for shape in shapes]
     tokens = sum(batch * length for batch, length in shapes)
@@ -66,9 +74,9 @@ def time_backends(
     while not best or clock() + last_round <= started + budget_s:
         round_started = clock()
         for name, backend in backends.items():
-            began = clock()
+            began = work_clock()
             backend.infer_passes(batches)
-            best[name] = max(best.get(name, 0.0), tokens / max(clock() - began, 1e-9))
+            best[name] = max(best.get(name, 0.0), tokens / max(work_clock() - began, 1e-9))
         last_round = clock() - round_started
     return best
 
@@ -104,7 +112,10 @@ def select_backend(
             errors.append(str(exc))
     if not loaded:
         raise ModelLoadError(errors[0])
-    figures = time_backends(loaded, shapes, budget_s)
+    per_cpu_second = runtime.threads.value == 1
+    figures = time_backends(
+        loaded, shapes, budget_s, work_clock=time.process_time if per_cpu_second else None
+    )
     fastest = max(figures, key=lambda name: figures[name])
     candidate = chosen_by_name[fastest]
     measured = Measured(
@@ -112,6 +123,7 @@ def select_backend(
         precision=candidate.precision.value,
         tokens_per_s={name: round(speed, 1) for name, speed in figures.items()},
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        basis="cpu" if per_cpu_second else "wall",
     )
     path = None
     if runtime.cache_key is not None:

@@ -42,13 +42,15 @@ class Measured:
     precision: str
     tokens_per_s: dict[str, float]  # "openvino bf16" -> padded tokens per second
     measured_at: str  # ISO 8601, UTC
+    basis: str = "wall"  # "cpu": per CPU-second of the process (one thread), "wall": per second
 
     def summary(self) -> str:
         figures = ", ".join(
             f"{name} {speed:,.0f}"
             for name, speed in sorted(self.tokens_per_s.items(), key=lambda item: -item[1])
         )
-        return f"padded tokens/s {figures}; measured {self.measured_at}"
+        unit = "padded tokens per CPU-second" if self.basis == "cpu" else "padded tokens/s"
+        return f"{unit}: {figures}; measured {self.measured_at}"
 
 
 def cache_key(
@@ -95,6 +97,7 @@ def read_choice(cache_dir: Path, key: dict[str, Any], allowed: Sequence[str]) ->
             precision=str(data["precision"]),
             tokens_per_s={str(k): float(v) for k, v in data["tokens_per_s"].items()},
             measured_at=str(data["measured_at"]),
+            basis=str(data.get("basis", "wall")),
         )
         if f"{measured.backend} {measured.precision}" not in allowed:
             raise ValueError(f"{measured.backend} {measured.precision} is not a candidate")
@@ -114,6 +117,7 @@ def write_choice(cache_dir: Path, key: dict[str, Any], measured: Measured) -> Pa
         "precision": measured.precision,
         "tokens_per_s": measured.tokens_per_s,
         "measured_at": measured.measured_at,
+        "basis": measured.basis,
     }
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
