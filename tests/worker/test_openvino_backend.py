@@ -218,6 +218,11 @@ def test_backend_openvino_is_refused_at_plan_without_graph_or_library(
         choose_runtime(
             tiny_model_dir, backend="openvino", device="cpu", precision="auto", threads=1
         )
+    monkeypatch.setattr(worker.backends.runtime, "gpu_may_be_present", lambda: True)
+    with pytest.raises(ModelLoadError, match="runs on cpu, not 'cuda'"):
+        choose_runtime(
+            tiny_model_dir, backend="openvino", device="cuda", precision="auto", threads=1
+        )
     monkeypatch.setattr(worker.backends.runtime, "openvino_installed", lambda: False)
     monkeypatch.setattr(worker.backends.runtime, "ONNX_FILES", {"fp32": "config.json"})
     with pytest.raises(ModelLoadError, match="openvino is not installed"):

@@ -1,8 +1,9 @@
 """OpenVINO backend: the artifact's exported fp32 ONNX graph compiled by OpenVINO's CPU plugin.
 
-The graph is `model.onnx` (written by `moderation-train export --onnx`), read as it is: compiling
-it at start took 0.26 s against 0.09 s for an IR written beforehand, too little to ship a second
-copy of the weights (docs in /work/notes/openvino.md). The shapes stay dynamic (batch and length);
+The graph is `model.onnx` (written by `moderation-train export --onnx`), read as it is: reading and
+compiling it at start took 0.26 s against 0.09 s for an IR written beforehand (AMD EPYC), too
+little to ship a second copy of the weights. The int8 graph is not read: OpenVINO ran it at 0.38x
+ONNX Runtime's speed on it. The shapes stay dynamic (batch and length);
 `warm_up` runs each bucket shape once so that the plugin has its kernels for it before the first
 request. Precision is OpenVINO's inference precision: `bf16` computes in bf16 on a CPU with
 AMX-BF16 or AVX512-BF16 (fp32 weights, bf16 arithmetic), `fp32` forces fp32 (OpenVINO would
