@@ -154,6 +154,7 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
     loaded: dict[str, Any] = {}
     if load:
         served = load_from_settings(settings)
+        runtime = served.runtime  # a pending backend `auto` was measured by the load
         scores = served.score(["a smoke test of the loaded model"])
         loaded = {"loaded": {"device": served.backend.device, "scores": scores[0].tolist()}}
     return {

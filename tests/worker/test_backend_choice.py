@@ -302,9 +302,13 @@ def test_info_prints_the_remembered_choice_or_not_measured_yet(
     assert info["backend"] == "auto"
     assert info["backend_measurement"] == ("not measured yet: torch fp32, onnx fp32, openvino fp32")
     assert not cache.exists()  # info without --load measures nothing
-    load(artifact, cache)
+    loaded = describe(settings, None, load=True)  # info --load: measured as at a start
+    assert loaded["backend"] == loaded["backend_measurement"]["backend"]
+    assert "measured at this start" in loaded["chosen"]["backend"]
     info = describe(settings, None)
-    assert info["backend"] in ("torch", "onnx", "openvino")
+    assert info["backend"] == loaded["backend"]
+    assert "remembered for this machine" in info["chosen"]["backend"]
+    assert info["backend_measurement"]["per"] == "CPU-second"
     assert set(info["backend_measurement"]["padded_tokens_per_s"]) == {
         "torch fp32", "onnx fp32", "openvino fp32"
     }  # fmt: skip
