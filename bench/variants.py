@@ -21,7 +21,7 @@ from schemas.artifact import ONNX_FILES
 from training.data import TextDataset
 from training.precision_rule import check_precision
 from worker.backends.model import ServedModel, load_from_settings, resolve_source
-from worker.backends.runtime import Runtime, onnxruntime_installed
+from worker.backends.runtime import Runtime, onnxruntime_installed, openvino_installed
 from worker.config import Settings
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,23 @@ def plan_variants(
     planned.append(("torch", "int8"))
     if onnx_dir is None:
         skipped["onnx"] = "onnxruntime is not installed (extra `onnx`)"
+        skipped["openvino"] = "no fp32 ONNX graph to read (its export needs onnxruntime)"
         return planned, skipped
     for precision, name in ONNX_FILES.items():
         if (onnx_dir / name).is_file():
             planned.append(("onnx", precision))
         else:
             skipped[f"onnx {precision}"] = f"no {name} (int8 is kept only if it passes the rule)"
+    if not openvino_installed():
+        skipped["openvino"] = "openvino is not installed (extra `openvino`)"
+    elif not (onnx_dir / ONNX_FILES["fp32"]).is_file():
+        skipped["openvino"] = f"no {ONNX_FILES['fp32']} (openvino reads the fp32 graph)"
+    else:
+        planned.append(("openvino", "fp32"))
+        if runtime.cpu.native_bf16:
+            planned.append(("openvino", "bf16"))
+        else:
+            skipped["openvino bf16"] = "no native bf16 on this CPU (no amx_bf16 or avx512_bf16)"
     return planned, skipped
 
 
@@ -92,7 +103,7 @@ def compare_variants(
     threads = runtime.threads.value
     models: dict[str, ServedModel] = {}
     for backend, precision in planned:
-        source = str(onnx_dir if backend == "onnx" else artifact)
+        source = str(onnx_dir if backend in ("onnx", "openvino") else artifact)
         models[f"{backend} {precision}"] = load_from_settings(
             settings.model_copy(update={"model": source}),
             backend=backend,

@@ -9,7 +9,7 @@ import logging
 import platform
 import sys
 from importlib import metadata
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -23,6 +23,9 @@ from worker.config import (
     unknown_variables,
 )
 from worker.tracing import Tracing, TracingError
+
+if TYPE_CHECKING:
+    from worker.backends.runtime import Runtime
 
 log = logging.getLogger("worker")
 
@@ -160,6 +163,7 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
     loaded: dict[str, Any] = {}
     if load:
         served = load_from_settings(settings)
+        runtime = served.runtime  # a pending backend `auto` was measured by the load
         scores = served.score(["a smoke test of the loaded model"])
         loaded = {"loaded": {"device": served.backend.device, "scores": scores[0].tolist()}}
     return {
@@ -167,12 +171,15 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
         "torch": package_version("torch"),
         "transformers": package_version("transformers"),
         "onnxruntime": package_version("onnxruntime"),
+        "openvino": package_version("openvino"),
         "aiokafka": package_version("aiokafka"),
         "cuda_available": cuda_available(),
         "backend": runtime.backend.value,
         "device": runtime.device.value,
         "precision": runtime.precision.value,
         "chosen": runtime.describe(),
+        # backend auto on a CPU: the measurement remembered here, or not measured yet
+        "backend_measurement": measurement(runtime),
         "cpu_flags": sorted(runtime.cpu.flags & SPEED_FLAGS),
         "default_model_dir": str(DEFAULT_MODEL_DIR),
         "model": {"name": contract.model_name, "version": contract.model_version},
@@ -181,6 +188,22 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
         # the label rates the probabilities are calibrated for (None: uncalibrated)
         "label_base_rates": contract.label_base_rates,
     } | loaded
+
+
+def measurement(runtime: Runtime) -> dict[str, Any] | str | None:
+    """The figures behind a measured `auto` backend; "not measured yet" while it is pending;
+    None where nothing is measured (an explicit backend, a GPU, a single candidate)."""
+    if runtime.measured is not None:
+        return {
+            "backend": runtime.measured.backend,
+            "precision": runtime.measured.precision,
+            "padded_tokens_per_s": runtime.measured.tokens_per_s,
+            "per": "CPU-second" if runtime.measured.basis == "cpu" else "second",
+            "measured_at": runtime.measured.measured_at,
+        }
+    if runtime.pending:
+        return "not measured yet: " + ", ".join(c.name for c in runtime.candidates)
+    return None
 
 
 def tracing_from_settings(settings: Settings) -> Tracing | None:

@@ -151,10 +151,16 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     """auto: bf16 where the CPU computes it natively (or on a GPU), else fp32; ONNX: int8 where
     the artifact kept an int8 graph (it passed the accuracy rule at export). fp16: CUDA only;
-    int8 (torch): CPU only. Scores stay float32 sigmoids."""
-    backend: Literal["auto", "torch", "onnx"] = "auto"
-    """auto: torch on a GPU or a CPU with native bf16, else ONNX Runtime where the artifact has
-    a graph and onnxruntime is installed (worker/backends/runtime.py)."""
+    int8 (torch): CPU only; openvino: fp32 or bf16 (its inference precision). Scores stay
+    float32 sigmoids."""
+    backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    """auto: torch on a GPU; on a CPU the fastest of the installed backends the artifact allows
+    (torch; onnx with its ONNX graph; openvino with model.onnx), timed at the first start on a
+    machine (about 2 s) and remembered in MODERATION_CACHE_DIR (worker/backends/runtime.py)."""
+    cache_dir: Path | None = None
+    """Where the backend `auto` measured is remembered, per CPU, threads and artifact version;
+    unset: $TMPDIR/moderation-worker (/tmp/moderation-worker). Not writable: measured at every
+    start."""
     token_budget: Annotated[int, Field(ge=0)] = 2048
     """Padded tokens per forward pass: a batch is sorted by length and cut into passes of at
     most this many (0: off)."""

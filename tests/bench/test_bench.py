@@ -11,8 +11,10 @@ import orjson
 import pytest
 
 from bench.profile import categorize, summarize
+from bench.variants import plan_variants
 from testing.worker_process import REPO_ROOT as REPO
-from worker.backends.hardware import read_cpu
+from worker.backends.hardware import Choice, CpuInfo, read_cpu
+from worker.backends.runtime import Runtime, onnxruntime_installed, openvino_installed
 
 TEXTS = [
     "ok",
@@ -85,6 +87,9 @@ def test_bench_quick_writes_every_figure(
     native_bf16 = bool(read_cpu().native_bf16)
     assert ("torch bf16" in compared["variants"]) == native_bf16
     assert ("torch bf16" in compared["skipped"]) != native_bf16
+    if openvino_installed():  # it reads the fp32 graph the variants export
+        assert "openvino fp32" in compared["variants"]
+        assert ("openvino bf16" in compared["variants"]) == native_bf16
     shadow = report["shadow"]  # (b) again with a shadow (the same tiny model) attached
     assert (REPO / shadow["shadow_model"]).resolve() == tiny_model_dir.resolve()
     assert shadow["with_comments_per_s"] > 0 and len(shadow["runs"]) == 1
@@ -161,3 +166,21 @@ def test_bench_quick_writes_every_figure(
         "(d)",
     ):
         assert needle in markdown
+
+
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_bf16"}])
+def test_variants_plan_openvino_on_the_fp32_graph(tmp_path: Path, flags: set[str]) -> None:
+    if not (openvino_installed() and onnxruntime_installed()):
+        pytest.skip("needs the onnx and openvino extras")
+    cpu = CpuInfo("Test CPU", frozenset(flags))
+    runtime = Runtime(
+        Choice("torch", ""), Choice("cpu", ""), Choice("fp32", ""), Choice(1, ""), cpu
+    )
+    planned, skipped = plan_variants(runtime, tmp_path)
+    assert ("openvino", "fp32") not in planned
+    assert "model.onnx" in skipped["openvino"]
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    planned, skipped = plan_variants(runtime, tmp_path)
+    assert ("openvino", "fp32") in planned
+    assert (("openvino", "bf16") in planned) == ("avx512_bf16" in flags)
+    assert ("openvino bf16" in skipped) != ("avx512_bf16" in flags)

@@ -10,6 +10,7 @@ import pytest
 from worker.backends.backend import ModelLoadError
 from worker.backends.hardware import CpuInfo
 from worker.backends.runtime import (
+    auto_candidates,
     choose_backend,
     choose_device,
     choose_onnx_precision,
@@ -21,26 +22,57 @@ AVX2_EPYC = CpuInfo("AMD EPYC (Zen 3)", frozenset({"avx2", "fma"}))
 
 
 @pytest.mark.parametrize(
-    ("cpu", "device", "has_onnx", "installed", "expected", "why"),
+    ("cpu", "files", "onnx", "openvino", "expected"),
     [
-        (AVX2_EPYC, "cpu", True, True, "onnx", "no native bf16"),
-        (AMX_XEON, "cpu", True, True, "torch", "native bf16"),
-        (AVX2_EPYC, "cuda", True, True, "torch", "GPU"),
-        (AVX2_EPYC, "cpu", False, True, "torch", "no ONNX graph"),
-        (AVX2_EPYC, "cpu", True, False, "torch", "not installed"),
+        (AMX_XEON, ("model.onnx", "model.int8.onnx"), True, True,
+         ["torch bf16", "onnx int8", "openvino bf16"]),
+        (AVX2_EPYC, ("model.onnx", "model.int8.onnx"), True, True,
+         ["torch fp32", "onnx int8", "openvino fp32"]),
+        (AVX2_EPYC, ("model.onnx",), True, True, ["torch fp32", "onnx fp32", "openvino fp32"]),
+        # the default model ships only its int8 graph: openvino reads the fp32 one
+        (AMX_XEON, ("model.int8.onnx",), True, True, ["torch bf16", "onnx int8"]),
+        (AMX_XEON, ("model.onnx",), False, True, ["torch bf16", "openvino bf16"]),
+        (AMX_XEON, ("model.onnx",), True, False, ["torch bf16", "onnx fp32"]),
+        (AMX_XEON, (), True, True, ["torch bf16"]),
     ],
-)
-def test_auto_backend(
-    cpu: CpuInfo, device: str, has_onnx: bool, installed: bool, expected: str, why: str
+)  # fmt: skip
+def test_auto_candidates_follow_the_artifact_and_the_install(
+    tmp_path: Path,
+    cpu: CpuInfo,
+    files: tuple[str, ...],
+    onnx: bool,
+    openvino: bool,
+    expected: list[str],
 ) -> None:
-    choice = choose_backend("auto", device, cpu, has_onnx=has_onnx, onnx_installed=installed)
-    assert choice.value == expected
-    assert why in choice.reason
+    for name in files:
+        (tmp_path / name).write_bytes(b"graph")
+    found = auto_candidates(tmp_path, "auto", cpu, onnx_installed=onnx, openvino_installed=openvino)
+    assert [c.name for c in found] == expected
+
+
+def test_auto_candidates_keep_an_explicit_precision_where_a_backend_serves_it(
+    tmp_path: Path,
+) -> None:
+    for name in ("model.onnx", "model.int8.onnx"):
+        (tmp_path / name).write_bytes(b"graph")
+
+    def names(precision: str, cpu: CpuInfo = AMX_XEON) -> list[str]:
+        found = auto_candidates(
+            tmp_path, precision, cpu, onnx_installed=True, openvino_installed=True
+        )
+        return [c.name for c in found]
+
+    assert names("fp32") == ["torch fp32", "onnx fp32", "openvino fp32"]
+    assert names("int8") == ["torch int8", "onnx int8"]
+    assert names("bf16") == ["torch bf16", "openvino bf16"]
+    # emulated bf16 is several times slower: never an openvino candidate without native bf16
+    assert names("bf16", AVX2_EPYC) == ["torch bf16"]
 
 
 def test_explicit_backend_and_device_pass_through() -> None:
-    choice = choose_backend("onnx", "cpu", AMX_XEON, has_onnx=False, onnx_installed=False)
+    choice = choose_backend("onnx", "cpu")
     assert (choice.value, choice.reason) == ("onnx", "set explicitly")
+    assert choose_backend("auto", "cuda").value == "torch"
     assert choose_device("cpu", gpu_present=True).value == "cpu"
     assert choose_device("auto", gpu_present=True).value == "cuda"
     assert choose_device("auto", gpu_present=False).value == "cpu"
@@ -62,7 +94,7 @@ def test_runtime_for_an_artifact_without_onnx_is_torch(tiny_model_dir: Path) -> 
     assert set(runtime.describe()) == {"backend", "device", "precision", "threads", "cpu"}
 
 
-def test_runtime_picks_onnx_int8_on_a_cpu_without_bf16(
+def test_runtime_with_several_candidates_is_pending_until_measured(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import worker.backends.runtime
@@ -72,8 +104,14 @@ def test_runtime_picks_onnx_int8_on_a_cpu_without_bf16(
     (target / "model.int8.onnx").write_bytes(b"graph")
     monkeypatch.setattr(worker.backends.runtime, "read_cpu", lambda: AVX2_EPYC)
     monkeypatch.setattr(worker.backends.runtime, "onnxruntime_installed", lambda: True)
-    runtime = choose_runtime(target, backend="auto", device="cpu", precision="auto", threads=0)
-    assert (runtime.backend.value, runtime.precision.value) == ("onnx", "int8")
+    monkeypatch.setattr(worker.backends.runtime, "openvino_installed", lambda: True)
+    runtime = choose_runtime(
+        target, backend="auto", device="cpu", precision="auto", threads=0,
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    assert runtime.pending and runtime.backend.value == "auto"
+    assert "not measured yet" in runtime.backend.reason
+    assert [c.name for c in runtime.candidates] == ["torch fp32", "onnx int8", "openvino fp32"]
     assert runtime.threads.value >= 1
 
 

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from schemas.artifact import CONFIG_FILE, ArtifactContract, ArtifactError, read_contract
+from worker.backends.autoselect import BUDGET_S, measure_shapes, select_backend
 from worker.backends.backend import Backend, ModelLoadError
-from worker.backends.runtime import Runtime, choose_runtime
+from worker.backends.runtime import Candidate, Runtime, choose_runtime
 from worker.config import Settings
 from worker.pipeline.batching import forward_passes
 from worker.pipeline.language import LanguageDetector, LanguageModelError
@@ -137,19 +138,75 @@ def plan_served_model(
     device: str = "auto",
     precision: str = "auto",
     threads: int | str = "auto",
+    cache_dir: Path | None = None,
+    shapes: list[tuple[int, int]] | None = None,
 ) -> ModelPlan:
     """The artifact's directory and contract and the runtime choices, or `ModelLoadError`
     (one line): missing path, not an artifact, no weights or tokenizer, CUDA asked for on a
-    machine without a GPU driver."""
+    machine without a GPU driver. A CPU backend `auto` is looked up in the choice cache under
+    `cache_dir` for the timed `shapes` (None: those of the default settings)."""
     model_dir = resolve_source(source)
     name = model_dir.name if source is None or Path(source).exists() else str(source)
     check_not_teacher(model_dir)
     contract = read_served_contract(model_dir, name)
     check_tokenizer_files(model_dir)
     runtime = choose_runtime(
-        model_dir, backend=backend, device=device, precision=precision, threads=threads
+        model_dir,
+        backend=backend,
+        device=device,
+        precision=precision,
+        threads=threads,
+        artifact_version=contract.model_version,
+        cache_dir=cache_dir,
+        shapes=shapes if shapes is not None else default_measure_shapes(),
     )
     return ModelPlan(model_dir, contract, runtime)
+
+
+def default_measure_shapes() -> list[tuple[int, int]]:
+    defaults = Settings.model_fields
+    return measure_shapes(
+        defaults["max_batch_size"].default,
+        defaults["token_budget"].default,
+        defaults["max_length"].default,
+    )
+
+
+def load_backend(
+    model_dir: Path,
+    labels: tuple[str, ...],
+    runtime: Runtime,
+    candidate: Candidate,
+    *,
+    interop_threads: int = 0,
+) -> Backend:
+    """One backend of `runtime` (device, threads) in the candidate's precision."""
+    backend, precision = candidate.backend, candidate.precision.value
+    threads, device = runtime.threads.value, runtime.device.value
+    if backend == "onnx":
+        from worker.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend.load(
+            model_dir, labels, threads=threads, precision=precision, device=device
+        )
+    if backend == "openvino":
+        from worker.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend.load(
+            model_dir, labels, threads=threads, precision=precision, device=device
+        )
+    if backend == "torch":
+        from worker.backends.torch_backend import TorchBackend
+
+        return TorchBackend.load(
+            model_dir,
+            labels,
+            device=device,
+            precision=precision,
+            threads=threads,
+            interop_threads=interop_threads,
+        )
+    raise ModelLoadError(f"unknown backend {backend!r}: use auto, torch, onnx or openvino")
 
 
 def load_served_model(
@@ -162,47 +219,57 @@ def load_served_model(
     interop_threads: int = 0,
     max_length: int = 128,
     token_budget: int = 2048,
+    max_batch_size: int = 256,
+    cache_dir: Path | None = None,
+    measure_budget_s: float = BUDGET_S,
     language_detection: bool = False,
 ) -> ServedModel:
-    """Load (or refuse) the artifact; `auto` settings are resolved by `choose_runtime`.
+    """Load (or refuse) the artifact; `auto` settings are resolved by `choose_runtime`, and a
+    CPU backend `auto` not remembered for this machine by timing its candidates
+    (`worker.backends.autoselect`) on the shapes of these batching settings.
     `language_detection`: also load the language-identification model (the worker's setting
     `MODERATION_LANGUAGE_DETECTION`; off for tools that only score)."""
+    shapes = measure_shapes(max_batch_size, token_budget, max_length)
     plan = plan_served_model(
-        source, backend=backend, device=device, precision=precision, threads=threads
+        source,
+        backend=backend,
+        device=device,
+        precision=precision,
+        threads=threads,
+        cache_dir=cache_dir,
+        shapes=shapes,
     )
     model_dir, contract, runtime = plan.model_dir, plan.contract, plan.runtime
     tokenizer = TextTokenizer.load(model_dir, max_length)
-    served: Backend
-    if runtime.backend.value == "onnx":
-        from worker.backends.onnx_backend import OnnxBackend
 
-        served = OnnxBackend.load(
-            model_dir,
-            contract.labels,
-            threads=runtime.threads.value,
-            precision=runtime.precision.value,
-            device=runtime.device.value,
+    def load(candidate: Candidate) -> Backend:
+        return load_backend(
+            model_dir, contract.labels, runtime, candidate, interop_threads=interop_threads
         )
-    elif runtime.backend.value == "torch":
-        from worker.backends.torch_backend import TorchBackend
 
-        served = TorchBackend.load(
-            model_dir,
-            contract.labels,
-            device=runtime.device.value,
-            precision=runtime.precision.value,
-            threads=runtime.threads.value,
-            interop_threads=interop_threads,
+    if runtime.pending:
+        selection = select_backend(
+            runtime, load, shapes, cache_dir=cache_dir, budget_s=measure_budget_s
         )
-    else:
-        raise ModelLoadError(f"unknown backend {runtime.backend.value!r}: use auto, torch or onnx")
-    language = None
-    if language_detection:
-        try:
-            language = LanguageDetector()
-        except LanguageModelError as exc:
-            raise ModelLoadError(f"{exc} (or set MODERATION_LANGUAGE_DETECTION=0)") from None
-    return ServedModel(contract, tokenizer, served, token_budget, runtime, language)
+        return ServedModel(
+            contract, tokenizer, selection.backend, token_budget, selection.runtime,
+            load_language_detector(language_detection),
+        )  # fmt: skip
+    served = load(Candidate(runtime.backend.value, runtime.precision))
+    return ServedModel(
+        contract, tokenizer, served, token_budget, runtime,
+        load_language_detector(language_detection),
+    )  # fmt: skip
+
+
+def load_language_detector(enabled: bool) -> LanguageDetector | None:
+    """The language-identification model, if `enabled`; a missing one refuses the start."""
+    if not enabled:
+        return None
+    try:
+        return LanguageDetector()
+    except LanguageModelError as exc:
+        raise ModelLoadError(f"{exc} (or set MODERATION_LANGUAGE_DETECTION=0)") from None
 
 
 def plan_from_settings(settings: Settings) -> ModelPlan:
@@ -213,6 +280,8 @@ def plan_from_settings(settings: Settings) -> ModelPlan:
         device=settings.device,
         precision=settings.precision,
         threads=settings.inference_threads,
+        cache_dir=settings.cache_dir,
+        shapes=measure_shapes(settings.max_batch_size, settings.token_budget, settings.max_length),
     )
 
 
@@ -228,5 +297,7 @@ def load_from_settings(settings: Settings, **overrides: str | int) -> ServedMode
         "max_length": settings.max_length,
         "token_budget": settings.token_budget,
         "language_detection": settings.language_detection,
+        "max_batch_size": settings.max_batch_size,
+        "cache_dir": settings.cache_dir,
     }
     return load_served_model(settings.model, **(options | overrides))
