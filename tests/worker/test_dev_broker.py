@@ -60,7 +60,7 @@ def test_dev_broker_prints_its_address_serves_the_worker_topics_and_stops_on_sig
         line = first_line(proc)
         name, _, bootstrap = line.strip().partition("=")
         assert name == "KAFKA_BOOTSTRAP_SERVERS" and bootstrap.startswith("127.0.0.1:"), line
-        topics = ("comments", "comment-scores", "comments-dlq")
+        topics = ("comments", "comment-scores", "comments-dlq", "comment-feedback")
         assert asyncio.run(round_trip(bootstrap, topics)) == b'{"id": "1", "text": "hello"}'
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

