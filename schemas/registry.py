@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from schemas.comment import Comment
 from schemas.dead_letter import DeadLetterHeaders, RedriveHeaders
+from schemas.feedback import Feedback
 from schemas.policy import ThresholdPolicy
 from schemas.scores import ScoredComment
 
@@ -18,6 +19,7 @@ SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "dead-letter-headers.schema.json": DeadLetterHeaders,
     "threshold-policy.schema.json": ThresholdPolicy,
     "redrive-headers.schema.json": RedriveHeaders,
+    "feedback.schema.json": Feedback,
 }
 
 

@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     tenant_header: Annotated[str, Field(min_length=1)] | None = None
     """Kafka header that holds the tenant; where set and present it wins over the metadata."""
 
+    # Moderator feedback (schemas/feedback.py): decisions sent back, read by feedback-export
+    feedback_topic: Annotated[str, Field(min_length=1)] = "comment-feedback"
+    """Topic of moderator decisions (`Feedback` records, keyed by comment id)."""
+    feedback_file: Path | None = None
+    """Append-only JSON-lines file of moderator decisions, where HTTP is served without Kafka;
+    unset: none."""
+
     # Shadow scoring (worker/shadow.py): a second model on the same batches, off the primary path
     shadow_model: str | None = None
     """Hub id or directory of a shadow model scored on the same batches; unset: none."""
