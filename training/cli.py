@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # torch and transformers load only once a command runs
     from training.run import PosWeight, RunOptions
 
 T = TypeVar("T")
+FEEDBACK_COMMANDS = ("feedback-export", "calibrate", "thresholds")  # training.feedback_cli
 
 
 def _label_list(value: str) -> list[str]:
@@ -382,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p)
     p.add_argument("--output-dir", type=Path, required=True)
+
+    from training import feedback_cli
+
+    feedback_cli.add_parsers(sub)
     return parser
 
 
@@ -430,6 +435,10 @@ def check_sources(args: argparse.Namespace) -> None:
         check_directory(args.model, "--model")
         if args.history:
             check_file(args.history, "--history")
+    elif args.command in FEEDBACK_COMMANDS:
+        from training import feedback_cli
+
+        feedback_cli.check_sources(args)
     elif args.command == "export":
         check_directory(args.source, "source")
         for flag in ("metrics", "onnx_check_data"):
@@ -501,6 +510,10 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             base_rates=args.base_rates,
             calibration_from=args.calibration_from,
         )
+    if args.command in FEEDBACK_COMMANDS:
+        from training import feedback_cli
+
+        return feedback_cli.bind(args)
     if args.command == "baseline":
         from training.baseline import run_baseline
 
