@@ -122,7 +122,11 @@ def check_sources(args: argparse.Namespace) -> None:
 
 def bind(args: argparse.Namespace) -> Callable[[], Any]:
     """The call the parsed feedback command stands for; ValueError (one line) for values the
-    parser cannot check."""
+    parser cannot check. Transformers' progress bars are hidden: a refusal stays one line."""
+    if args.command != "feedback-export":
+        from training.cli import hide_progress_bars
+
+        hide_progress_bars()
     if args.command == "feedback-export":
         from training.feedback_export import export_feedback, parse_since
 

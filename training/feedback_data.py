@@ -114,11 +114,14 @@ def require_classes(
     for label in labels:
         c = counts.get(label)
         if c is None or c.judged == 0:
-            raise FeedbackError(f"label {label}: no judged rows in the feedback to {purpose}")
+            raise FeedbackError(
+                f"label {label}: no judged rows in the feedback; to {purpose} it needs at least "
+                f"{minimum} judged positives and {minimum} negatives"
+            )
         if c.positives < minimum or c.negatives < minimum:
             raise FeedbackError(
                 f"label {label}: {c.positives} judged positives and {c.negatives} negatives; "
-                f"{purpose} needs at least {minimum} of each"
+                f"to {purpose} it needs at least {minimum} of each"
             )
     return counts
 

@@ -21,6 +21,7 @@ import csv
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,20 +179,31 @@ async def topic_records(
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         ends = await consumer.end_offsets(assigned)
-        remaining = {tp for tp in assigned if ends[tp] > await consumer.position(tp)}
+        # some brokers (tansu) answer ListOffsets with the start of the last batch + 1: the end
+        # is the larger of that and the high watermark of the partition's first fetch
+        known: set[TopicPartition] = set()
+        remaining = set(assigned)
+        idle_since = time.monotonic()
         while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=int(timeout_s * 1000))
-            if not batch:
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp in remaining - known:
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    ends[tp] = max(ends[tp], highwater)
+                    known.add(tp)
+            for tp, messages in batch.items():
+                values.extend(
+                    m.value for m in messages if m.offset < ends[tp] and m.value is not None
+                )
+            done = {tp for tp in remaining & known if await consumer.position(tp) >= ends[tp]}
+            done |= {tp for tp in remaining if ends[tp] == 0}  # an empty partition
+            if batch or done:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > timeout_s:
                 raise FeedbackError(
                     f"--topic {topic}: no records for {timeout_s:.0f} s before the end offsets"
                 )
-            for tp, messages in batch.items():
-                for message in messages:
-                    if message.offset < ends[tp] and message.value is not None:
-                        values.append(message.value)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
+            remaining -= done
     except KafkaError as exc:
         raise FeedbackError(f"--topic {topic}: read failed ({exc})") from None
     finally:

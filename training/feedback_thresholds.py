@@ -2,7 +2,8 @@
 threshold policy file the worker hot-reloads.
 
 For a precision target P on a label, the threshold is the lowest (the most recall) at which the
-bootstrap lower bound of precision (over resamples of the judged rows) is at least P; for a
+lower bound of precision is at least P: the bootstrap's (over resamples of the judged rows), or
+the Wilson score bound where that is lower (a few top rows, all positive); for a
 recall target R, the highest (the most precision) at which the lower bound of recall is at
 least R. The scores are the served model's (`--model`: the artifact the worker serves with this
 policy). Expected precision and recall are reported with their bootstrap intervals. A target no
@@ -120,6 +121,19 @@ def prediction_range(point: float, interval: tuple[float, float]) -> tuple[float
     )
 
 
+def wilson_lower(rate: np.ndarray, trials: np.ndarray, confidence: float) -> np.ndarray:
+    """One-sided Wilson score lower bound of a proportion: where the bootstrap is blind (a
+    handful of rows, all positive, resample to a precision of 1 every time) it still is not."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(confidence)
+    n = np.maximum(np.asarray(trials, dtype=np.float64), 1e-12)
+    p = np.asarray(rate, dtype=np.float64)
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
 def choose_threshold(
     scores: np.ndarray,
     y: np.ndarray,
@@ -146,7 +160,11 @@ def choose_threshold(
     precision = np.where(flagged > 0, tp / np.maximum(flagged, 1e-12), 0.0)
     recall = np.where(positives > 0, tp / np.maximum(positives, 1e-12), 0.0)
     metric = precision if target.metric == "precision" else recall
-    lower = np.quantile(metric[1:], 1.0 - confidence, axis=0)
+    trials = flagged[0] if target.metric == "precision" else np.full(len(cuts), positives[0, 0])
+    lower = np.minimum(
+        np.quantile(metric[1:], 1.0 - confidence, axis=0),
+        wilson_lower(metric[0], trials, confidence),
+    )
     meets = np.flatnonzero(lower >= target.value)
     if not len(meets):
         best = int(np.argmax(lower))
@@ -177,23 +195,43 @@ def choose_threshold(
     )
 
 
+def _yaml_loader() -> type:
+    """Safe YAML without implicit timestamps, as the worker reads policies: `version:
+    2026-12-01` stays the string it reads as."""
+    import yaml
+
+    class TextLoader(yaml.SafeLoader):
+        pass
+
+    TextLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return TextLoader
+
+
 def read_policy(path: Path) -> ThresholdPolicy:
     """A policy file (JSON if *.json, else YAML) validated as `ThresholdPolicy`; `FeedbackError`
-    (one line: the file and the first problem, never its content) otherwise."""
+    (one line: the file and the first problem's position, never its content) otherwise."""
     import yaml
     from pydantic import ValidationError
 
     if not path.is_file():
         raise FeedbackError(f"--policy-in {path}: no such file")
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         raw = path.read_bytes()
-        data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        where = getattr(exc, "problem_mark", None) or ""
+        data = json.loads(raw) if kind == "JSON" else yaml.load(raw, Loader=_yaml_loader())
+    except json.JSONDecodeError as exc:
         raise FeedbackError(
-            f"--policy-in {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
-            + (f" ({str(where).strip()})" if where else "")
+            f"--policy-in {path}: not valid JSON (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise FeedbackError(f"--policy-in {path}: not valid YAML{where}") from None
+    except (OSError, ValueError) as exc:
+        raise FeedbackError(f"--policy-in {path}: unreadable ({type(exc).__name__})") from None
     try:
         return ThresholdPolicy.model_validate(data)
     except ValidationError as exc:
@@ -307,7 +345,7 @@ def thresholds_from_feedback(
     missing = [label for label in labels if label not in data.label_names]
     if missing:
         raise FeedbackError(f"{feedback}: no column for the target label(s) {', '.join(missing)}")
-    require_classes(data, labels, min_per_class, "a threshold")
+    require_classes(data, labels, min_per_class, "choose a threshold")
     probabilities, _ = predict(
         load_classifier(model_dir), load_tokenizer(model_dir), data.texts,
         max_length=max_length, batch_size=batch_size,
