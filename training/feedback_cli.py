@@ -124,9 +124,11 @@ def bind(args: argparse.Namespace) -> Callable[[], Any]:
     """The call the parsed feedback command stands for; ValueError (one line) for values the
     parser cannot check. Transformers' progress bars are hidden: a refusal stays one line."""
     if args.command != "feedback-export":
-        from training.cli import hide_progress_bars
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
 
-        hide_progress_bars()
+        disable_progress_bars()
+        hf_logging.disable_progress_bar()
     if args.command == "feedback-export":
         from training.feedback_export import export_feedback, parse_since
 
