@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,8 +96,11 @@ def calibrate_on_feedback(
     info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
     old_table = (info.get("calibration") or {}).get("table") or {}
     previous = info.get("label_positive_rates") or {}
-    fallback = {
-        label: float(previous.get(label, JIGSAW_BASE_RATES.get(label, 0.5))) for label in all_labels
+    fallback = {  # an uncalibrated source: rates only documented (no shift), kept inside (0, 1)
+        label: float(
+            np.clip(previous.get(label, JIGSAW_BASE_RATES.get(label, 0.5)), _EPS, 1 - _EPS)
+        )
+        for label in all_labels
     }
     training_rates = dict(contract.label_training_rates or fallback)
     base_rates = dict(contract.label_base_rates or training_rates)
@@ -206,10 +208,9 @@ def calibrate_on_feedback(
             label, row["judged"], row["rate"], row["ece_before"], row["ece_after"],
             row["ece_floor"], row["roc_auc"],
         )  # fmt: skip
-    worst = max(row["ece_after"] for row in report.values())
     return {
         "model_version": written.model_version,
         "source_version": contract.model_version,
-        "worst_ece_after": worst if not math.isnan(worst) else None,
+        "worst_ece_after": max(row["ece_after"] for row in report.values()),
         "labels": report,
     }
