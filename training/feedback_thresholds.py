@@ -42,6 +42,8 @@ BOOTSTRAP_ROUNDS = 1000
 CONFIDENCE = 0.95  # one-sided: the target is met by the 5th percentile
 INTERVAL = 0.90  # the reported two-sided interval (5th to 95th percentile)
 MIN_PER_CLASS = 10  # judged positives and negatives a label needs for a threshold
+MAX_CUTS = 4000  # candidate thresholds at most (an even grid of ranks beyond)
+BOOTSTRAP_CHUNK = 100  # resamples drawn at once (memory: this many x judged rows)
 VERSION_SUFFIX = re.compile(r"^(?P<base>.*)-feedback\.(?P<n>\d+)$")
 
 
@@ -151,16 +153,32 @@ def choose_threshold(
     s, t = scores[order], y[order]
     # cut k flags the first k+1 rows; only the last row of a run of equal scores is a real cut
     cuts = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+    if len(cuts) > MAX_CUTS:  # large feedback: candidate thresholds on an even grid of ranks
+        cuts = cuts[np.unique(np.linspace(0, len(cuts) - 1, MAX_CUTS).round().astype(np.int64))]
+    # row 0: the data itself; then the bootstrap resamples, drawn in chunks (memory: chunk x rows)
+    precision = np.empty((rounds + 1, len(cuts)))
+    recall = np.empty((rounds + 1, len(cuts)))
+    flagged0 = positives0 = 0.0
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(s), np.full(len(s), 1.0 / len(s)), size=rounds).astype(np.float64)
-    weights = np.vstack([np.ones(len(s)), weights])  # row 0: the data itself
-    tp = np.cumsum(weights * t, axis=1)[:, cuts]
-    flagged = np.cumsum(weights, axis=1)[:, cuts]
-    positives = (weights * t).sum(axis=1, keepdims=True)
-    precision = np.where(flagged > 0, tp / np.maximum(flagged, 1e-12), 0.0)
-    recall = np.where(positives > 0, tp / np.maximum(positives, 1e-12), 0.0)
+    done = -1  # resamples drawn so far; -1: row 0 (the data) not yet
+    while done < rounds:
+        if done < 0:
+            weights = np.ones((1, len(s)))
+        else:
+            size = min(BOOTSTRAP_CHUNK, rounds - done)
+            weights = rng.multinomial(len(s), np.full(len(s), 1.0 / len(s)), size=size)
+            weights = weights.astype(np.float64)
+        tp = np.cumsum(weights * t, axis=1)[:, cuts]
+        flagged = np.cumsum(weights, axis=1)[:, cuts]
+        positives = (weights * t).sum(axis=1, keepdims=True)
+        at = slice(done + 1, done + 1 + len(weights))
+        precision[at] = np.where(flagged > 0, tp / np.maximum(flagged, 1e-12), 0.0)
+        recall[at] = np.where(positives > 0, tp / np.maximum(positives, 1e-12), 0.0)
+        if done < 0:
+            flagged0, positives0 = flagged[0], float(positives[0, 0])
+        done += len(weights)
     metric = precision if target.metric == "precision" else recall
-    trials = flagged[0] if target.metric == "precision" else np.full(len(cuts), positives[0, 0])
+    trials = flagged0 if target.metric == "precision" else np.full(len(cuts), positives0)
     lower = np.minimum(
         np.quantile(metric[1:], 1.0 - confidence, axis=0),
         wilson_lower(metric[0], trials, confidence),

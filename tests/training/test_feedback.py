@@ -562,3 +562,22 @@ def test_fit_init_from_trains_on_partial_feedback_with_a_mix_and_compares(
         [*argv[:5], "--mix", "orig.csv", "--output-dir", str(run), *common], capsys
     )
     shutil.rmtree(run)
+
+
+def test_large_feedback_is_cut_on_a_grid_and_drawn_in_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Beyond MAX_CUTS distinct scores the candidates are an even grid of ranks; the resamples
+    are drawn in chunks: the choice still meets its bound, close to the full search's."""
+    from training import feedback_thresholds
+
+    rng = np.random.default_rng(1)
+    y = rng.random(3000) < 0.3
+    scores = np.clip(rng.normal(np.where(y, 0.7, 0.3), 0.15), 0, 1)
+    target = Target("toxic", "precision", 0.9)
+    full = choose_threshold(scores, y, target, rounds=250)
+    monkeypatch.setattr(feedback_thresholds, "MAX_CUTS", 60)
+    monkeypatch.setattr(feedback_thresholds, "BOOTSTRAP_CHUNK", 7)
+    grid = choose_threshold(scores, y, target, rounds=250)
+    assert grid.precision_interval[0] >= 0.9 - 0.01 and grid.precision >= 0.9
+    assert abs(grid.threshold - full.threshold) < 0.05 and grid.threshold >= full.threshold - 1e-9
