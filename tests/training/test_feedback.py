@@ -14,11 +14,14 @@ import numpy as np
 import orjson
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
+from schemas import ThresholdPolicy
 from schemas.artifact import read_contract
 from testing.kafka import create_topics, produce
 from testing.models import build_tiny_model
+from testing.topics import Topics
 from training.cli import main
 from training.feedback_thresholds import Target, choose_threshold, next_version
 from training.fit import masked_bce
@@ -581,3 +584,50 @@ def test_large_feedback_is_cut_on_a_grid_and_drawn_in_chunks(
     grid = choose_threshold(scores, y, target, rounds=250)
     assert grid.precision_interval[0] >= 0.9 - 0.01 and grid.precision >= 0.9
     assert abs(grid.threshold - full.threshold) < 0.05 and grid.threshold >= full.threshold - 1e-9
+
+
+@pytest.mark.integration
+async def test_a_running_worker_puts_the_policy_thresholds_writes_in_force(
+    kafka_bootstrap: str, topics: Topics, tiny: Path, tmp_path: Path
+) -> None:
+    """A worker serving with a policy file; `thresholds` rewrites that file in place for one
+    tenant: the worker's outputs follow the new version and thresholds, without a restart."""
+    from testing.in_process import settings_for
+    from tests.worker.test_policy import (
+        check_round,
+        policy_worker,
+        produce_round,
+        wait_for_version,
+    )
+    from worker.backends.model import load_served_model
+
+    feedback = _feedback_csv(tmp_path / "fb.csv", tiny, 800, seed=4)
+    live = tmp_path / "policy.yaml"
+    live.write_text("version: v1\n")
+    model = load_served_model(tiny, device="cpu", precision="fp32")
+    settings = settings_for(
+        kafka_bootstrap, topics, policy_file=str(live), policy_poll_interval_s=0.1
+    )
+    worker = policy_worker(settings, model)
+    running = asyncio.create_task(worker.run())
+    defaults = dict(model.contract.label_thresholds)
+    try:
+        sent = await produce_round(kafka_bootstrap, topics.input, "a")
+        seen = await check_round(
+            kafka_bootstrap, topics.output, sent, "v1", {"thresholds": defaults}, 0
+        )
+        argv = ["thresholds", "--model", str(tiny), "--feedback", str(feedback)]
+        argv += ["--target-precision", "toxic=0.7", "--target-recall", "insult=0.6"]
+        argv += ["--tenant", "kids", "--policy-in", str(live), "--policy-out", str(live)]
+        assert await asyncio.to_thread(main, argv) == 0
+        await wait_for_version(worker, "v1-feedback.1")
+        written = ThresholdPolicy.model_validate(yaml.safe_load(live.read_text()))
+        kids = written.tenants["kids"].thresholds
+        assert set(kids) == {"toxic", "insult"} and kids["toxic"] != defaults["toxic"]
+        policy = {"thresholds": defaults, "tenants": {"kids": {"thresholds": kids}}}
+        sent = await produce_round(kafka_bootstrap, topics.input, "b")
+        await check_round(kafka_bootstrap, topics.output, sent, "v1-feedback.1", policy, seen)
+        assert worker.metrics.policy_reload_failures._value.get() == 0
+    finally:
+        worker.request_stop()
+        assert await asyncio.wait_for(running, 30) == 0
