@@ -1,4 +1,5 @@
-"""`moderation-train` command line: fit, distill, evaluate, export, baseline.
+"""`moderation-train` command line: fit, distill, evaluate, export, baseline, and the feedback
+loop's feedback-export, calibrate and thresholds (`training.feedback_cli`).
 
 A thin argparse layer: each subcommand parses its flags into the typed options of the matching
 function (`training.fit.fit`, `training.distill.distill`, `training.evaluate.evaluate_model`,
