@@ -17,9 +17,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from schemas import ThresholdPolicy
+from schemas import ScoredComment, ThresholdPolicy
 from schemas.artifact import read_contract
-from testing.kafka import create_topics, produce
+from testing.kafka import comment, create_topics, produce, read_all
 from testing.models import build_tiny_model
 from testing.topics import Topics
 from training.cli import main
@@ -586,6 +586,26 @@ def test_large_feedback_is_cut_on_a_grid_and_drawn_in_chunks(
     assert abs(grid.threshold - full.threshold) < 0.05 and grid.threshold >= full.threshold - 1e-9
 
 
+async def _round(bootstrap: str, topics: Topics, tag: str, seen: int) -> list[ScoredComment]:
+    """Score texts of two tenants (kids, adults) and read their outputs back."""
+    texts = _texts(12, 11)
+    sent = [
+        comment(f"{tag}-{i}", text, metadata={"tenant": "kids" if i % 2 else "adults"})
+        for i, text in enumerate(texts)
+    ]
+    await produce(bootstrap, topics.input, sent)
+    records = await read_all(bootstrap, topics.output, seen + len(sent), settle=0.3)
+    assert len(records) == seen + len(sent)
+    return [ScoredComment.model_validate_json(r.value) for r in records[seen:]]
+
+
+def _follows(outputs: list[ScoredComment], version: str, thresholds: dict, kids: dict) -> None:
+    for out in outputs:
+        limits = thresholds | (kids if out.metadata == {"tenant": "kids"} else {})
+        assert out.policy_version == version
+        assert out.flagged == [x for x in LABELS if out.scores[x] >= limits[x]], out
+
+
 @pytest.mark.integration
 async def test_a_running_worker_puts_the_policy_thresholds_writes_in_force(
     kafka_bootstrap: str, topics: Topics, tiny: Path, tmp_path: Path
@@ -593,13 +613,10 @@ async def test_a_running_worker_puts_the_policy_thresholds_writes_in_force(
     """A worker serving with a policy file; `thresholds` rewrites that file in place for one
     tenant: the worker's outputs follow the new version and thresholds, without a restart."""
     from testing.in_process import settings_for
-    from tests.worker.test_policy import (
-        check_round,
-        policy_worker,
-        produce_round,
-        wait_for_version,
-    )
+    from testing.wait import wait_until_async
+    from worker.app import Worker
     from worker.backends.model import load_served_model
+    from worker.policy import load_policy_file
 
     feedback = _feedback_csv(tmp_path / "fb.csv", tiny, 800, seed=4)
     live = tmp_path / "policy.yaml"
@@ -608,25 +625,30 @@ async def test_a_running_worker_puts_the_policy_thresholds_writes_in_force(
     settings = settings_for(
         kafka_bootstrap, topics, policy_file=str(live), policy_poll_interval_s=0.1
     )
-    worker = policy_worker(settings, model)
+    worker = Worker(settings, model, policy=load_policy_file(live, model.contract.labels))
     running = asyncio.create_task(worker.run())
     defaults = dict(model.contract.label_thresholds)
     try:
-        sent = await produce_round(kafka_bootstrap, topics.input, "a")
-        seen = await check_round(
-            kafka_bootstrap, topics.output, sent, "v1", {"thresholds": defaults}, 0
-        )
+        _follows(await _round(kafka_bootstrap, topics, "a", 0), "v1", defaults, {})
         argv = ["thresholds", "--model", str(tiny), "--feedback", str(feedback)]
         argv += ["--target-precision", "toxic=0.7", "--target-recall", "insult=0.6"]
         argv += ["--tenant", "kids", "--policy-in", str(live), "--policy-out", str(live)]
         assert await asyncio.to_thread(main, argv) == 0
-        await wait_for_version(worker, "v1-feedback.1")
+        await wait_until_async(
+            lambda: worker.policies.current.version == "v1-feedback.1",
+            20,
+            message="the new policy was never put in force",
+        )
         written = ThresholdPolicy.model_validate(yaml.safe_load(live.read_text()))
         kids = written.tenants["kids"].thresholds
         assert set(kids) == {"toxic", "insult"} and kids["toxic"] != defaults["toxic"]
-        policy = {"thresholds": defaults, "tenants": {"kids": {"thresholds": kids}}}
-        sent = await produce_round(kafka_bootstrap, topics.input, "b")
-        await check_round(kafka_bootstrap, topics.output, sent, "v1-feedback.1", policy, seen)
+        outputs = await _round(kafka_bootstrap, topics, "b", 12)
+        _follows(outputs, "v1-feedback.1", defaults, kids)
+        changed = [
+            out for out in outputs if out.metadata == {"tenant": "kids"}
+            and out.flagged != [x for x in LABELS if out.scores[x] >= defaults[x]]
+        ]  # fmt: skip
+        assert changed, "the kids' new thresholds changed no flag: nothing was checked"
         assert worker.metrics.policy_reload_failures._value.get() == 0
     finally:
         worker.request_stop()
