@@ -1,4 +1,5 @@
-"""`moderation-train` command line: fit, distill, evaluate, export, baseline.
+"""`moderation-train` command line: fit, distill, evaluate, export, baseline, and the feedback
+loop's feedback-export, calibrate and thresholds (`training.feedback_cli`).
 
 A thin argparse layer: each subcommand parses its flags into the typed options of the matching
 function (`training.fit.fit`, `training.distill.distill`, `training.evaluate.evaluate_model`,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # torch and transformers load only once a command runs
     from training.run import PosWeight, RunOptions
 
 T = TypeVar("T")
+FEEDBACK_COMMANDS = ("feedback-export", "calibrate", "thresholds")  # training.feedback_cli
 
 
 def _label_list(value: str) -> list[str]:
@@ -118,9 +120,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
         "--train",
+        "--data",
+        dest="train",
         type=Path,
         required=True,
-        help="labeled training file: Jigsaw CSV or generic CSV/JSONL (.gz ok)",
+        help="labeled training file: Jigsaw CSV or generic CSV/JSONL (.gz ok); fit: empty "
+        "label cells (not judged, e.g. moderator feedback) are masked out of the loss",
     )
     g.add_argument(
         "--val",
@@ -219,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-config",
         action="store_true",
         help="random weights from the base model's config (no pretrained weights)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
+        help="fine-tune this served artifact (or run directory): its weights, tokenizer and "
+        "labels (instead of --base-model); the candidate is compared with it on the held-out "
+        "rows (eval/candidate_vs_current.md)",
+    )
+    p.add_argument(
+        "--mix",
+        default=None,
+        metavar="ORIGINAL.csv:FRACTION",
+        help="add rows drawn from ORIGINAL.csv to the training rows, FRACTION of the result "
+        "(e.g. 0.5: as many as the --data training rows); validation stays --data's",
     )
     p.add_argument(
         "--pooling",
@@ -394,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p)
     p.add_argument("--output-dir", type=Path, required=True)
+
+    from training import feedback_cli
+
+    feedback_cli.add_parsers(sub)
     return parser
 
 
@@ -425,9 +450,16 @@ def check_sources(args: argparse.Namespace) -> None:
     """The models and directories the command names exist or can be fetched (`UsageError`),
     checked before torch and transformers are imported."""
     if args.command == "fit":
-        check_model_source(args.base_model, "--base-model")
+        if args.init_from is not None:
+            check_directory(args.init_from, "--init-from")
+        else:
+            check_model_source(args.base_model, "--base-model")
         if args.tokenizer:
             check_model_source(args.tokenizer, "--tokenizer")
+        if args.mix:
+            from training.fit import parse_mix
+
+            check_file(parse_mix(args.mix)[0], "--mix")
     elif args.command == "distill":
         for teacher in args.teacher:
             check_directory(teacher, "--teacher")
@@ -442,6 +474,10 @@ def check_sources(args: argparse.Namespace) -> None:
         check_directory(args.model, "--model")
         if args.history:
             check_file(args.history, "--history")
+    elif args.command in FEEDBACK_COMMANDS:
+        from training import feedback_cli
+
+        feedback_cli.check_sources(args)
     elif args.command == "export":
         check_directory(args.source, "source")
         for flag in ("metrics", "onnx_check_data"):
@@ -453,7 +489,7 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
     """The function call a parsed command line stands for (not yet made). Raises ValueError
     for option combinations the parser cannot check."""
     if args.command == "fit":
-        from training.fit import fit
+        from training.fit import fit, parse_mix
 
         return functools.partial(
             fit,
@@ -465,6 +501,8 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             from_config=True if args.from_config else None,
             pos_weight=args.pos_weight,
             pooling=args.pooling,
+            init_from=args.init_from,
+            mix=parse_mix(args.mix) if args.mix else None,
         )
     if args.command == "distill":
         from training.distill import DistillOptions, distill
@@ -514,6 +552,10 @@ def bind_command(args: argparse.Namespace, argv: Sequence[str]) -> Callable[[], 
             calibration_from=args.calibration_from,
             text_column=args.text_column,
         )
+    if args.command in FEEDBACK_COMMANDS:
+        from training import feedback_cli
+
+        return feedback_cli.bind(args)
     if args.command == "baseline":
         from training.baseline import run_baseline
 

@@ -163,13 +163,16 @@ def load_dataset(
     *,
     require_labels: bool = True,
     skip_bad_rows: bool = False,
+    allow_missing_labels: bool = False,
 ) -> TextDataset:
     """Read a Jigsaw-format or generic CSV/JSONL file (optionally gzipped).
 
     `label_columns` defaults to the six Jigsaw labels. With `require_labels=False` only the text
     column is read (unlabeled text; `.txt` files hold one text per line). A bad row raises
     `DataError` naming the file and row, unless `skip_bad_rows` is set: then it is counted in
-    `skipped_rows`.
+    `skipped_rows`. With `allow_missing_labels`, an empty label cell (or a JSON null) means "not
+    judged" and reads as NaN (moderator feedback: `training.feedback_data`); a row with no label
+    judged at all is a bad row.
     """
     path = Path(path)
     if not path.is_file():
@@ -208,7 +211,13 @@ def load_dataset(
                 for column in labels:
                     if column not in record:
                         raise ValueError(f"no label column {column!r}")
-                    row_labels.append(_parse_label(record[column], column))
+                    value = record[column]
+                    if allow_missing_labels and (value is None or str(value).strip() == ""):
+                        row_labels.append(math.nan)
+                    else:
+                        row_labels.append(_parse_label(value, column))
+                if allow_missing_labels and all(math.isnan(v) for v in row_labels):
+                    raise ValueError("no label judged")
         except ValueError as exc:
             if skip_bad_rows:
                 skipped += 1
@@ -252,6 +261,7 @@ class DataOptions:
     text_column: str = DEFAULT_TEXT_COLUMN
     label_columns: Sequence[str] | None = None  # None: the six Jigsaw labels
     skip_bad_rows: bool = False
+    allow_missing_labels: bool = False  # empty label cells: not judged (NaN, masked)
     test_size: float = 0.2  # without `val`: this share of `train`, split with `split_seed`
     split_seed: int = 42
 
@@ -282,13 +292,10 @@ def skipped_total(*parts: TextDataset) -> int:
 def load_split(opts: DataOptions) -> tuple[TextDataset, TextDataset]:
     """Training and validation sets: the validation file, or a split of the training file.
     Rows skipped as bad are counted in `skipped_rows` (`skipped_total` adds the two up)."""
-    train = load_dataset(
-        opts.train, opts.text_column, opts.label_columns, skip_bad_rows=opts.skip_bad_rows
-    )
+    read = {"skip_bad_rows": opts.skip_bad_rows, "allow_missing_labels": opts.allow_missing_labels}
+    train = load_dataset(opts.train, opts.text_column, opts.label_columns, **read)
     if opts.val is not None:
-        val = load_dataset(
-            opts.val, opts.text_column, opts.label_columns, skip_bad_rows=opts.skip_bad_rows
-        )
+        val = load_dataset(opts.val, opts.text_column, opts.label_columns, **read)
     else:
         train, val = split_dataset(train, test_size=opts.test_size, random_state=opts.split_seed)
     skipped = skipped_total(train, val)

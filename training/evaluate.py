@@ -26,10 +26,20 @@ Metrics = dict[str, Any]
 
 
 def bce(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy over all labels and rows."""
+    """Mean binary cross-entropy over all labels and rows (NaN labels, not judged, skipped)."""
     p = np.clip(p.astype(np.float64), _EPS, 1 - _EPS)
     y = y.astype(np.float64)
+    judged = ~np.isnan(y)
+    if not judged.any():
+        return float("nan")
+    y, p = y[judged], p[judged]
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def judged(y: np.ndarray, p: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label `j`'s 0/1 targets and probabilities on the rows that judged it (not NaN)."""
+    keep = ~np.isnan(np.asarray(y[:, j], dtype=np.float64))
+    return (y[keep, j] >= 0.5).astype(int), p[keep, j]
 
 
 def _best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -50,7 +60,7 @@ def choose_thresholds(
     if rule != "f1":
         return dict.fromkeys(labels, float(rule))
     return {
-        label: round(_best_f1_threshold((y[:, j] >= 0.5).astype(int), p[:, j]), 6)
+        label: round(_best_f1_threshold(*judged(y, p, j)), 6) if len(judged(y, p, j)[0]) else 0.5
         for j, label in enumerate(labels)
     }
 
@@ -74,8 +84,7 @@ def compute_metrics(
     thresholds = thresholds or {}
     per_label: dict[str, dict[str, float | int | None]] = {}
     for j, label in enumerate(labels):
-        yj = (y[:, j] >= 0.5).astype(int)
-        pj = p[:, j]
+        yj, pj = judged(y, p, j)
         threshold = float(thresholds.get(label, 0.5))
         both = 0 < yj.sum() < len(yj)
         per_label[label] = {
@@ -83,10 +92,12 @@ def compute_metrics(
             "roc_auc": _nan_to_none(roc_auc_score(yj, pj)) if both else None,
             "pr_auc": _nan_to_none(average_precision_score(yj, pj)) if yj.any() else None,
             "threshold": threshold,
-            "f1": float(f1_score(yj, pj >= threshold, zero_division=0)),
-            "bce": bce(y[:, j], pj),
-            "ece": expected_calibration_error(yj, pj),
+            "f1": float(f1_score(yj, pj >= threshold, zero_division=0)) if len(yj) else None,
+            "bce": bce(y[:, j], p[:, j]) if len(yj) else None,
+            "ece": expected_calibration_error(yj, pj) if len(yj) else None,
         }
+        if len(yj) < len(y):
+            per_label[label]["judged"] = len(yj)
 
     def mean(key: str) -> float | None:
         values = [v[key] for v in per_label.values() if v[key] is not None]
@@ -107,9 +118,9 @@ def _plot_pr_curves(y: np.ndarray, p: np.ndarray, labels: Sequence[str], path: P
 
     with label_panels(labels, path, panel_height=3.4) as panels:
         for j, (label, ax) in enumerate(zip(labels, panels, strict=True)):
-            yj = (y[:, j] >= 0.5).astype(int)
+            yj, pj = judged(y, p, j)
             if yj.any():
-                precision, recall, _ = precision_recall_curve(yj, p[:, j])
+                precision, recall, _ = precision_recall_curve(yj, pj)
                 ax.plot(recall, precision)
             ax.set_title(label)
             ax.set_xlabel("recall")

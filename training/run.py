@@ -80,7 +80,7 @@ def pos_weight_tensor(spec: PosWeight, labels: np.ndarray) -> torch.Tensor | Non
     if spec is None:
         return None
     if spec == "auto":
-        pos = labels.mean(0).clip(1e-4, 1.0)
+        pos = np.nan_to_num(np.nanmean(labels, 0), nan=0.0).clip(1e-4, 1.0)  # NaN: not judged
         return torch.tensor(np.minimum(np.sqrt((1 - pos) / pos), 10.0), dtype=torch.float32)
     values = [float(v) for v in spec]
     if len(values) != labels.shape[1]:
@@ -91,7 +91,10 @@ def pos_weight_tensor(spec: PosWeight, labels: np.ndarray) -> torch.Tensor | Non
 def label_positive_rates(data: TextDataset) -> dict[str, float]:
     """Share of positive rows per label (the model card's limitations name the rare ones)."""
     assert data.labels is not None
-    rates = data.labels.mean(0) if len(data) else np.zeros(len(data.label_names))
+    judged = ~np.isnan(data.labels)  # NaN: not judged (moderator feedback)
+    counts = judged.sum(0)
+    sums = np.where(judged, data.labels, 0.0).sum(0)
+    rates = np.divide(sums, counts, out=np.zeros(len(data.label_names)), where=counts > 0)
     pairs = zip(data.label_names, rates, strict=True)
     return {label: round(float(rate), 4) for label, rate in pairs}
 
