@@ -17,7 +17,7 @@ HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-demo-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability
+.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock
 
 install: $(STAMP)
 
@@ -97,6 +97,14 @@ lint: install-dev
 
 format: install-dev
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+# Lock files: requirements/image.txt (what the image installs, with --require-hashes) and
+# requirements/dev.txt, every dependency pinned with its sha256 hashes, resolved by uv (pinned in
+# the dev extra) from PyPI for CPython 3.11 and later. torch stays out (the Dockerfile installs
+# it per variant, pinned by TORCH_SPEC's version). Run after editing pyproject.toml's
+# dependencies; tests/deploy/test_lock.py fails until you do.
+lock: install-dev
+	$(PY) -m scripts.lock
 
 # Regenerate the committed JSON Schemas from the pydantic models.
 schemas: install
