@@ -17,7 +17,7 @@ HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-demo-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock
+.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock image image-base image-check
 
 install: $(STAMP)
 
@@ -105,6 +105,25 @@ format: install-dev
 # dependencies; tests/deploy/test_lock.py fails until you do.
 lock: install-dev
 	$(PY) -m scripts.lock
+
+# The CPU image (localhost/moderation-worker:cpu), with docker when its daemon answers, else
+# podman (--format docker); settings from the environment: ENGINE, IMAGE, PYTHON_IMAGE,
+# TORCH_INDEX_URL, TORCH_WHEELHOUSE, PIP_CA_BUNDLE (scripts/image/build.sh, deploy/README.md).
+# With podman the base is local (image-base, made when missing): no registry needed.
+# image-check runs it as an operator would (read-only, non-root, against a tansu broker on the
+# host network) and reports size, build time, start-to-ready time and the largest layers.
+IMAGE ?= localhost/moderation-worker:cpu
+IMAGE_CONTAINERS_CONF := CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/scripts/image/containers.conf}
+image:
+	$(IMAGE_CONTAINERS_CONF) IMAGE=$(IMAGE) bash scripts/image/build.sh
+
+# A Debian bookworm base image (Python 3.11) from the Debian mirror with mmdebstrap, imported
+# into podman as localhost/moderation-base:bookworm (apt-get install mmdebstrap podman runc).
+image-base:
+	$(IMAGE_CONTAINERS_CONF) bash scripts/image/base.sh
+
+image-check: install-dev
+	$(IMAGE_CONTAINERS_CONF) HF_HUB_OFFLINE=1 $(PY) -m scripts.image_check --image $(IMAGE)
 
 # Regenerate the committed JSON Schemas from the pydantic models.
 schemas: install
