@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "image-results"
 UID = "10001"
 COMMENTS = 20
+DRAIN_COMMENTS = 2000  # in flight when SIGTERM comes
 
 
 class Checks:
@@ -121,10 +122,13 @@ def http_status(url: str) -> int | None:
 def layers(engine: str, image: str) -> list[tuple[int, str]]:
     """(bytes, created-by) of each layer, largest first."""
     out = run(engine, "history", "--no-trunc", "--format", "{{json .}}", image).stdout
+    entries: list[dict[str, Any]] = []
+    for line in out.splitlines():  # docker: one object a line; podman 4.3: one list
+        parsed = json.loads(line)
+        entries.extend(parsed if isinstance(parsed, list) else [parsed])
     result = []
-    for line in out.splitlines():
-        entry = json.loads(line)
-        size = entry.get("Size")
+    for entry in entries:
+        size = entry.get("Size", entry.get("size"))
         if isinstance(size, str):  # docker: "1.2GB"
             size = _parse_size(size)
         created = str(entry.get("CreatedBy") or "")
@@ -163,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     info = json.loads(inspected.stdout)[0]
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     revision = build.get("revision") if build.get("image") == image else None
-    problems = metadata_problems(info.get("Config") or {}, version, revision)
+    config = dict(info.get("Config") or {})
+    if not config.get("Healthcheck") and info.get("Healthcheck"):  # podman keeps it beside
+        config["Healthcheck"] = info["Healthcheck"]
+    problems = metadata_problems(config, version, revision)
     checks.check(
         "metadata (user, entrypoint, healthcheck, port, OCI labels)",
         not problems,
@@ -252,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             *env_args,
             image,
         )
-        if not checks.check("container starts", result.returncode == 0, result.stderr[-500:]):
+        failed = "" if result.returncode == 0 else result.stderr[-500:]
+        if not checks.check("container starts", result.returncode == 0, failed):
             return finish(checks, report)
         try:
             ready_s = None
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(dead)} records",
             )
             # SIGTERM with work in flight: it drains and exits 0, nothing lost.
-            more = [comment(f"d{i}", f"drain comment {i}") for i in range(COMMENTS)]
+            more = [comment(f"d{i}", f"drain comment {i}") for i in range(DRAIN_COMMENTS)]
             asyncio.run(produce(broker.bootstrap, topics.input, more))
             stop_started = time.monotonic()
             run(engine, "kill", "--signal", "TERM", name)
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 read_all(
                     broker.bootstrap,
                     topics.output,
-                    2 * COMMENTS,
+                    COMMENTS + DRAIN_COMMENTS,
                     timeout=10,
                     distinct_keys=True,
                     partial=True,
@@ -349,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             checks.check(
                 "drain commits only what was published",
                 committed == done,
-                f"committed {committed}, published {done} of {2 * COMMENTS + 1}",
+                f"committed {committed}, published {done} of {COMMENTS + DRAIN_COMMENTS + 1}",
             )
         finally:
             run(engine, "rm", "-f", name)
