@@ -17,7 +17,7 @@ HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-demo-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock image image-base image-check
+.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock image image-base image-check image-push
 
 install: $(STAMP)
 
@@ -116,6 +116,17 @@ IMAGE ?= localhost/moderation-worker:cpu
 IMAGE_CONTAINERS_CONF := CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/scripts/image/containers.conf}
 image:
 	$(IMAGE_CONTAINERS_CONF) IMAGE=$(IMAGE) bash scripts/image/build.sh
+
+# Publish the built image: PUBLISH=registry.example/org/moderation-worker make image-push tags
+# it <version>-cpu (pyproject.toml's version, also its org.opencontainers.image.version label)
+# and pushes it; then set that name in your overlay's `images:` (deploy/README.md, "Publish").
+PUBLISH ?=
+image-push:
+	@test -n "$(PUBLISH)" || { echo "image-push: set PUBLISH=<registry>/<org>/moderation-worker"; exit 2; }
+	@engine=$$(if docker info >/dev/null 2>&1; then echo docker; else echo podman; fi); \
+	tag="$(PUBLISH):$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)-cpu"; \
+	set -x; $(IMAGE_CONTAINERS_CONF) $$engine tag $(IMAGE) "$$tag" \
+	&& $(IMAGE_CONTAINERS_CONF) $$engine push "$$tag"
 
 # A Debian bookworm base image (Python 3.11) from the Debian mirror with mmdebstrap, imported
 # into podman as localhost/moderation-base:bookworm (apt-get install mmdebstrap podman runc).

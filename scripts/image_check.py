@@ -12,7 +12,7 @@ Checks, each one PASS or FAIL line:
 
 Reports the image size, the build time (image-results/build.json, from `make image`), the
 start-to-ready time and the largest layers; writes image-results/report.json. The last line is
-`image-check: N passed, N failed`; the exit code is 1 when one failed.
+`image-check: N checks passed, N failed`; the exit code is 1 when one failed.
 
     python -m scripts.image_check [--image localhost/moderation-worker:cpu] [--engine podman]
 """
@@ -375,7 +375,7 @@ def finish(checks: Checks, report: dict[str, Any]) -> int:
     )
     for layer in report.get("largest_layers", []):
         print(f"  {layer['bytes'] / 1e6:8.1f} MB  {layer['created_by']}")
-    print(f"image-check: {checks.passed} passed, {len(checks.failed)} failed")
+    print(f"image-check: {checks.passed} checks passed, {len(checks.failed)} failed")
     return 1 if checks.failed else 0
 
 

@@ -7,16 +7,20 @@ BASE_IMAGE="${BASE_IMAGE:-localhost/moderation-base:bookworm}"
 SUITE="${SUITE:-bookworm}"
 MIRROR="${DEBIAN_MIRROR:-}"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$(cd "$(dirname "$0")" && pwd)/containers.conf}"
-for tool in mmdebstrap podman; do
-  command -v "$tool" >/dev/null || { echo "image-base: $tool missing (apt-get install $tool)"; exit 2; }
+for tool in mmdebstrap podman runc; do
+  command -v "$tool" >/dev/null || { echo "image-base: $tool missing (apt-get install mmdebstrap podman runc)"; exit 2; }
 done
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
-# minbase + what the Dockerfile's cpu base needs (python3 + venv, tini, CA certificates); apt
-# lists and caches are dropped so the layer stays small.
+# minbase + what the Dockerfile's cpu base needs: python3 and venv (whose ensurepip brings pip;
+# the python3-pip package would add perl and ~60 MB), tini, CA certificates. No manuals,
+# translations or docs (copyright files stay); apt lists and caches are dropped.
 mmdebstrap --variant=minbase --quiet \
-  --include=python3,python3-venv,python3-pip,ca-certificates,tini \
+  --include=python3,python3-venv,ca-certificates,tini \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+  --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
   "$SUITE" "$work/rootfs.tar" ${MIRROR:+"$MIRROR"}
 podman import --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \

@@ -11,8 +11,8 @@
 #   TORCH_WHEELHOUSE  a directory holding torch-$TORCH_VERSION-*.whl (default: pip's configured
 #                     find-links directory, when it has one); only that wheel is handed over
 #   PIP_CA_BUNDLE     an extra CA bundle for pip in the build (a secret, not stored in the image);
-#                     default: pip's own configured bundle (PIP_CERT or `pip config get
-#                     global.cert`), so a host behind a TLS-intercepting proxy builds as it installs
+#                     default: pip's own configured bundle (PIP_CERT, or `cert` in pip's
+#                     config), so a host behind a TLS-intercepting proxy builds as it installs
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here="$(pwd)"
@@ -39,9 +39,12 @@ fi
 [ -n "${TORCH_INDEX_URL:-}" ] && args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-if [ -z "${TORCH_WHEELHOUSE:-}" ] && command -v pip3 >/dev/null; then
-  TORCH_WHEELHOUSE="$(pip3 config get global.find-links 2>/dev/null | awk '{print $1}' || true)"
-fi
+# pip's own configuration (files and PIP_* variables), as `pip config list` shows it
+pip_setting() {
+  command -v pip3 >/dev/null || return 0
+  pip3 config list 2>/dev/null | sed -n "s/^[^=]*\.$1='\([^' ]*\).*/\1/p" | head -1
+}
+if [ -z "${TORCH_WHEELHOUSE:-}" ]; then TORCH_WHEELHOUSE="$(pip_setting find-links)"; fi
 mkdir -p "$work/wheelhouse"
 if [ -n "${TORCH_WHEELHOUSE:-}" ]; then
   for wheel in "$TORCH_WHEELHOUSE"/torch-"$torch_version"*.whl; do
@@ -55,7 +58,7 @@ fi
 # The secret is always handed over (empty when there is no extra CA): buildah refuses a
 # missing one; the Dockerfile only uses it when it is not empty.
 if [ -z "${PIP_CA_BUNDLE:-}" ]; then
-  PIP_CA_BUNDLE="${PIP_CERT:-$(command -v pip3 >/dev/null && pip3 config get global.cert 2>/dev/null || true)}"
+  PIP_CA_BUNDLE="${PIP_CERT:-$(pip_setting cert)}"
 fi
 if [ -n "${PIP_CA_BUNDLE:-}" ] && [ -f "$PIP_CA_BUNDLE" ]; then
   echo "image: extra CA for pip (secret pip_ca): $PIP_CA_BUNDLE"
