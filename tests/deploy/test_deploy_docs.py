@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.test_manifests import DEPLOY, REPO, container, find, kustomize, validate
+from testing.manifests import DEPLOY, REPO, container, find, kustomize, validate
 
 README = DEPLOY / "README.md"
 OPERATOR_GROUPS = ("keda.sh/", "monitoring.coreos.com/")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_dockerfile import REPO, instructions, stages
+from testing.dockerfile import REPO, instructions, stages
 
 SITE = Path(sysconfig.get_path("purelib"))
 
