@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     report["largest_layers"] = [
         {"bytes": size, "created_by": created} for size, created in layers(engine, image)[:6]
     ]
-    if build_json.exists():
+    if build.get("image") == image:  # the log of this image's build
         log = (
             (RESULTS / "build.log").read_text(errors="replace")
             if (RESULTS / "build.log").exists()
