@@ -17,7 +17,7 @@ HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-demo-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock image image-base image-check image-push
+.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock install-locked image image-base image-check image-push
 
 install: $(STAMP)
 
@@ -135,6 +135,16 @@ image-base:
 
 image-check: install-dev
 	$(IMAGE_CONTAINERS_CONF) HF_HUB_OFFLINE=1 $(PY) -m scripts.image_check --image $(IMAGE)
+
+# The development environment exactly as locked (opt-in; `install-dev` still resolves from
+# pyproject.toml): requirements/dev.txt hash-checked, torch pinned, the project editable, then
+# pip check. Into .venv, or VENV=<dir>.
+install-locked:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 
 # Regenerate the committed JSON Schemas from the pydantic models.
 schemas: install
