@@ -5,6 +5,8 @@ Checks, each one PASS or FAIL line:
   a health check on /healthz, port 9000 exposed, OCI labels with the version (pyproject.toml)
   and revision (the build's commit);
 - `info --json --load` loads the baked-in model, as uid 10001 with a read-only root filesystem;
+- the custom-model component's path: a model image from its Dockerfile.model, its init
+  container's command copying the model into a shared directory, the worker serving it;
 - against a tansu broker on the host, with `--network host --read-only --tmpfs /tmp`, all
   capabilities dropped: comments are scored to the output topic, a bad record is dead-lettered,
   /readyz answers 200, the image's HEALTHCHECK passes, the root filesystem refuses writes and
@@ -27,6 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.error
@@ -35,6 +38,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from testing.kafka import comment, committed_offsets, produce, read_all
 from testing.topics import fresh_topics
 from worker.ops.dev_broker import TansuBroker, free_port
@@ -42,6 +47,7 @@ from worker.ops.dev_broker import TansuBroker, free_port
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "image-results"
 UID = "10001"
+LOCAL_BASE = "localhost/moderation-base:bookworm"  # scripts/image/base.sh
 COMMENTS = 20
 DRAIN_COMMENTS = 2000  # in flight when SIGTERM comes
 
@@ -230,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - started:.1f} s" if loaded else result.stderr[-500:],
     )
 
+    model_check(engine, image, locked, checks)
+
     with TansuBroker() as broker:
         topics = fresh_topics(broker.bootstrap, "image", partitions=2)
         port = free_port()
@@ -362,6 +370,65 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             run(engine, "rm", "-f", name)
     return finish(checks, report)
+
+
+def model_check(engine: str, image: str, locked: tuple[str, ...], checks: Checks) -> None:
+    """The custom-model component's path, with containers instead of a pod: a model image built
+    with its Dockerfile.model (from the bundled model), its init container's own command copying
+    the model into a shared directory (the emptyDir), the worker serving MODERATION_MODEL from it
+    read-only; and refusing to start (exit 2) when that directory is empty."""
+    component = REPO / "deploy" / "components" / "custom-model"
+    patch = yaml.safe_load((component / "deployment-patch.yaml").read_text())
+    (init,) = patch["spec"]["template"]["spec"]["initContainers"]
+    model_dir = yaml.safe_load((component / "configmap-patch.yaml").read_text())["data"][
+        "MODERATION_MODEL"
+    ]
+    model_image = "localhost/moderation-model:image-check"
+    build = [engine, "build", "-q", "-f", str(component / "Dockerfile.model"), "-t", model_image]
+    if engine == "podman":  # no registry assumed: the local base has `cp`
+        build += ["--format", "docker", "--build-arg", f"BASE_IMAGE={LOCAL_BASE}"]
+    built = run(*build, str(REPO / "worker" / "default_model"))
+    if not checks.check("custom-model: Dockerfile.model builds", built.returncode == 0,
+                        built.stderr[-500:]):  # fmt: skip
+        return
+    with tempfile.TemporaryDirectory() as shared:
+        os.chmod(shared, 0o1777)  # an emptyDir with fsGroup: writable by uid 10001
+        mount = f"{shared}:{Path(model_dir).parent}"
+
+        def serve(mount: str) -> subprocess.CompletedProcess[str]:
+            env = f"MODERATION_MODEL={model_dir}"
+            args = ("-v", f"{mount}:ro", "-e", env, image, "info", "--json", "--load")
+            return run(engine, "run", "--rm", *locked, *args)
+
+        empty = serve(mount)
+        copied = run(
+            engine,
+            "run",
+            "--rm",
+            "--user",
+            f"{UID}:{UID}",
+            "--read-only",
+            "-v",
+            mount,
+            model_image,
+            *init["command"],
+        )
+        served = serve(mount)
+        try:
+            loaded = bool(json.loads(served.stdout).get("loaded"))
+        except ValueError:
+            loaded = False
+        ok = empty.returncode == 2 and copied.returncode == 0 and loaded
+        detail = (
+            f"without: rc {empty.returncode}; copy: rc {copied.returncode} "
+            f"{copied.stderr[-300:]}; served: rc {served.returncode} {served.stderr[-300:]}"
+        )
+        checks.check(
+            "custom-model: init command copies, worker serves it (and exits 2 without it)",
+            ok,
+            "" if ok else detail,
+        )
+    run(engine, "rmi", model_image)
 
 
 def finish(checks: Checks, report: dict[str, Any]) -> int:
