@@ -67,9 +67,15 @@ else : > "$work/pip_ca.pem"; fi
 args+=(--secret "id=pip_ca,src=$work/pip_ca.pem")
 mkdir -p image-results
 echo "image: $ENGINE ${args[*]} ."
+previous="$("$ENGINE" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 start=$(date +%s)
 "$ENGINE" "${args[@]}" . 2>&1 | tee image-results/build.log
 seconds=$(( $(date +%s) - start ))
+# The image this tag named before is replaced: drop it (1.3 GB each), unless something uses it.
+current="$("$ENGINE" image inspect --format '{{.Id}}' "$IMAGE")"
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  "$ENGINE" rmi "$previous" >/dev/null 2>&1 || true
+fi
 printf '{"engine": "%s", "image": "%s", "python_image": "%s", "build_seconds": %d, "revision": "%s", "version": "%s"}\n' \
   "$ENGINE" "$IMAGE" "${PYTHON_IMAGE:-default}" "$seconds" "$revision" "$version" > image-results/build.json
 echo "image: built $IMAGE in $seconds s"
