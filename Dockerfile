@@ -4,6 +4,23 @@
 #
 #   docker build -t moderation-worker:cuda .                          # default: CUDA runtime
 #   docker build --build-arg VARIANT=cpu -t moderation-worker:cpu .   # CPU-only, much smaller
+#   podman build --format docker --build-arg VARIANT=cpu ...          # podman/buildah: --format
+#       docker, else HEALTHCHECK is dropped and SHELL ignored (RUN loses pipefail)
+#   make image                                                        # the CPU image, either engine
+#
+# Build arguments and secrets (deploy/README.md, "Build the image"):
+#   VARIANT            cuda | cpu
+#   PYTHON_IMAGE       the cpu variant's base (a Debian-like image with python3 >= 3.11 + venv)
+#   CUDA_IMAGE         the cuda variant's base
+#   TORCH_VERSION      the torch version (the Makefile's TORCH_SPEC; a test checks they agree)
+#   TORCH_INDEX_URL    where torch comes from (default: the PyTorch CPU index for cpu, PyPI for cuda)
+#   --build-context wheelhouse=DIR   a local directory of wheels for torch (no index reached)
+#   --secret id=pip_ca,src=FILE      an extra CA bundle (TLS-intercepting proxy), used by pip in
+#                                    the builder only, never stored in a layer
+#   VERSION, REVISION  the OCI labels org.opencontainers.image.version / .revision
+#
+# Everything else comes from requirements/image.txt (`make lock`), installed with
+# --require-hashes: two builds of one commit install the same packages.
 #
 # The bundled default model (worker/default_model/, package data) is baked in; another model can
 # be mounted read-only and selected with MODERATION_MODEL=/models/<dir>.
@@ -14,14 +31,23 @@ ARG VARIANT=cuda
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
 
+# ---------------------------------------------------------------- local wheelhouse (optional)
+# Empty unless the build is given `--build-context wheelhouse=<dir of wheels>`.
+FROM scratch AS wheelhouse
+
 # ---------------------------------------------------------------- base images, one per variant
 FROM ${PYTHON_IMAGE} AS base-cpu
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# tini and CA certificates, unless the base already has them (the `make image-base` image does).
 # hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends tini ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+RUN if ! command -v tini >/dev/null || [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends tini ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 FROM ${CUDA_IMAGE} AS base-cuda
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Ubuntu 24.04 ships Python 3.12; torch's CUDA wheels bring their own CUDA user-space libraries,
 # the base image provides the matching runtime layout and NVIDIA container-toolkit env.
 # hadolint ignore=DL3008
@@ -32,6 +58,7 @@ RUN apt-get update \
 # ---------------------------------------------------------------- common base
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS base
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -46,45 +73,85 @@ ARG VARIANT
 ARG TORCH_VERSION=2.13.0
 # Empty: cpu -> the PyTorch CPU wheel index (no CUDA libraries, a much smaller image);
 # cuda -> PyPI, whose Linux torch wheels are CUDA builds bundling their CUDA libraries.
-# Set it to e.g. https://download.pytorch.org/whl/cu128 for another CUDA version.
+# Set it to a mirror, or e.g. https://download.pytorch.org/whl/cu128 for another CUDA version.
+# With a wheelhouse (--build-context wheelhouse=DIR) holding a torch wheel, no index is used.
 ARG TORCH_INDEX_URL=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv "$VIRTUAL_ENV"
-RUN index="$TORCH_INDEX_URL"; \
-    if [ -z "$index" ] && [ "$VARIANT" = "cpu" ]; then index="https://download.pytorch.org/whl/cpu"; \
-    elif [ -z "$index" ]; then index="https://pypi.org/simple"; fi \
- && pip install --upgrade "pip>=24" \
- && pip install "torch==${TORCH_VERSION}" --index-url "$index"
-
 WORKDIR /src
+COPY requirements/image.txt requirements/image.txt
+# 1. the lock, hash-checked, nothing resolved (the venv's own pip does it: no upgrade from the
+#    index). An extra CA (secret pip_ca) is appended to the system bundle for this step only.
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then \
+      cat /etc/ssl/certs/ca-certificates.crt /run/secrets/pip_ca > /tmp/ca.pem \
+      && export PIP_CERT=/tmp/ca.pem; \
+    fi \
+ && pip install --require-hashes --no-deps -r requirements/image.txt \
+ && rm -f /tmp/ca.pem
+# 2. torch, pinned, per variant. From the wheelhouse when it has one (no index at all), else
+#    from the index. The CPU build has no dependencies beyond the lock's (--no-deps; `pip check`
+#    below proves it); PyPI's CUDA build pins its nvidia-* libraries exactly.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then \
+      cat /etc/ssl/certs/ca-certificates.crt /run/secrets/pip_ca > /tmp/ca.pem \
+      && export PIP_CERT=/tmp/ca.pem; \
+    fi \
+ && deps=(--no-deps); index="$TORCH_INDEX_URL" \
+ && if [ -z "$index" ] && [ "$VARIANT" = "cpu" ]; then index="https://download.pytorch.org/whl/cpu"; \
+    elif [ -z "$index" ]; then index="https://pypi.org/simple"; deps=(); fi \
+ && if compgen -G "/wheelhouse/torch-${TORCH_VERSION}*.whl" >/dev/null; then \
+      source=(--no-index --find-links /wheelhouse); \
+    else source=(--index-url "$index"); fi \
+ && pip install "${deps[@]}" "${source[@]}" "torch==${TORCH_VERSION}" \
+ && rm -f /tmp/ca.pem
+
 # The product only: the worker and the message schemas (the default model is package data of
 # worker/, in worker/default_model/). training/, bench/, testing/, scripts/ and tests/ stay out.
 COPY pyproject.toml README.md ./
 COPY worker/ worker/
 COPY schemas/ schemas/
-# Non-editable install: the worker package and its data (the default model) land in site-packages.
-# training/ is not in the image, so the `moderation-train` console script would be a dead link.
-# The CPU image also serves the bundled int8 ONNX graph (auto picks it where the CPU has no native
-# bf16; see worker/backends/runtime.py); the GPU image serves with torch. The extra's floor is in
-# pyproject.toml, as for every other runtime dependency. Both carry the otel extra, so that
-# MODERATION_OTEL=1 works in the image (it is imported only then).
-# hadolint ignore=DL3013
-RUN if [ "$VARIANT" = "cpu" ]; then pip install ".[onnx,otel]"; else pip install ".[otel]"; fi \
+# 3. the project itself: non-editable, no dependencies (all came from the lock), no build
+#    isolation (setuptools is in the lock). training/ is not in the image, so the
+#    `moderation-train` console script would be a dead link. The CPU image serves the bundled
+#    int8 ONNX graph where auto picks it (worker/backends/runtime.py); the lock carries the onnx
+#    and otel extras, so MODERATION_OTEL=1 works in both variants.
+# 4. what serving never loads comes out (issue 25, defect 6): torch's C++ headers, CMake files,
+#    test binaries and test libraries (the worker does not compile extensions or use
+#    torch.compile).
+# 5. bytecode, compiled for the interpreter of the image; torch ships a few modules written for
+#    newer Pythons (torch/testing/_internal/py312_intrinsics.py), which are left out of
+#    compilation, never imported by the worker (issue 25, defect 1).
+RUN pip install --no-deps --no-build-isolation . \
+ && pip check \
  && rm -f "$VIRTUAL_ENV/bin/moderation-train" \
- && python -m compileall -q "$VIRTUAL_ENV" \
- && test -d "$(python -c 'import worker, pathlib; print(pathlib.Path(worker.__file__).parent / "default_model")')" \
- && ! python -c 'import training' 2>/dev/null
+ && site="$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+ && rm -rf "$site/torch/include" "$site/torch/share" "$site/torch/test" \
+      "$site"/torch/bin/test_* "$site"/torch/bin/*Test "$site"/torch/bin/protoc* \
+      "$site"/torch/lib/libjitbackend_test.so "$site"/torch/lib/libtorchbind_test.so \
+      "$site"/torch/lib/libbackend_with_compiler.so "$site"/torch/lib/libaoti_custom_ops.so \
+ && python -m compileall -q -x '/torch/testing/_internal/py3[0-9]+_' "$VIRTUAL_ENV" \
+ && test -d "$site/worker/default_model" \
+ && ! python -c 'import training' 2>/dev/null \
+ && python -c 'import torch, transformers, onnxruntime, worker.cli'
 
 # ---------------------------------------------------------------- runtime
 FROM base AS runtime
 ARG VARIANT
+ARG VERSION=0.1.0
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="moderation-worker" \
       org.opencontainers.image.description="Kafka comments -> micro-batched BERT-Tiny multi-label toxicity scores" \
       org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       io.moderation.variant="${VARIANT}"
 
-RUN groupadd --system --gid 10001 moderation \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
+# A regular (not --system) account: uid 10001 is above SYS_UID_MAX, which --system warns about.
+RUN groupadd --gid 10001 moderation \
+ && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
         --shell /usr/sbin/nologin moderation
 
 COPY --from=builder /opt/venv /opt/venv

@@ -17,7 +17,7 @@ HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-demo-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability
+.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock install-locked image image-base image-check image-push
 
 install: $(STAMP)
 
@@ -97,6 +97,54 @@ lint: install-dev
 
 format: install-dev
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+# Lock files: requirements/image.txt (what the image installs, with --require-hashes) and
+# requirements/dev.txt, every dependency pinned with its sha256 hashes, resolved by uv (pinned in
+# the dev extra) from PyPI for CPython 3.11 and later. torch stays out (the Dockerfile installs
+# it per variant, pinned by TORCH_SPEC's version). Run after editing pyproject.toml's
+# dependencies; tests/deploy/test_lock.py fails until you do.
+lock: install-dev
+	$(PY) -m scripts.lock
+
+# The CPU image (localhost/moderation-worker:cpu), with docker when its daemon answers, else
+# podman (--format docker); settings from the environment: ENGINE, IMAGE, PYTHON_IMAGE,
+# TORCH_INDEX_URL, TORCH_WHEELHOUSE, PIP_CA_BUNDLE (scripts/image/build.sh, deploy/README.md).
+# With podman the base is local (image-base, made when missing): no registry needed.
+# image-check runs it as an operator would (read-only, non-root, against a tansu broker on the
+# host network) and reports size, build time, start-to-ready time and the largest layers.
+IMAGE ?= localhost/moderation-worker:cpu
+IMAGE_CONTAINERS_CONF := CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/scripts/image/containers.conf}
+image:
+	$(IMAGE_CONTAINERS_CONF) IMAGE=$(IMAGE) bash scripts/image/build.sh
+
+# Publish the built image: PUBLISH=registry.example/org/moderation-worker make image-push tags
+# it <version>-cpu (pyproject.toml's version, also its org.opencontainers.image.version label)
+# and pushes it; then set that name in your overlay's `images:` (deploy/README.md, "Publish").
+PUBLISH ?=
+image-push:
+	@test -n "$(PUBLISH)" || { echo "image-push: set PUBLISH=<registry>/<org>/moderation-worker"; exit 2; }
+	@engine=$$(if docker info >/dev/null 2>&1; then echo docker; else echo podman; fi); \
+	tag="$(PUBLISH):$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)-cpu"; \
+	set -x; $(IMAGE_CONTAINERS_CONF) $$engine tag $(IMAGE) "$$tag" \
+	&& $(IMAGE_CONTAINERS_CONF) $$engine push "$$tag"
+
+# A Debian bookworm base image (Python 3.11) from the Debian mirror with mmdebstrap, imported
+# into podman as localhost/moderation-base:bookworm (apt-get install mmdebstrap podman runc).
+image-base:
+	$(IMAGE_CONTAINERS_CONF) bash scripts/image/base.sh
+
+image-check: install-dev
+	$(IMAGE_CONTAINERS_CONF) HF_HUB_OFFLINE=1 $(PY) -m scripts.image_check --image $(IMAGE)
+
+# The development environment exactly as locked (opt-in; `install-dev` still resolves from
+# pyproject.toml): requirements/dev.txt hash-checked, torch pinned, the project editable, then
+# pip check. Into .venv, or VENV=<dir>.
+install-locked:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 
 # Regenerate the committed JSON Schemas from the pydantic models.
 schemas: install

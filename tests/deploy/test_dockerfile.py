@@ -15,44 +15,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "Dockerfile"
+from testing.dockerfile import DOCKERFILE, REPO, instructions, stages
+
 DOCKERIGNORE = REPO / ".dockerignore"
-
-
-def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs; line continuations joined, comments dropped."""
-    result: list[tuple[str, str]] = []
-    current = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        if current and line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        current += line
-        keyword, _, args = current.partition(" ")
-        result.append((keyword.upper(), args.strip()))
-        current = ""
-    return result
-
-
-def stages() -> dict[str, list[tuple[str, str]]]:
-    """Stage name -> its instructions (FROM included)."""
-    result: dict[str, list[tuple[str, str]]] = {}
-    name = None
-    for keyword, args in instructions():
-        if keyword == "FROM":
-            match = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
-            assert match, args
-            name = match.group(2) or match.group(1)
-            result[name] = []
-        if name is not None:
-            result[name].append((keyword, args))
-    return result
 
 
 def dockerignore_patterns() -> list[str]:
@@ -147,7 +112,7 @@ def test_build_context_excludes_heavy_and_secret_paths() -> None:
 
 # What the image is built from: the product (the worker, the message schemas and the default
 # model, which is package data under worker/default_model/) and the files `pip install .` needs.
-PRODUCT = {"pyproject.toml", "README.md", "worker", "schemas"}
+PRODUCT = {"pyproject.toml", "README.md", "worker", "schemas", "requirements/image.txt"}
 NOT_SHIPPED = ("training", "bench", "testing", "scripts", "tests")
 
 
@@ -170,11 +135,14 @@ def test_default_model_is_baked_in_as_package_data() -> None:
     assert (REPO / "worker" / "default_model").is_dir()
     assert "worker/" in copy_sources() or "worker" in copy_sources()
     builder = stages()["builder"]
-    wheel_install = re.compile(r'pip install "?\.(\[[a-z,]+\])?"?( |;|$)')
+    wheel_install = re.compile(r'pip install (--[a-z-]+ )*"?\.(\[[a-z,]+\])?"?( |;|$)')
     assert any(k == "RUN" and wheel_install.search(a) for k, a in builder), "not a wheel install"
-    # every variant can trace (MODERATION_OTEL=1): the otel extra is installed in both branches
+    # every variant can trace (MODERATION_OTEL=1): the lock both variants install carries the
+    # otel extra (and onnx), and the project adds nothing of its own (--no-deps)
     (install,) = [a for k, a in builder if k == "RUN" and wheel_install.search(a)]
-    assert install.count("otel") == 2, install
+    assert "--no-deps" in install, install
+    lock_header = (REPO / "requirements" / "image.txt").read_text().splitlines()[1]
+    assert "onnx" in lock_header and "otel" in lock_header, lock_header
     # and the build checks that the installed package really carries default_model/
     assert any(k == "RUN" and "default_model" in a for k, a in builder)
 
