@@ -15,10 +15,11 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from tests.deploy.test_manifests import DEPLOY, OVERLAYS, container, find, kustomize, validate
+from testing.manifests import DEPLOY, container, find, kustomize, validate
 from worker.metrics import Metrics
 
 COMPONENT = DEPLOY / "components" / "http-api"
+OVERLAYS = ("cpu", "gpu")
 TEST_OVERLAY = Path(__file__).resolve().parent / "overlays" / "http-api"
 
 
