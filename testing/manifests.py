@@ -1,7 +1,7 @@
 """Build and validate Kubernetes manifests: `kubectl kustomize`, then the built-in kinds against
 the Kubernetes schemas (kubernetes-validate, strict) and the custom resources (KEDA, Prometheus
-Operator) against the JSON schemas in tests/deploy/crd_schemas/. The same rules as
-tests/deploy/test_manifests.py, shared for the tests that build overlays of their own.
+Operator) against the JSON schemas in tests/deploy/crd_schemas/; shared by every test that
+builds deploy/ (tests/deploy/test_manifests.py and the tests of single components).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from referencing import Registry, Resource
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 CRD_SCHEMAS = REPO / "tests" / "deploy" / "crd_schemas"
-OLDEST_K8S = "1.31"
+OLDEST_K8S = "1.31"  # PodDisruptionBudget.unhealthyPodEvictionPolicy is GA since 1.31
 K8S_VERSIONS = (OLDEST_K8S, kv_utils.latest_version())
 CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda-v1alpha1.json",

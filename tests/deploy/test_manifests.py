@@ -8,54 +8,29 @@ are validated against the JSON schemas in crd_schemas/ (see crd_schemas/README.m
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
-from kubernetes_validate import utils as kv_utils
-from referencing import Registry, Resource
 
+from testing.manifests import (
+    DEPLOY,
+    container,
+    find,
+    kustomize,
+    validate,
+)
 from testing.promql import JOB, keda_queries, metric_name, metric_selectors
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
-CRD_SCHEMAS = Path(__file__).resolve().parent / "crd_schemas"
-OLDEST_K8S = "1.31"  # PodDisruptionBudget.unhealthyPodEvictionPolicy is GA since 1.31
-K8S_VERSIONS = (OLDEST_K8S, kv_utils.latest_version())
-CRD_KINDS = {
-    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda-v1alpha1.json",
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentication-keda-v1alpha1.json",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
-}
 OVERLAYS = ("cpu", "gpu")
 COMPONENTS = ("kafka-sasl-ssl", "custom-model", "threshold-policy", "keda-lag-seconds")
 
 
 # ----------------------------------------------------------------------------- building
-
-
-def kubectl() -> str:
-    found = shutil.which("kubectl")
-    assert found, "kubectl not found on PATH: needed for `kubectl kustomize`"
-    return found
-
-
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, f"kubectl kustomize {directory}:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(scope="module")
@@ -74,54 +49,6 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str,
         path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
         result[f"{overlay}+components"] = kustomize(copy / "overlays" / overlay)
     return result
-
-
-def find(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    matches = [r for r in resources if r["kind"] == kind and name in (None, r["metadata"]["name"])]
-    assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
-    return matches[0]
-
-
-def container(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = find(resources, "Deployment")["spec"]["template"]["spec"]
-    return next(c for c in pod["containers"] if c["name"] == "worker")
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-@cache
-def _k8s_definitions() -> Resource:
-    # The same definitions kubernetes-validate resolves its own schemas against.
-    schema = kv_utils.schema_contents(
-        f"kubernetes-json-schema/v{kv_utils.latest_version()}-local-strict/_definitions.json",
-        kv_utils.latest_version(),
-    )
-    return Resource.from_contents(schema)
-
-
-def validate_crd(resource: dict[str, Any]) -> None:
-    schema = json.loads(
-        (CRD_SCHEMAS / CRD_KINDS[resource["apiVersion"], resource["kind"]]).read_text()
-    )
-    registry = Resource.from_contents(schema) @ (_k8s_definitions() @ Registry())
-    validator = jsonschema.Draft202012Validator(schema, registry=registry)
-    errors = sorted(validator.iter_errors(resource), key=lambda e: list(e.path))
-    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
-
-
-def validate(resource: dict[str, Any]) -> None:
-    key = (resource["apiVersion"], resource["kind"])
-    if key in CRD_KINDS:
-        validate_crd(resource)
-        return
-    for version in K8S_VERSIONS:
-        try:
-            kubernetes_validate.validate(resource, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            path = ".".join(str(p) for p in exc.path)
-            raise AssertionError(f"{key} {resource['metadata'].get('name')} (k8s {version}): "
-                                 f"{path}: {exc.message}") from None  # fmt: skip
 
 
 def patch_files() -> set[Path]:

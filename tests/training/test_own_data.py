@@ -5,59 +5,25 @@ says what to run with a few thousand rows. Tiny random models, as in test_traini
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import BertConfig
 
-from training import JIGSAW_LABELS
+from testing.training_data import tiny_bert_dir, tiny_rows, write_csv
 from training.cli import build_parser, main
 from training.collapse import MIN_MACRO_ROC_AUC, MIN_SPREAD, check_collapse
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER_DIR = REPO / "worker" / "default_model"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
-TEXTS_TOXIC = ["you are a stupid idiot", "i will kill you", "shut up you fat moron", "go die loser"]
-TEXTS_CLEAN = ["thanks for the edit", "see the talk page", "i added a citation", "nice article"]
 COMMON = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--no-progress", "--seed", "3"]
 HEALTHY = [*COMMON, "--epochs", "4", "--lr", "5e-3", "--max-length", "32"]
-
-
-def _rows(n: int) -> list[dict[str, str]]:
-    """Half toxic rows (every label sometimes), half clean: test_training.py's tiny data."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        toxic = i % 2 == 0
-        pool = TEXTS_TOXIC if toxic else TEXTS_CLEAN
-        text = " ".join(pool[int(j)] for j in rng.integers(0, 4, size=2)) + f" {i}"
-        row = {"id": f"{i:016x}", "comment_text": text}
-        for j, label in enumerate(JIGSAW_LABELS):
-            row[label] = "1" if toxic and (j == 0 or i % (j + 3) == 0) else "0"
-        rows.append(row)
-    return rows
-
-
-def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", "comment_text", *JIGSAW_LABELS])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -67,24 +33,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(work: Path) -> Path:
-    path = work / "tiny-bert"
-    path.mkdir()
-    BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    ).save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(TOKENIZER_DIR / name, path / name)
-    return path
+    return tiny_bert_dir(work / "tiny-bert")
 
 
 @pytest.fixture(scope="module")
 def own_rows(work: Path) -> Path:
-    return _write_csv(work / "own.csv", _rows(400))
+    return write_csv(work / "own.csv", tiny_rows(400))
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +82,7 @@ def test_a_collapsed_fit_and_distill_say_so_and_export_refuses_them_unless_force
     """One epoch of eight steps leaves the tiny model giving every text the same scores:
     fit and distill finish (exit 0: the run is kept to inspect or resume) but say so last,
     and export refuses it (one line, exit 2) unless --force."""
-    data = _write_csv(work / "small.csv", _rows(80))
+    data = write_csv(work / "small.csv", tiny_rows(80))
     common = ["--train", str(data), "--max-length", "32", *COMMON]
     collapsed = work / "collapsed"
     assert (
@@ -238,7 +192,7 @@ def test_export_says_which_base_rates_it_assumed_and_where_from(
 def test_evaluate_warns_when_the_data_is_the_models_training_file(
     work: Path, healthy_run: Path, own_rows: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other = _write_csv(work / "other.csv", _rows(60)[::-1])
+    other = write_csv(work / "other.csv", tiny_rows(60)[::-1])
     results = {}
     for name, data in (("own", own_rows), ("other", other)):
         out = work / f"eval-{name}"

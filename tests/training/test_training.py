@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
 import json
 import os
@@ -16,11 +14,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import BertConfig
 from transformers.utils import logging as hf_logging
 
 from schemas.artifact import ArtifactContract, weights_version
 from testing.pipeline import pipeline_scores
+from testing.training_data import TOKENIZER_FILES, tiny_bert_dir, tiny_rows, write_csv
 from training import JIGSAW_LABELS, provenance
 from training.cli import main
 from training.data import DataError, load_dataset, split_dataset
@@ -32,38 +30,7 @@ from training.provenance import portable_command, portable_path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER_DIR = REPO / "worker" / "default_model"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
-TEXTS_TOXIC = ["you are a stupid idiot", "i will kill you", "shut up you fat moron", "go die loser"]
-TEXTS_CLEAN = ["thanks for the edit", "see the talk page", "i added a citation", "nice article"]
 COMMON = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--no-progress", "--seed", "3"]
-
-
-def _rows(n: int) -> list[dict[str, str]]:
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        toxic = i % 2 == 0
-        pool = TEXTS_TOXIC if toxic else TEXTS_CLEAN
-        text = " ".join(pool[int(j)] for j in rng.integers(0, 4, size=2)) + f" {i}"
-        row = {"id": f"{i:016x}", "comment_text": text}
-        for j, label in enumerate(JIGSAW_LABELS):
-            row[label] = "1" if toxic and (j == 0 or i % (j + 3) == 0) else "0"
-        rows.append(row)
-    return rows
-
-
-def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", "comment_text", *JIGSAW_LABELS])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -74,24 +41,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model(work: Path) -> Path:
     """A tiny random BERT config + the real BERT-Tiny tokenizer (no weights: built from config)."""
-    path = work / "tiny-bert"
-    path.mkdir()
-    BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    ).save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(TOKENIZER_DIR / name, path / name)
-    return path
+    return tiny_bert_dir(work / "tiny-bert")
 
 
 @pytest.fixture(scope="module")
 def data_file(work: Path) -> Path:
-    return _write_csv(work / "train.csv.gz", _rows(80))
+    return write_csv(work / "train.csv.gz", tiny_rows(80))
 
 
 @pytest.fixture(scope="module")
@@ -480,9 +435,9 @@ def test_skipped_rows_are_counted_without_a_validation_file(
 ) -> None:
     """--skip-bad-rows without --val: the count survives the split into the CLI's summary,
     training_info.json and the model card."""
-    rows = _rows(40)
+    rows = tiny_rows(40)
     path = work / "with-bad-rows.csv"
-    _write_csv(path, rows)
+    write_csv(path, rows)
     with path.open("a") as handle:
         handle.write("x1,too,few\n")
         handle.write("x2,bad label,0,0,7,0,0,0\n")
@@ -513,7 +468,7 @@ def test_skipped_rows_are_counted_without_a_validation_file(
 def calibrated(work: Path, tiny_model: Path) -> tuple[Path, Path, Path]:
     """A fitted model exported plain and calibrated (both with model.onnx), and the labeled
     file whose validation split the calibration was fitted on."""
-    rows = _write_csv(work / "calibration.csv", _rows(400))
+    rows = write_csv(work / "calibration.csv", tiny_rows(400))
     run = work / "calibration-run"  # trained long enough to have signal in every label
     argv = ["fit", "--base-model", str(tiny_model), "--train", str(rows), "--output-dir", str(run)]
     assert main([*argv, *COMMON, "--epochs", "4", "--lr", "5e-3", "--max-length", "32"]) == 0

@@ -9,7 +9,6 @@ fast and small. Needs the `onnx` extra.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,13 @@ import numpy as np
 from schemas.artifact import (
     ONNX_FILES,
     ONNX_INPUTS,
-    ONNX_META_LABELS,
-    ONNX_META_WEIGHTS,
     ONNX_OUTPUT,
-    WEIGHTS_FILE,
-    weights_version,
 )
 from worker.backends.backend import Backend, ModelLoadError, TokenBatch
+from worker.backends.onnx_metadata import check_exported_from
 
 MODEL_FILES = ONNX_FILES
 OUTPUT_NAME = ONNX_OUTPUT
-META_WEIGHTS = ONNX_META_WEIGHTS
-META_LABELS = ONNX_META_LABELS
 INPUT_NAMES = ONNX_INPUTS
 EXPORT_HINT = (
     "export it with training.onnx_export.export_onnx(model_dir)"
@@ -153,16 +147,4 @@ def _check_graph(session: Any, path: Path, model_dir: Path, labels: tuple[str, .
     if isinstance(width, int) and width != len(labels):
         raise ModelLoadError(f"{path} scores {width} labels, the artifact names {len(labels)}")
     meta = session.get_modelmeta().custom_metadata_map
-    if META_LABELS in meta and tuple(json.loads(meta[META_LABELS])) != tuple(labels):
-        raise ModelLoadError(
-            f"{path} was exported with labels {json.loads(meta[META_LABELS])}, "
-            f"the artifact names {list(labels)}: {EXPORT_HINT}"
-        )
-    weights = model_dir / WEIGHTS_FILE
-    if META_WEIGHTS in meta and weights.is_file():
-        current = weights_version(weights)
-        if meta[META_WEIGHTS] != current:
-            raise ModelLoadError(
-                f"{path} was exported from weights {meta[META_WEIGHTS]}, "
-                f"but {WEIGHTS_FILE} is {current}: export again ({EXPORT_HINT})"
-            )
+    check_exported_from(path, meta, model_dir, labels, EXPORT_HINT)

@@ -5,12 +5,19 @@ weights and labels the graph was made from (`schemas.artifact.ONNX_META_*`), the
 a stale graph from scoring silently wrong. A `ModelProto` is a protobuf message whose field 14 is
 `repeated StringStringEntryProto metadata_props` (key = field 1, value = field 2); this module
 walks the top-level fields only, skipping the others (the graph) by their length.
+
+`check_exported_from` is the check itself, shared by the ONNX Runtime and OpenVINO backends.
 """
 
 from __future__ import annotations
 
+import json
 import mmap
+from collections.abc import Mapping
 from pathlib import Path
+
+from schemas.artifact import ONNX_META_LABELS, ONNX_META_WEIGHTS, WEIGHTS_FILE, weights_version
+from worker.backends.backend import ModelLoadError
 
 METADATA_PROPS = 14
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
@@ -81,3 +88,28 @@ def read_metadata(path: Path) -> dict[str, str]:
             raise OnnxMetadataError("empty file")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return parse_metadata(data)
+
+
+def check_exported_from(
+    path: Path, meta: Mapping[str, str], model_dir: Path, labels: tuple[str, ...], hint: str
+) -> None:
+    """Refuse a graph whose metadata says it was exported with other labels or from other
+    weights than the artifact's (`hint`: how to export it again)."""
+    if ONNX_META_LABELS in meta:
+        try:
+            exported = tuple(json.loads(meta[ONNX_META_LABELS]))
+        except (ValueError, TypeError):
+            raise ModelLoadError(f"{path} has unreadable label metadata: {hint}") from None
+        if exported != tuple(labels):
+            raise ModelLoadError(
+                f"{path} was exported with labels {list(exported)}, "
+                f"the artifact names {list(labels)}: {hint}"
+            )
+    weights = model_dir / WEIGHTS_FILE
+    if ONNX_META_WEIGHTS in meta and weights.is_file():
+        current = weights_version(weights)
+        if meta[ONNX_META_WEIGHTS] != current:
+            raise ModelLoadError(
+                f"{path} was exported from weights {meta[ONNX_META_WEIGHTS]}, "
+                f"but {WEIGHTS_FILE} is {current}: export again ({hint})"
+            )

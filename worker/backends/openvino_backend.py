@@ -13,7 +13,6 @@ onnxruntime. Needs the `openvino` extra.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,10 @@ import numpy as np
 from schemas.artifact import (
     ONNX_FILES,
     ONNX_INPUTS,
-    ONNX_META_LABELS,
-    ONNX_META_WEIGHTS,
     ONNX_OUTPUT,
-    WEIGHTS_FILE,
-    weights_version,
 )
 from worker.backends.backend import Backend, ModelLoadError, TokenBatch
-from worker.backends.onnx_metadata import OnnxMetadataError, read_metadata
+from worker.backends.onnx_metadata import OnnxMetadataError, check_exported_from, read_metadata
 
 GRAPH_FILE = ONNX_FILES["fp32"]
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -127,24 +122,7 @@ def check_metadata(path: Path, model_dir: Path, labels: tuple[str, ...]) -> None
         meta = read_metadata(path)
     except (OSError, OnnxMetadataError) as exc:
         raise ModelLoadError(f"{path} is not a readable ONNX file ({exc}): {EXPORT_HINT}") from None
-    if ONNX_META_LABELS in meta:
-        try:
-            exported = tuple(json.loads(meta[ONNX_META_LABELS]))
-        except (ValueError, TypeError):
-            raise ModelLoadError(f"{path} has unreadable label metadata: {EXPORT_HINT}") from None
-        if exported != tuple(labels):
-            raise ModelLoadError(
-                f"{path} was exported with labels {list(exported)}, "
-                f"the artifact names {list(labels)}: {EXPORT_HINT}"
-            )
-    weights = model_dir / WEIGHTS_FILE
-    if ONNX_META_WEIGHTS in meta and weights.is_file():
-        current = weights_version(weights)
-        if meta[ONNX_META_WEIGHTS] != current:
-            raise ModelLoadError(
-                f"{path} was exported from weights {meta[ONNX_META_WEIGHTS]}, "
-                f"but {WEIGHTS_FILE} is {current}: export again ({EXPORT_HINT})"
-            )
+    check_exported_from(path, meta, model_dir, labels, EXPORT_HINT)
 
 
 def check_ports(compiled: Any, path: Path, labels: tuple[str, ...]) -> None:

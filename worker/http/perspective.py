@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -73,6 +73,9 @@ class _Message(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
+M = TypeVar("M", bound=BaseModel)  # a request message (`validated`)
+
+
 class TextEntry(_Message):
     text: str | None = None
     type: str | None = None
@@ -112,17 +115,21 @@ class Analysis:
     dropped: tuple[str, ...] = ()  # attributes not served, left out (`dropUnsupportedAttributes`)
 
 
-def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) -> Analysis:
-    """Check a decoded JSON body; raises `ApiError` (400) naming what is wrong."""
+def validated(model: type[M], body: Any) -> M:
+    """A decoded JSON body as `model`; raises `ApiError` (400) naming the field, never quoting
+    a value (the text may be the value)."""
     if not isinstance(body, dict):
         raise invalid("Invalid JSON payload received. Expected an object.")
     try:
-        request = AnalyzeCommentRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         error = exc.errors()[0]  # its "input" may be the text: never put it in the message
         where = ".".join(str(part) for part in error["loc"])
         raise invalid(f"Invalid value at '{where}': {error['msg']}") from None
-    comment = request.comment
+
+
+def comment_text(comment: TextEntry | None, max_text_bytes: int) -> str:
+    """The comment's plain text, or `ApiError` (400): empty, not plain text, or too long."""
     if comment is None or not comment.text:
         raise invalid("Comment must be non-empty.", "COMMENT_EMPTY")
     if comment.type not in (None, "PLAIN_TEXT", "TEXT_TYPE_UNSPECIFIED"):
@@ -134,6 +141,13 @@ def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) ->
         raise invalid(
             f"Comment text too long ({size} bytes; at most {max_text_bytes}).", "COMMENT_TOO_LONG"
         )
+    return comment.text
+
+
+def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) -> Analysis:
+    """Check a decoded JSON body; raises `ApiError` (400) naming what is wrong."""
+    request = validated(AnalyzeCommentRequest, body)
+    text = comment_text(request.comment, max_text_bytes)
     if not request.requested_attributes:
         raise invalid("Missing requested_attributes", "NO_REQUESTED_ATTRIBUTES")
     attributes: dict[str, tuple[str, float | None]] = {}
@@ -153,7 +167,7 @@ def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) ->
             )
         attributes[name] = (label, parameters.score_threshold)
     return Analysis(
-        text=comment.text,
+        text=text,
         attributes=attributes,
         languages=[lang for lang in request.languages or [] if lang.strip()],
         spans=bool(request.span_annotations),

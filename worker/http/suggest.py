@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from schemas import ArtifactContract, Feedback
-from worker.http.perspective import TextEntry, _Message, invalid
+from worker.http.perspective import TextEntry, _Message, comment_text, invalid, validated
 
 SOURCE = "suggestscore"  # `Feedback.source` of these records
 DECISION_THRESHOLD = 0.5  # summaryScore.value at or above it: the label applies
@@ -76,24 +76,8 @@ def parse_suggestion(
 ) -> Suggestion:
     """Check a decoded JSON body; raises `ApiError` (400) naming what is wrong, never quoting
     the text. `now`: the decision time (default: the current UTC time)."""
-    if not isinstance(body, dict):
-        raise invalid("Invalid JSON payload received. Expected an object.")
-    try:
-        request = SuggestCommentScoreRequest.model_validate(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]  # its "input" may be the text: never put it in the message
-        where = ".".join(str(part) for part in error["loc"])
-        raise invalid(f"Invalid value at '{where}': {error['msg']}") from None
-    comment = request.comment
-    if comment is None or not comment.text:
-        raise invalid("Comment must be non-empty.", "COMMENT_EMPTY")
-    if comment.type not in (None, "PLAIN_TEXT", "TEXT_TYPE_UNSPECIFIED"):
-        raise invalid("Currently, only 'PLAIN_TEXT' comments are supported")
-    size = len(comment.text.encode("utf-8", "surrogatepass"))
-    if size > max_text_bytes:
-        raise invalid(
-            f"Comment text too long ({size} bytes; at most {max_text_bytes}).", "COMMENT_TOO_LONG"
-        )
+    request = validated(SuggestCommentScoreRequest, body)
+    text = comment_text(request.comment, max_text_bytes)
     labels = _labels(request.attribute_scores, contract)
     for field, value in (
         ("clientToken", request.client_token),
@@ -103,9 +87,9 @@ def parse_suggestion(
             raise invalid(f"{field} is too long ({len(value)} characters; at most {MAX_ID_CHARS}).")
     try:
         feedback = Feedback(
-            id=comment_id(request.client_token, comment.text),
+            id=comment_id(request.client_token, text),
             labels=labels,
-            text=None if request.do_not_store else comment.text,
+            text=None if request.do_not_store else text,
             tenant=request.community_id or None,
             source=SOURCE,
             decided_at=now or datetime.now(UTC),
@@ -115,7 +99,7 @@ def parse_suggestion(
         raise invalid(f"The suggestion cannot be recorded: invalid '{where}'.") from None
     return Suggestion(
         feedback=feedback,
-        text=comment.text,
+        text=text,
         languages=[lang for lang in request.languages or [] if lang.strip()],
         client_token=request.client_token,
     )
