@@ -139,12 +139,16 @@ def _connect(port: int, request: bytes) -> socket.socket:
     return sock
 
 
-def exchange(port: int, case: HttpCase) -> str:
-    """Send one case on a fresh connection (after opening `case.hold` others) and read what
-    comes back; a hang-up case returns "hung up" (its fate is read from the metrics)."""
+def exchange(port: int, case: HttpCase, worker: WorkerProcess | None = None) -> str:
+    """Send one case on a fresh connection (after opening `case.hold` others, and with `worker`
+    waiting until it counts them open) and read what comes back; a hang-up case returns
+    "hung up" (its fate is read from the metrics)."""
     held = [_connect(port, case.hold_request) for _ in range(case.hold)]
     try:
-        if case.hold:
+        if case.hold and worker is not None:
+            cap = int(worker.env.get("MODERATION_HTTP_API_MAX_CONNECTIONS", case.hold))
+            wait_connections_at_least(worker, min(case.hold, cap))  # beyond the cap: refused
+        elif case.hold:
             time.sleep(0.2)  # the server has accepted them all
         with _connect(port, case.request) as sock:
             if case.hangup:
@@ -155,6 +159,16 @@ def exchange(port: int, case: HttpCase) -> str:
     finally:
         for sock in held:
             sock.close()
+
+
+def wait_connections_at_least(worker: WorkerProcess, bound: int, timeout: float = 20.0) -> None:
+    """Until the worker counts `bound` API connections open (a loaded machine accepts the held
+    connections of a case later than a quiet one)."""
+    deadline = time.monotonic() + timeout
+    while metric_sample(worker.get("/metrics").body, "moderation_http_open_connections") < bound:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker counts fewer than {bound} connections open")
+        time.sleep(0.05)
 
 
 def wait_connections_below(worker: WorkerProcess, bound: int, timeout: float = 10.0) -> None:
@@ -225,7 +239,7 @@ def run_catalog(worker: WorkerProcess, cases: list[HttpCase]) -> CatalogRun:
         for case in cases:
             started = time.monotonic()
             before = _counted(worker) if case.hangup else (0.0, 0.0)
-            got = exchange(port, case)
+            got = exchange(port, case, worker)
             if case.hold:
                 wait_connections_below(worker, case.hold // 2)
             if case.hangup:
