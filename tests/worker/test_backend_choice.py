@@ -14,18 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from training.onnx_export import export_onnx
 from worker.backends.autoselect import measure_shapes, select_backend, time_backends
 from worker.backends.backend import Backend, ModelLoadError, TokenBatch
 from worker.backends.choice_cache import Measured, cache_file, cache_key, read_choice
 from worker.backends.hardware import Choice, CpuInfo
 from worker.backends.model import ServedModel, load_served_model, plan_served_model
 from worker.backends.runtime import Candidate, Runtime
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("openvino")
-pytest.importorskip("onnx")
-
-from training.onnx_export import export_onnx
 
 CPU = CpuInfo("Test CPU", frozenset({"avx2"}))
 SHAPES = [(64, 32), (32, 64)]

