@@ -37,7 +37,7 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas import ThresholdPolicy
+from schemas import ModelRef, ThresholdPolicy
 from worker.backends.model import ServedModel, load_from_settings
 from worker.config import Settings
 from worker.http.api import PerspectiveApi
@@ -50,6 +50,9 @@ from worker.pipeline.inference import InferenceLoop
 from worker.pipeline.kafka_clients import build_producer
 from worker.pipeline.kafka_intake import KafkaIntake
 from worker.policy import PolicyHolder, PolicyWatcher, TenantSource
+from worker.quality.cache import ScoreCache
+from worker.quality.consumer import FeedbackConsumer
+from worker.quality.tracker import QualityTracker
 from worker.shadow import ShadowScorer
 from worker.tracing import Tracing
 
@@ -160,6 +163,19 @@ class Worker:
             source=TenantSource(settings.tenant_field, settings.tenant_header),
             metrics=self.metrics,
         )
+        # --- live quality (worker/quality): what was published per id, decisions counted
+        self.score_cache: ScoreCache | None = None
+        if settings.feedback_score_cache > 0 and (
+            settings.feedback_quality or settings.http_api_port is not None
+        ):
+            self.score_cache = ScoreCache(
+                settings.feedback_score_cache,
+                contract.labels,
+                ModelRef(name=contract.model_name, version=contract.model_version),
+            )
+        self.quality: QualityTracker | None = None
+        if settings.feedback_quality:
+            self.quality = QualityTracker(self.policies, self.metrics, self.score_cache)
         self.queue = BatchQueue(settings.max_batch_size, settings.max_wait_ms / 1000)
         self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
@@ -170,6 +186,7 @@ class Worker:
                 settings, model.tokenizer, self.tokenizer_thread, self.queue, self.metrics,
                 on_fatal=self.fail, tracing=self.tracing, detector=model.language,
                 served_languages=contract.served_languages, policies=self.policies,
+                score_cache=self.score_cache,
             )  # fmt: skip
         # --- the optional parts: each a `Feature`, started and stopped in this order
         self.policy_watcher: PolicyWatcher | None = None
@@ -198,9 +215,17 @@ class Worker:
             self.api = PerspectiveApi(
                 settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving,
                 policies=self.policies, feedback=feedback_sink(settings, producer),
+                score_cache=self.score_cache,
+                # HTTP only: stored decisions are counted here (with Kafka: by the consumer)
+                quality=self.quality if self.intake is None else None,
             )  # fmt: skip
+        self.feedback_consumer: FeedbackConsumer | None = None
+        if self.quality is not None and self.intake is not None:
+            self.feedback_consumer = FeedbackConsumer(settings, self.quality, self.metrics)
         self.features: list[Feature] = [
-            f for f in (self.policy_watcher, self.shadow, self.api) if f is not None
+            f
+            for f in (self.policy_watcher, self.shadow, self.api, self.feedback_consumer)
+            if f is not None
         ]
         publisher = self.intake.publisher if self.intake is not None else None
         self.inference_loop = InferenceLoop(
