@@ -1,17 +1,24 @@
-"""Live quality, offline: the id -> scores cache, bounded tenant label values, the tracker's
-counts per tenant x label (from carried scores, the cache, or none), and a bad record skipped by
-the consumer's parse step. The same on the real broker: tests/worker/test_quality_kafka.py."""
+"""Live quality without a broker: the id -> scores cache, bounded tenant label values, the
+tracker's counts per tenant x label (from carried scores, the cache, or none), a bad record
+skipped by the consumer's parse step, and an HTTP-only worker counting what suggestscore stores.
+On the real broker: tests/worker/test_quality_kafka.py."""
 
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from schemas import Feedback, ModelRef, ThresholdPolicy
 from schemas.artifact import read_contract
+from testing.http import http_post, metric_sample
 from testing.models import DEFAULT_MODEL_DIR
+from testing.ports import free_port
+from testing.topics import Topics
+from testing.worker_process import QUICK_ENV, WorkerProcess, worker_env
 from worker.metrics import Metrics
 from worker.policy import PolicyHolder
 from worker.quality.cache import ScoreCache
@@ -191,3 +198,74 @@ def test_a_bad_record_is_skipped_and_the_rest_parsed() -> None:
     assert [(where, f is not None) for where, f in parsed] == [
         ("t[0]@0", False), ("t[0]@1", True), ("t[0]@2", False), ("t[0]@3", False),
     ]  # fmt: skip
+
+
+# ------------------------------------------------------------------ HTTP only: no consumer
+
+
+def test_http_only_counts_the_decisions_suggestscore_stores_with_the_scores_analyze_gave(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """No Kafka: suggestscore's record carries the scores analyze published for its
+    `clientToken` (or its text's hash), and the worker counts it in-process."""
+    records = tmp_path / "feedback.jsonl"
+    policy = tmp_path / "policy.json"
+    policy.write_bytes(orjson.dumps({"version": "h1", "tenants": {"forum": {}}}))
+    api = free_port()
+    environment = worker_env(
+        "127.0.0.1:9", Topics.fresh("quality-http-only"), free_port(),
+        QUICK_ENV | {
+            "MODERATION_MODEL": str(tiny_model_dir), "MODERATION_HTTP_API_PORT": str(api),
+            "MODERATION_FEEDBACK_FILE": str(records), "MODERATION_POLICY_FILE": str(policy),
+        },
+    )  # fmt: skip
+    worker = WorkerProcess(environment, tmp_path / "worker.log", args=["--http-only"])
+    url = f"http://127.0.0.1:{api}/v1alpha1/comments"
+    try:
+        worker.wait_ready(90)
+        scored = {}
+        for text, token in (("you fool", "tok-1"), ("kind words", None)):
+            analyze = {"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}},
+                       "communityId": "forum"}  # fmt: skip
+            if token:
+                analyze["clientToken"] = token
+            answer = http_post(f"{url}:analyze", orjson.dumps(analyze))
+            assert answer.status == 200, answer.body
+            scored[text] = orjson.loads(answer.body)["attributeScores"]["TOXICITY"]["summaryScore"][
+                "value"
+            ]
+        for text, token, decision in (
+            ("you fool", "tok-1", 1), ("kind words", None, 0), ("never analyzed", None, 1),
+        ):  # fmt: skip
+            suggestion = {
+                "comment": {"text": text},
+                "communityId": "forum",
+                "attributeScores": {"TOXICITY": {"summaryScore": {"value": decision}}},
+            }
+            if token:
+                suggestion["clientToken"] = token
+            assert http_post(f"{url}:suggestscore", orjson.dumps(suggestion)).status == 200
+        written = [Feedback.model_validate_json(line) for line in records.read_bytes().splitlines()]
+        assert [r.scores is not None for r in written] == [True, True, False]
+        for record, text in zip(written, ("you fool", "kind words"), strict=False):
+            assert record.scores is not None and set(record.scores) == set(LABELS)
+            assert record.scores["toxic"] == pytest.approx(scored[text], abs=1e-6)
+            assert record.policy_version == "h1" and record.model is not None
+        text = worker.get("/metrics").body
+        threshold = dict(read_contract(tiny_model_dir).label_thresholds)["toxic"]
+        expected = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+        expected["tp" if scored["you fool"] >= threshold else "fn"] += 1
+        expected["fp" if scored["kind words"] >= threshold else "tn"] += 1
+        assert {
+            cell: metric_sample(text, "moderation_feedback_decisions_total", tenant="forum",
+                                label="toxic", flagged=flagged, decision=decision)
+            for cell, (flagged, decision) in
+            {"tp": ("true", "1"), "fp": ("true", "0"), "fn": ("false", "1"),
+             "tn": ("false", "0")}.items()
+        } == expected  # fmt: skip
+        unscored = "moderation_feedback_unscored_total"
+        assert metric_sample(text, unscored, tenant="forum", label="toxic") == 1
+        assert metric_sample(text, "moderation_feedback_records_total", outcome="counted") == 3
+        assert "moderation_feedback_consumer_partitions 0.0" in text  # no consumer
+    finally:
+        assert worker.terminate() == 0, worker.log()[-3000:]
