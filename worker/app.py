@@ -14,6 +14,10 @@ The Kafka side (consumer, producer, checkpoint, publisher, consume loop, commits
 `worker.pipeline.kafka_intake.KafkaIntake`; with `MODERATION_HTTP_ONLY` it is absent (no Kafka
 client is built) and the worker serves the HTTP API alone, through the same queue and loop.
 
+Live quality (`worker.quality`): what is published is remembered per comment id (a bounded
+LRU), and moderators' decisions are counted per tenant x label: with Kafka read from the feedback
+topic by a `Feature` in a consumer group of its own, HTTP only as suggestscore stores them.
+
 Delivery guarantee: at least once. An offset is committed only after the output or dead letter
 of that record and of every earlier record of its partition was acknowledged by the broker
 (`acks=all`). On revocation and on shutdown, in-flight work is finished and committed first.

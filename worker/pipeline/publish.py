@@ -123,7 +123,7 @@ class Publisher:
     ) -> None:
         """Send one output (`encode_output`); with a score cache, its `probabilities` and
         `policy_version` are remembered under the comment's id (for live quality)."""
-        if self._score_cache is not None and probabilities is not None and item.comment:
+        if self._score_cache is not None and probabilities is not None and item.comment is not None:
             self._score_cache.remember(item.comment.id, probabilities, policy_version)
         headers = trace_headers(item.record.headers)  # W3C trace context, carried along
         await self._send(
