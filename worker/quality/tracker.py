@@ -67,7 +67,8 @@ class QualityTracker:
 
     def count(self, feedback: Feedback) -> str:
         """Count one record's decisions; returns its outcome (`counted`, `no_known_label`)."""
-        judged = [(label, d) for label, d in feedback.labels.items() if label in self._index]
+        decided = feedback.labels  # looked up per model label: O(labels), whatever the record
+        judged = [(label, decided[label]) for label in self._labels if label in decided]
         if not judged:
             self._metrics.feedback_records.labels("no_known_label").inc()
             return "no_known_label"
