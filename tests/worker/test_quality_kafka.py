@@ -17,7 +17,7 @@ import pytest
 
 from schemas import Feedback
 from testing.http import http_post, metric_sample
-from testing.kafka import comment, create_topics, produce, read_all
+from testing.kafka import comment, committed_offsets, create_topics, produce, read_all
 from testing.ports import free_port
 from testing.topics import Topics
 from testing.wait import wait_until
@@ -227,3 +227,11 @@ def test_the_primary_keeps_scoring_while_the_feedback_topic_holds_garbage(
     assert worker.get("/readyz").status == 200
     assert worker.log().count("skipped: not a Feedback record") <= 2  # rate-limited lines
     assert worker.stop() == 0, worker.log()[-3000:]
+    # the feedback group committed what it read; the primary's group never reads that topic
+    committed = asyncio.run(
+        committed_offsets(kafka_bootstrap, f"{topics.group}-feedback", feedback_topic)
+    )
+    assert committed == {0: len(garbage)}
+    assert asyncio.run(committed_offsets(kafka_bootstrap, topics.group, feedback_topic)) == {
+        0: None
+    }
