@@ -20,6 +20,15 @@ Threshold = Annotated[
     float, Field(ge=0.0, le=1.0, description="Flag the label when its score is >= this.")
 ]
 Thresholds = dict[Annotated[str, Field(min_length=1)], Threshold]
+PrecisionTarget = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        le=1.0,
+        description="The flag precision that moderators' decisions should confirm (alerted on).",
+    ),
+]
+PrecisionTargets = dict[Annotated[str, Field(min_length=1)], PrecisionTarget]
 
 
 class UnsupportedLanguage(StrEnum):
@@ -58,6 +67,13 @@ class TenantPolicy(BaseModel):
         Thresholds, Field(description="Label -> threshold; labels not named keep the defaults.")
     ] = {}
     unsupported_language: LanguageMode = None
+    precision_targets: Annotated[
+        PrecisionTargets,
+        Field(
+            description="Label -> precision target of this tenant's flags; labels not named keep "
+            "the policy's default targets."
+        ),
+    ] = {}
 
 
 class ThresholdPolicy(BaseModel):
@@ -79,6 +95,14 @@ class ThresholdPolicy(BaseModel):
         Field(description="Default label -> threshold; labels not named keep the model's."),
     ] = {}
     unsupported_language: LanguageMode = None
+    precision_targets: Annotated[
+        PrecisionTargets,
+        Field(
+            description="Default label -> precision target of the flags, as moderators' "
+            "decisions measure it (`moderation_policy_precision_target`; an alert fires below "
+            "it). Written by `moderation-train thresholds --target-precision`."
+        ),
+    ] = {}
     tenants: Annotated[
         dict[Annotated[str, Field(min_length=1)], TenantPolicy],
         Field(description="Tenant -> overrides; a tenant not listed gets the defaults."),
@@ -92,11 +116,18 @@ class ThresholdPolicy(BaseModel):
         return self.unsupported_language
 
     def labels_named(self) -> set[str]:
-        """Every label the policy sets a threshold for, by default or for a tenant."""
-        named = set(self.thresholds)
+        """Every label the policy sets a threshold or a precision target for, by default or for
+        a tenant."""
+        named = set(self.thresholds) | set(self.precision_targets)
         for tenant in self.tenants.values():
-            named |= set(tenant.thresholds)
+            named |= set(tenant.thresholds) | set(tenant.precision_targets)
         return named
+
+    def targets_for(self, tenant: str | None) -> dict[str, float]:
+        """Label -> precision target for `tenant`: the tenant's own over the defaults (None, or
+        a tenant not listed: the defaults)."""
+        own = self.tenants.get(tenant) if tenant is not None else None
+        return dict(self.precision_targets) | (dict(own.precision_targets) if own else {})
 
     def unknown_labels(self, model_labels: Iterable[str]) -> list[str]:
         """Labels the policy names that the model does not have (sorted; empty when valid)."""

@@ -101,6 +101,11 @@ def alert_queries(path: Path = ALERTS) -> list[Query]:
     ]
 
 
+def recorded_names(path: Path = ALERTS) -> set[str]:
+    """Series names the rule file's recording rules produce (`level:metric:operations`)."""
+    return {str(rule["record"]) for rule in alert_rules(path) if "record" in rule}
+
+
 def keda_queries(path: Path = KEDA_LAG_SECONDS) -> list[Query]:
     """The query of every KEDA Prometheus trigger the component's JSON patch adds."""
     return [

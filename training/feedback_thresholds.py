@@ -276,22 +276,35 @@ def updated_policy(
     tenant: str | None,
     version: str | None,
     description: str,
+    precision_targets: dict[str, float] | None = None,
 ) -> ThresholdPolicy:
-    """`policy` (or an empty one) with `thresholds` set for `tenant` (None: the defaults), all
-    else kept, and a new version."""
+    """`policy` (or an empty one) with `thresholds` and the precision targets they were chosen
+    to meet (`precision_targets`, what the worker alerts on) set for `tenant` (None: the
+    defaults), all else kept, and a new version."""
     base = policy or ThresholdPolicy(version="0")
+    targets = precision_targets or {}
     tenants = dict(base.tenants)
     defaults = dict(base.thresholds)
+    default_targets = dict(base.precision_targets)
     if tenant is None:
         defaults.update(thresholds)
+        default_targets.update(targets)
     else:
         old = tenants.get(tenant, TenantPolicy())
-        tenants[tenant] = TenantPolicy(thresholds={**old.thresholds, **thresholds})
-    return ThresholdPolicy(
-        version=version or next_version(policy.version if policy else None),
-        description=description,
-        thresholds=defaults,
-        tenants=tenants,
+        tenants[tenant] = old.model_copy(
+            update={
+                "thresholds": {**old.thresholds, **thresholds},
+                "precision_targets": {**old.precision_targets, **targets},
+            }
+        )
+    return base.model_copy(
+        update={
+            "version": version or next_version(policy.version if policy else None),
+            "description": description,
+            "thresholds": defaults,
+            "precision_targets": default_targets,
+            "tenants": tenants,
+        }
     )
 
 
@@ -378,8 +391,14 @@ def thresholds_from_feedback(
         f"for {contract.model_name} {contract.model_version}"
         + (f" (tenant {tenant})" if tenant else "")
     )
+    met = {label: c.target.value for label, c in choices.items() if c.target.metric == "precision"}
     updated = updated_policy(
-        policy, {label: c.threshold for label, c in choices.items()}, tenant, version, description
+        policy,
+        {label: c.threshold for label, c in choices.items()},
+        tenant,
+        version,
+        description,
+        precision_targets=met,
     )
     write_policy(updated, policy_out)
     for label, c in choices.items():

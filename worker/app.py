@@ -14,6 +14,10 @@ The Kafka side (consumer, producer, checkpoint, publisher, consume loop, commits
 `worker.pipeline.kafka_intake.KafkaIntake`; with `MODERATION_HTTP_ONLY` it is absent (no Kafka
 client is built) and the worker serves the HTTP API alone, through the same queue and loop.
 
+Live quality (`worker.quality`): what is published is remembered per comment id (a bounded
+LRU), and moderators' decisions are counted per tenant x label: with Kafka read from the feedback
+topic by a `Feature` in a consumer group of its own, HTTP only as suggestscore stores them.
+
 Delivery guarantee: at least once. An offset is committed only after the output or dead letter
 of that record and of every earlier record of its partition was acknowledged by the broker
 (`acks=all`). On revocation and on shutdown, in-flight work is finished and committed first.
@@ -37,7 +41,7 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas import ThresholdPolicy
+from schemas import ModelRef, ThresholdPolicy
 from worker.backends.model import ServedModel, load_from_settings
 from worker.config import Settings
 from worker.http.api import PerspectiveApi
@@ -50,6 +54,9 @@ from worker.pipeline.inference import InferenceLoop
 from worker.pipeline.kafka_clients import build_producer
 from worker.pipeline.kafka_intake import KafkaIntake
 from worker.policy import PolicyHolder, PolicyWatcher, TenantSource
+from worker.quality.cache import ScoreCache
+from worker.quality.consumer import FeedbackConsumer
+from worker.quality.tracker import QualityTracker
 from worker.shadow import ShadowScorer
 from worker.tracing import Tracing
 
@@ -160,6 +167,19 @@ class Worker:
             source=TenantSource(settings.tenant_field, settings.tenant_header),
             metrics=self.metrics,
         )
+        # --- live quality (worker/quality): what was published per id, decisions counted
+        self.score_cache: ScoreCache | None = None
+        if settings.feedback_score_cache > 0 and (
+            settings.feedback_quality or settings.http_api_port is not None
+        ):
+            self.score_cache = ScoreCache(
+                settings.feedback_score_cache,
+                contract.labels,
+                ModelRef(name=contract.model_name, version=contract.model_version),
+            )
+        self.quality: QualityTracker | None = None
+        if settings.feedback_quality:
+            self.quality = QualityTracker(self.policies, self.metrics, self.score_cache)
         self.queue = BatchQueue(settings.max_batch_size, settings.max_wait_ms / 1000)
         self.inference_thread = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
@@ -170,6 +190,7 @@ class Worker:
                 settings, model.tokenizer, self.tokenizer_thread, self.queue, self.metrics,
                 on_fatal=self.fail, tracing=self.tracing, detector=model.language,
                 served_languages=contract.served_languages, policies=self.policies,
+                score_cache=self.score_cache,
             )  # fmt: skip
         # --- the optional parts: each a `Feature`, started and stopped in this order
         self.policy_watcher: PolicyWatcher | None = None
@@ -198,9 +219,17 @@ class Worker:
             self.api = PerspectiveApi(
                 settings, model, self.queue, self.tokenizer_thread, self.metrics, self.serving,
                 policies=self.policies, feedback=feedback_sink(settings, producer),
+                score_cache=self.score_cache,
+                # HTTP only: stored decisions are counted here (with Kafka: by the consumer)
+                quality=self.quality if self.intake is None else None,
             )  # fmt: skip
+        self.feedback_consumer: FeedbackConsumer | None = None
+        if self.quality is not None and self.intake is not None:
+            self.feedback_consumer = FeedbackConsumer(settings, self.quality, self.metrics)
         self.features: list[Feature] = [
-            f for f in (self.policy_watcher, self.shadow, self.api) if f is not None
+            f
+            for f in (self.policy_watcher, self.shadow, self.api, self.feedback_consumer)
+            if f is not None
         ]
         publisher = self.intake.publisher if self.intake is not None else None
         self.inference_loop = InferenceLoop(

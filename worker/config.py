@@ -194,6 +194,14 @@ class Settings(BaseSettings):
     feedback_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
     """`comments:suggestscore`: how long a decision may take to be acknowledged by the broker (or
     written to MODERATION_FEEDBACK_FILE); not stored by then: 503."""
+    feedback_quality: bool = True
+    """Live quality: count moderators' decisions per tenant x label (precision, recall,
+    calibration gap). With Kafka, from the feedback topic, in consumer group
+    `<MODERATION_GROUP_ID>-feedback`; HTTP only, from the decisions `comments:suggestscore`
+    stores. Off: neither."""
+    feedback_score_cache: Annotated[int, Field(ge=0, le=10_000_000)] = 100_000
+    """Comments whose published scores the worker remembers (an LRU, ~300 bytes each), for
+    suggestscore's records and for decisions that carry no scores; 0: none."""
 
     # Shadow scoring (worker/shadow.py): a second model on the same batches, off the primary path
     shadow_model: str | None = None

@@ -1,11 +1,12 @@
 """The start/stop contract of the worker's optional parts, and the bounds of its shutdown.
 
 The primary pipeline (consume, infer, publish, commit) is wired and drained by `worker.app`.
-Everything optional beside it (the policy watcher, the shadow scorer, the Perspective HTTP API)
-is a `Feature`: `Worker` starts each after the primary, calls `close()` on each when the drain
-begins (after the consume loop stopped, before the batch queue closes), and `stop()` on each,
-in the order they were started, after the primary drained and its Kafka clients stopped. A
-feature's failure is logged and never stops the primary: its tasks are `side_task`s.
+Everything optional beside it (the policy watcher, the shadow scorer, the Perspective HTTP API,
+the feedback consumer of live quality) is a `Feature`: `Worker` starts each after the primary,
+calls `close()` on each when the drain begins (after the consume loop stopped, before the batch
+queue closes), and `stop()` on each, in the order they were started, after the primary drained
+and its Kafka clients stopped. A feature's failure is logged and never stops the primary: its
+tasks are `side_task`s.
 """
 
 from __future__ import annotations

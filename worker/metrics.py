@@ -22,6 +22,8 @@ SHADOW_FAILURE_STAGES = ("infer", "publish")
 FRONT_DOORS = ("kafka", "http")  # the `front_door` label values of the language metrics
 LANGUAGE_MODES = tuple(mode.value for mode in UnsupportedLanguage)
 SUGGESTION_OUTCOMES = ("stored", "invalid", "unavailable", "unconfigured")  # suggestscore
+# feedback records read by the live quality tracker (worker/quality/tracker.py), by outcome
+FEEDBACK_RECORD_OUTCOMES = ("counted", "invalid", "no_known_label")
 
 
 class Metrics:
@@ -126,6 +128,40 @@ class Metrics:
             " (400), unavailable (503: not stored), unconfigured (501: HTTP only, no file).",
             ["outcome"], registry=r,
         )  # fmt: skip
+        # live quality from moderators' decisions (worker/quality): per bounded tenant x label
+        self.feedback_records = Counter(
+            "moderation_feedback_records",
+            "Feedback records read for live quality, by outcome: counted, invalid (not a "
+            "Feedback record: skipped), no_known_label (no label the model has).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.feedback_decisions = Counter(
+            "moderation_feedback_decisions",
+            "Moderators' decisions on scored comments, by tenant, label, whether the score "
+            "flags it under the policy in force (flagged) and the decision (1: applies).",
+            ["tenant", "label", "flagged", "decision"], registry=r,
+        )  # fmt: skip
+        self.feedback_unscored = Counter(
+            "moderation_feedback_unscored",
+            "Decisions not counted for lack of a score (neither in the record nor in this "
+            "worker's id -> scores cache), by tenant and label.",
+            ["tenant", "label"], registry=r,
+        )  # fmt: skip
+        self.feedback_score_sum = Counter(
+            "moderation_feedback_score_sum",
+            "Sum of the scores of the decisions counted in moderation_feedback_decisions_total, "
+            "by tenant and label (mean score = this / decisions).",
+            ["tenant", "label"], registry=r,
+        )  # fmt: skip
+        self.feedback_partitions = Gauge(
+            "moderation_feedback_consumer_partitions",
+            "Partitions of the feedback topic this worker counts decisions from.", registry=r,
+        )  # fmt: skip
+        self.policy_precision_target = Gauge(
+            "moderation_policy_precision_target",
+            "Precision target of each tenant's flags per label, from the policy in force.",
+            ["tenant", "label"], registry=r,
+        )  # fmt: skip
         self.startup = Gauge(
             "moderation_startup_seconds", "Seconds spent in each start-up phase, once ready.",
             ["phase"], registry=r,
@@ -203,6 +239,19 @@ class Metrics:
         self.http_latency.labels("suggestscore")
         for outcome in SUGGESTION_OUTCOMES:
             self.feedback_suggestions.labels(outcome)
+
+    def init_feedback_labels(self, tenants: Iterable[str], labels: Iterable[str]) -> None:
+        """Live quality is on: every record outcome, and every decision series of these
+        (bounded) tenant label values, at 0."""
+        for outcome in FEEDBACK_RECORD_OUTCOMES:
+            self.feedback_records.labels(outcome)
+        for tenant in tenants:
+            for label in labels:
+                self.feedback_unscored.labels(tenant, label)
+                self.feedback_score_sum.labels(tenant, label)
+                for flagged in ("true", "false"):
+                    for decision in ("1", "0"):
+                        self.feedback_decisions.labels(tenant, label, flagged, decision)
 
     def init_language_labels(self, served_languages: Iterable[str] = ()) -> None:
         """With language detection on: every language and mode series of both front doors at

@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +307,7 @@ class PolicyHolder:
         self._primary, self._shadow = primary, shadow
         self._source = source or TenantSource()
         self._metrics = metrics
+        self._listeners: list[Callable[[Policies], None]] = []
         self.current = self.build(spec)
         self._publish_info()
 
@@ -327,6 +328,12 @@ class PolicyHolder:
         `build(spec)`, made beforehand (off the loop)."""
         self.current = built if built is not None else self.build(spec)
         self._publish_info()
+        for listener in self._listeners:
+            listener(self.current)
+
+    def subscribe(self, listener: Callable[[Policies], None]) -> None:
+        """Call `listener` (on the loop) with the policies each time a new one is in force."""
+        self._listeners.append(listener)
 
     def _publish_info(self) -> None:
         if self._metrics is not None:

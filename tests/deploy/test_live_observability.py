@@ -193,7 +193,11 @@ def test_dashboard_and_alert_queries_return_data_from_a_live_worker(
     panels and the shadow alert have data too."""
     asyncio.run(create_topics(kafka_bootstrap, {f"{topics.output}-shadow": 1}))
     policy = tmp_path / "policy.json"
-    policy.write_bytes(orjson.dumps({"version": "live", "thresholds": {"toxic": 0.7}}))
+    policy.write_bytes(
+        orjson.dumps(
+            {"version": "live", "thresholds": {"toxic": 0.7}, "precision_targets": {"toxic": 0.9}}
+        )
+    )
     worker = worker_process(
         topics,
         extra_env={
@@ -222,6 +226,8 @@ def test_dashboard_and_alert_queries_return_data_from_a_live_worker(
                 f"count(delta(moderation_consumer_lag{{{selector}}}[{RATE_INTERVAL}])) > 0",
                 f"sum(rate(moderation_shadow_scored_total{{{selector}}}[{RATE_INTERVAL}])) > 0",
                 f"count(moderation_consumer_lag_seconds{{{selector}}}) > 0",
+                # the recording rules over [1h] have been evaluated on two samples
+                f"count(moderation:feedback_decisions:increase1h{{{selector}}}) > 0",
             ]
             try:
                 prometheus.wait_until(
@@ -239,8 +245,8 @@ def test_dashboard_and_alert_queries_return_data_from_a_live_worker(
                 failures
             )
 
-            # the alert rules, loaded by Prometheus, evaluate without error
-            names = {rule["alert"] for rule in alert_rules()}
+            # the alert and recording rules, loaded by Prometheus, evaluate without error
+            names = {rule.get("alert") or rule["record"] for rule in alert_rules()}
             prometheus.wait_until(
                 lambda: {r["name"] for r in prometheus.rules() if r["health"] == "ok"} >= names,
                 15,

@@ -89,13 +89,16 @@ def test_alerts_are_actionable() -> None:
         if line.startswith("#")
     }
     for rule in promql.alert_rules():
+        for selector in promql.metric_selectors(rule["expr"]):
+            name = rule.get("alert") or rule["record"]
+            assert f'job="{JOB}"' in selector, f"{name}: {selector} not scoped to the job"
+        if "alert" not in rule:  # a recording rule
+            continue
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
         assert rule.get("for"), f"{rule['alert']}: no `for`, it would fire on a single blip"
         anchor = rule["annotations"]["runbook"].partition("#")[2]
         assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in deploy/README.md"
-        for selector in promql.metric_selectors(rule["expr"]):
-            assert f'job="{JOB}"' in selector, f"{rule['alert']}: {selector} not scoped to the job"
 
 
 # ----------------------------------------------------------------------------- both
@@ -112,7 +115,7 @@ def all_queries() -> list[promql.Query]:
 
 def test_every_metric_read_is_exported_by_the_worker() -> None:
     """Metric names against docs/CONTRACTS.md (the live test checks them against the worker)."""
-    exported = promql.contract_series_names() | {"up"}
+    exported = promql.contract_series_names() | promql.recorded_names() | {"up"}
     assert "moderation_end_to_end_latency_seconds_bucket" in exported  # the table was parsed
     for query in all_queries():
         for selector in promql.metric_selectors(promql.resolve_grafana(query.expr)):
@@ -138,7 +141,7 @@ def registered_series_names() -> set[str]:
 
 def test_every_metric_read_is_registered_by_the_worker_code() -> None:
     """Metric names against worker/metrics.py itself (the contract table is checked above)."""
-    registered = registered_series_names() | {"up"}
+    registered = registered_series_names() | promql.recorded_names() | {"up"}
     assert "moderation_comments_by_language_total" in registered  # the registry was read
     for query in all_queries():
         for selector in promql.metric_selectors(promql.resolve_grafana(query.expr)):
@@ -241,6 +244,26 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
     assert "moderation_consumer_lag" in text
     assert "moderation_errors_total" in text
     assert "moderation_model_info" in text
+    # live quality: decisions, precision and recall against the policy's target, calibration gap
+    assert has(r"rate\(moderation_feedback_decisions_total")
+    for recorded in ("feedback_precision:ratio1h", "feedback_recall:ratio1h",
+                     "feedback_calibration_gap:1h"):  # fmt: skip
+        assert f"moderation:{recorded}" in text, recorded
+    assert "moderation_policy_precision_target" in text
+
+
+def test_recording_rules_read_only_what_the_worker_exports_or_other_rules_record() -> None:
+    """A rule that reads a recorded series reads one recorded before it, in its own group
+    (a group's rules are evaluated in order)."""
+    registered = registered_series_names()
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        recorded: set[str] = set()
+        for rule in group["rules"]:
+            for selector in promql.metric_selectors(str(rule["expr"])):
+                name = promql.metric_name(selector)
+                assert name in registered | recorded | {"up"}, (rule.get("record"), name)
+            if "record" in rule:
+                recorded.add(rule["record"])
 
 
 def test_dashboard_reads_every_metric_of_the_contract() -> None:

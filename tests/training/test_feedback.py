@@ -390,8 +390,9 @@ def test_thresholds_write_a_policy_the_worker_hot_reloads(
     feedback = _feedback_csv(tmp_path / "fb.csv", tiny, 800, seed=4)
     live = tmp_path / "policy.yaml"
     live.write_text(
-        "version: 2026-12-01\nthresholds: {toxic: 0.5, threat: 0.4}\n"
-        "tenants: {kids: {thresholds: {toxic: 0.2}}, forum: {thresholds: {insult: 0.7}}}\n"
+        "version: 2026-12-01\nthresholds: {toxic: 0.5, threat: 0.4}\nunsupported_language: hold\n"
+        "tenants: {kids: {thresholds: {toxic: 0.2}, unsupported_language: refuse},"
+        " forum: {thresholds: {insult: 0.7}, precision_targets: {insult: 0.8}}}\n"
     )
     contract = read_contract(tiny)
     metrics = Metrics()
@@ -428,6 +429,12 @@ def test_thresholds_write_a_policy_the_worker_hot_reloads(
         "toxic": toxic["threshold"],
         "insult": report["labels"]["insult"]["threshold"],
     }
+    # the precision target met is written for the worker to alert on; a recall target is not
+    assert policy.tenants["kids"].precision_targets == {"toxic": 0.7}
+    assert policy.precision_targets == {}
+    assert policy.tenants["forum"].precision_targets == {"insult": 0.8}  # kept
+    assert policy.unsupported_language == "hold"  # the rest of the file kept
+    assert policy.tenants["kids"].unsupported_language == "refuse"
     assert watcher.check() and holder.current.version == "2026-12-01-feedback.1"
     # again, for the defaults, into a JSON file: the version moves on
     out = tmp_path / "policy.json"
@@ -449,6 +456,7 @@ def test_thresholds_write_a_policy_the_worker_hot_reloads(
     assert (
         again.version == "2026-12-01-feedback.2" and again.thresholds["toxic"] == toxic["threshold"]
     )
+    assert again.precision_targets == {"toxic": 0.7}
 
 
 def test_thresholds_refuse_bad_input_in_one_line(

@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from schemas import HTTP_DEFAULT_UNSUPPORTED_LANGUAGE
+from schemas import HTTP_DEFAULT_UNSUPPORTED_LANGUAGE, Feedback
 from worker.backends.model import ServedModel
 from worker.config import Settings
 from worker.http.feedback_sink import FeedbackSink, FeedbackUnavailable
@@ -63,13 +63,15 @@ from worker.http.perspective import (
     split_sentences,
 )
 from worker.http.server import HttpLimits, HttpServer
-from worker.http.suggest import Suggestion, parse_suggestion, suggest_response
+from worker.http.suggest import Suggestion, comment_id, parse_suggestion, suggest_response
 from worker.lifecycle import Feature
 from worker.metrics import Metrics
 from worker.pipeline.batching import BatchQueue, Tokenized
 from worker.pipeline.language import Detection
 from worker.pipeline.records import Reply
 from worker.policy import PolicyHolder
+from worker.quality.cache import ScoreCache
+from worker.quality.tracker import QualityTracker
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +161,14 @@ class PerspectiveApi(Feature):
         serving: Callable[[], bool],
         policies: PolicyHolder | None = None,
         feedback: FeedbackSink | None = None,
+        score_cache: ScoreCache | None = None,
+        quality: QualityTracker | None = None,
     ) -> None:
         self._model = model
+        # what analyze scored, by comment id (suggestscore's records carry it); None: not kept
+        self._score_cache = score_cache
+        # HTTP only: the tracker counts each stored decision here (with Kafka, its consumer)
+        self._quality = quality
         # where suggestscore stores decisions (None: HTTP only without MODERATION_FEEDBACK_FILE)
         self._feedback = feedback
         self._feedback_started = False
@@ -384,6 +392,10 @@ class PerspectiveApi(Feature):
             if isinstance(outcome, BaseException):  # the backend failed on this text alone
                 raise ApiError(500, "INTERNAL", "The model failed on this comment.")
         rows = outcomes
+        if self._score_cache is not None:  # the id suggestscore gives a decision on this text
+            self._score_cache.remember(
+                comment_id(analysis.client_token, text), rows[0], self._policies.current.version
+            )
         spans = None
         if sentences is not None:  # one sentence (or none): one span, the summary's score
             scored = rows[1:] if sentences.texts else rows[:1]
@@ -450,10 +462,13 @@ class PerspectiveApi(Feature):
                 feedback = suggestion.feedback.model_copy(update={"tenant": tenant})
                 suggestion = dataclasses.replace(suggestion, feedback=feedback)
             detected = await self._detect(suggestion)
+            feedback = self._with_scores(suggestion.feedback)
             try:
-                await self._feedback.write(suggestion.feedback)
+                await self._feedback.write(feedback)
             except FeedbackUnavailable as exc:
                 raise ApiError(503, "UNAVAILABLE", str(exc)) from None
+            if self._quality is not None:
+                self._quality.count(feedback)
             status = 200
             return _json(suggest_response(suggestion, detected))
         except ApiError as error:
@@ -465,6 +480,20 @@ class PerspectiveApi(Feature):
         finally:
             if status:
                 self._metrics.feedback_suggestions.labels(suggestion_outcome(status)).inc()
+
+    def _with_scores(self, feedback: Feedback) -> Feedback:
+        """The record with the scores, model and policy version this worker published for its
+        id, where the score cache still knows them (else as it is)."""
+        published = self._score_cache.get(feedback.id) if self._score_cache is not None else None
+        if published is None:
+            return feedback
+        return feedback.model_copy(
+            update={
+                "scores": published.score_dict(),
+                "model": published.model,
+                "policy_version": published.policy_version,
+            }
+        )
 
     async def _detect(self, suggestion: Suggestion) -> list[str]:
         """`detectedLanguages` of a suggestion: the detection on the tokenizer thread (as for

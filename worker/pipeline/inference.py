@@ -166,7 +166,7 @@ class InferenceLoop:
             except ValueError as exc:  # e.g. a NaN score, which the output schema refuses
                 await self._dead_letter(entry, exc)
                 continue
-            await self._publisher.send_output(entry.item, value)
+            await self._publisher.send_output(entry.item, value, outcome, policy.version)
 
     async def _dead_letter(self, entry: Tokenized, exc: Exception) -> None:
         assert isinstance(entry.item, InFlight) and self._publisher is not None

@@ -63,3 +63,18 @@ def build_dlq_consumer(settings: Settings, group_id: str | None) -> AIOKafkaCons
 def build_dlq_producer(settings: Settings) -> AIOKafkaProducer:
     """`dlq redrive --execute`: re-produces dead letters, acknowledged by all in-sync replicas."""
     return AIOKafkaProducer(**_common(settings, "-dlq"), acks="all")
+
+
+def build_feedback_consumer(settings: Settings, fetch_max_bytes: int) -> AIOKafkaConsumer:
+    """Live quality (worker/quality/consumer.py): the feedback topic in a group of its own,
+    `<group_id>-feedback`, committing automatically, from the latest offset the first time."""
+    return AIOKafkaConsumer(
+        **_common(settings, "-feedback"),
+        group_id=f"{settings.group_id}-feedback",
+        enable_auto_commit=True,
+        auto_offset_reset="latest",
+        fetch_max_bytes=fetch_max_bytes,
+        max_partition_fetch_bytes=min(fetch_max_bytes, 1024 * 1024),
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 10),
+    )

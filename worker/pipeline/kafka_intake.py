@@ -27,6 +27,7 @@ from worker.pipeline.language import LanguageDetector
 from worker.pipeline.publish import Publisher
 from worker.pipeline.tokenizer import TextTokenizer
 from worker.policy import PolicyHolder
+from worker.quality.cache import ScoreCache
 from worker.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class KafkaIntake:
         detector: LanguageDetector | None = None,
         served_languages: tuple[str, ...] = ("en",),
         policies: PolicyHolder | None = None,
+        score_cache: ScoreCache | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = build_consumer(settings)
@@ -62,6 +64,7 @@ class KafkaIntake:
             metrics=metrics,
             on_fatal=on_fatal,
             tracing=tracing,
+            score_cache=score_cache,
         )
         self.consume_loop = ConsumeLoop(
             self.consumer,

@@ -35,6 +35,7 @@ from worker.pipeline.checkpoint import Checkpoint
 from worker.pipeline.kafka_clients import Headers
 from worker.pipeline.records import InFlight
 from worker.policy import Policy
+from worker.quality.cache import ScoreCache
 from worker.tracing import Tracing, trace_headers
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ class Publisher:
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None],
         tracing: Tracing | None = None,
+        score_cache: ScoreCache | None = None,
     ) -> None:
         self._producer = producer
+        self._score_cache = score_cache  # what each output says, remembered by comment id
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
         self._checkpoint = checkpoint
@@ -111,7 +114,17 @@ class Publisher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._failed = False
 
-    async def send_output(self, item: InFlight, value: bytes) -> None:
+    async def send_output(
+        self,
+        item: InFlight,
+        value: bytes,
+        probabilities: np.ndarray | None = None,
+        policy_version: str = MODEL_POLICY_VERSION,
+    ) -> None:
+        """Send one output (`encode_output`); with a score cache, its `probabilities` and
+        `policy_version` are remembered under the comment's id (for live quality)."""
+        if self._score_cache is not None and probabilities is not None and item.comment is not None:
+            self._score_cache.remember(item.comment.id, probabilities, policy_version)
         headers = trace_headers(item.record.headers)  # W3C trace context, carried along
         await self._send(
             _Message(item, self._output_topic, item.record.key, value, headers, dead_letter=None)
