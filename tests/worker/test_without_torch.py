@@ -176,3 +176,21 @@ def test_a_slow_tokenizer_without_transformers_is_refused_in_one_line(
     )
     assert "has no tokenizer.json" in line and "transformers" in line, line
     assert "moderation-worker[torch]" in line, line
+
+
+def test_the_training_cli_says_what_to_install(
+    without_torch: dict[str, str], tmp_path: Path
+) -> None:
+    """`moderation-train` is in the wheel, its libraries are not in a serving install: one
+    line naming the extra, exit 2 (not a traceback from deep inside a command)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "--model", str(tmp_path),
+         "--data", str(tmp_path / "x.csv"), "--output-dir", str(tmp_path / "out")],
+        env=os.environ | without_torch, cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "moderation-train: error: torch, transformers, safetensors not installed: training "
+        "needs the train extra: pip install 'moderation-worker[train]' (torch first, pinned)"
+    ]
