@@ -168,6 +168,13 @@ def startup_phases(port: int) -> dict[str, float]:
     return {k[len(prefix) : -1]: v for k, v in values.items() if k.startswith(prefix)}
 
 
+def worker_rss_mb(engine: str, container: str) -> float | None:
+    """Resident memory of the container's largest process (the worker; tini is PID 1), MB."""
+    out = run(engine, "exec", container, "sh", "-c", "grep -h VmRSS /proc/[0-9]*/status").stdout
+    sizes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("VmRSS:")]
+    return round(max(sizes) / 1024, 1) if sizes else None
+
+
 def _parse_size(text: str) -> int:
     match = re.fullmatch(r"([\d.]+)\s*([kKMG]?B)", text.strip())
     if not match:
@@ -318,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 return finish(checks, report)
             phases = startup_phases(port)
             report["startup_phases"] = phases
+            report["rss_mb_when_ready"] = worker_rss_mb(engine, name)
             report["startup_minus_join_seconds"] = round(
                 sum(v for k, v in phases.items() if k != "kafka_join"), 3
             )
@@ -472,7 +480,8 @@ def finish(checks: Checks, report: dict[str, Any]) -> int:
         f"start to ready: {report.get('start_to_ready_seconds')} s; start-up minus group join: "
         f"{report.get('startup_minus_join_seconds')} s {report.get('startup_phases')}"
     )
-    print(f"venv (MB): {report.get('venv_mb')}")
+    rss = report.get("rss_mb_when_ready")
+    print(f"venv (MB): {report.get('venv_mb')}; the worker's RSS when ready: {rss} MB")
     for layer in report.get("largest_layers", []):
         print(f"  {layer['bytes'] / 1e6:8.1f} MB  {layer['created_by']}")
     print(f"image-check: {checks.passed} checks passed, {len(checks.failed)} failed")
