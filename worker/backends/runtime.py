@@ -102,8 +102,10 @@ INSTALL_TORCH = (
 
 
 def torch_installed() -> bool:
-    """Whether torch can be imported here, checked without importing it (seconds)."""
-    return importlib.util.find_spec("torch") is not None
+    """Whether the torch backend can load here: torch and transformers (the extra `torch`),
+    checked without importing them (seconds). torch alone (e.g. `make install`'s pinned torch
+    beside an install without the extra) cannot load a model."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 
 
 def onnxruntime_installed() -> bool:
