@@ -135,7 +135,9 @@ COPY schemas/ schemas/
 #    only backend of cpu); the locks carry the otel extra, so MODERATION_OTEL=1 works in all.
 # 4. what serving never loads comes out (issue 25, defect 6): torch's C++ headers, CMake files,
 #    test binaries and test libraries (the worker does not compile extensions or use
-#    torch.compile). cpu: the build checks that torch is really absent.
+#    torch.compile). cpu: the build backend (setuptools, wheel: 10 MB) goes too, once the
+#    project is installed and `pip check`ed (torch needs setuptools, so the torch variants keep
+#    it), and the build checks that torch and transformers are really absent.
 # 5. bytecode, compiled for the interpreter of the image; torch ships a few modules written for
 #    newer Pythons (torch/testing/_internal/py312_intrinsics.py), which are left out of
 #    compilation, never imported by the worker (issue 25, defect 1).
@@ -151,7 +153,9 @@ RUN pip install --no-deps --no-build-isolation . \
  && test -d "$site/worker/default_model" \
  && ! python -c 'import training' 2>/dev/null \
  && if [ "$VARIANT" = "cpu" ]; then \
-      python -c 'import onnxruntime, worker.cli' && ! python -c 'import torch' 2>/dev/null; \
+      pip uninstall -y -q setuptools wheel \
+      && python -c 'import onnxruntime, worker.cli' \
+      && ! python -c 'import torch' 2>/dev/null && ! python -c 'import transformers' 2>/dev/null; \
     else python -c 'import torch, transformers, onnxruntime, worker.cli'; fi
 
 # ---------------------------------------------------------------- runtime
