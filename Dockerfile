@@ -3,24 +3,31 @@
 # Streaming moderation worker image.
 #
 #   docker build -t moderation-worker:cuda .                          # default: CUDA runtime
-#   docker build --build-arg VARIANT=cpu -t moderation-worker:cpu .   # CPU-only, much smaller
+#   docker build --build-arg VARIANT=cpu -t moderation-worker:cpu .   # CPU, ONNX Runtime, no torch
+#   docker build --build-arg VARIANT=cpu-torch ...                    # CPU, with torch as well
 #   podman build --format docker --build-arg VARIANT=cpu ...          # podman/buildah: --format
 #       docker, else HEALTHCHECK is dropped and SHELL ignored (RUN loses pipefail)
 #   make image                                                        # the CPU image, either engine
 #
 # Build arguments and secrets (deploy/README.md, "Build the image"):
-#   VARIANT            cuda | cpu
+#   VARIANT            cuda | cpu | cpu-torch. cpu serves through ONNX Runtime and has no torch
+#                      (nor transformers): the bundled model and any artifact exported with
+#                      `moderation-train export --onnx`; an artifact without an ONNX graph is
+#                      refused at start. cpu-torch adds the CPU build of torch (the torch
+#                      backend, artifacts without an ONNX graph); cuda: torch with CUDA.
 #   PYTHON_IMAGE       the cpu variant's base (a Debian-like image with python3 >= 3.11 + venv)
 #   CUDA_IMAGE         the cuda variant's base
 #   TORCH_VERSION      the torch version (the Makefile's TORCH_SPEC; a test checks they agree)
-#   TORCH_INDEX_URL    where torch comes from (default: the PyTorch CPU index for cpu, PyPI for cuda)
+#   TORCH_INDEX_URL    where torch comes from (default: the PyTorch CPU index for cpu-torch, PyPI
+#                      for cuda); cpu installs no torch
 #   --build-context wheelhouse=DIR   a local directory of wheels for torch (no index reached)
 #   --secret id=pip_ca,src=FILE      an extra CA bundle (TLS-intercepting proxy), used by pip in
 #                                    the builder only, never stored in a layer
 #   VERSION, REVISION  the OCI labels org.opencontainers.image.version / .revision
 #
-# Everything else comes from requirements/image.txt (`make lock`), installed with
-# --require-hashes: two builds of one commit install the same packages.
+# Everything else comes from requirements/image.txt (cpu) or requirements/image-torch.txt
+# (cpu-torch, cuda), made by `make lock`, installed with --require-hashes: two builds of one
+# commit install the same packages.
 #
 # The bundled default model (worker/default_model/, package data) is baked in; another model can
 # be mounted read-only and selected with MODERATION_MODEL=/models/<dir>.
@@ -46,6 +53,9 @@ RUN if ! command -v tini >/dev/null || [ ! -e /etc/ssl/certs/ca-certificates.crt
       && rm -rf /var/lib/apt/lists/*; \
     fi
 
+# the CPU base with torch installed on it (by the builder)
+FROM base-cpu AS base-cpu-torch
+
 FROM ${CUDA_IMAGE} AS base-cuda
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Ubuntu 24.04 ships Python 3.12; torch's CUDA wheels bring their own CUDA user-space libraries,
@@ -66,12 +76,12 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# ---------------------------------------------------------------- builder: venv with torch + app
+# ---------------------------------------------------------------- builder: venv with the app
 FROM base AS builder
 ARG VARIANT
 # Same torch as the tests run with (TORCH_SPEC in the Makefile; tests/deploy checks it).
 ARG TORCH_VERSION=2.13.0
-# Empty: cpu -> the PyTorch CPU wheel index (no CUDA libraries, a much smaller image);
+# Empty: cpu-torch -> the PyTorch CPU wheel index (no CUDA libraries, a much smaller image);
 # cuda -> PyPI, whose Linux torch wheels are CUDA builds bundling their CUDA libraries.
 # Set it to a mirror, or e.g. https://download.pytorch.org/whl/cu128 for another CUDA version.
 # With a wheelhouse (--build-context wheelhouse=DIR) holding a torch wheel, no index is used.
@@ -79,19 +89,23 @@ ARG TORCH_INDEX_URL=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv "$VIRTUAL_ENV"
 WORKDIR /src
-COPY requirements/image.txt requirements/image.txt
-# 1. the lock, hash-checked, nothing resolved (the venv's own pip does it: no upgrade from the
-#    index). An extra CA (secret pip_ca) is appended to the system bundle for this step only.
+COPY requirements/image.txt requirements/image-torch.txt requirements/
+# 1. the variant's lock, hash-checked, nothing resolved (the venv's own pip does it: no upgrade
+#    from the index). An extra CA (secret pip_ca) is appended to the system bundle for this step
+#    only.
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then \
       cat /etc/ssl/certs/ca-certificates.crt /run/secrets/pip_ca > /tmp/ca.pem \
       && export PIP_CERT=/tmp/ca.pem; \
     fi \
- && pip install --require-hashes --no-deps -r requirements/image.txt \
+ && lock=requirements/image-torch.txt \
+ && if [ "$VARIANT" = "cpu" ]; then lock=requirements/image.txt; fi \
+ && pip install --require-hashes --no-deps -r "$lock" \
  && rm -f /tmp/ca.pem
-# 2. torch, pinned, per variant. From the wheelhouse when it has one (no index at all), else
-#    from the index. The CPU build has no dependencies beyond the lock's (--no-deps; `pip check`
-#    below proves it); PyPI's CUDA build pins its nvidia-* libraries exactly.
+# 2. torch, pinned, per variant (none for cpu). From the wheelhouse when it has one (no index
+#    at all), else from the index. The CPU build has no dependencies beyond the lock's
+#    (--no-deps; `pip check` below proves it); PyPI's CUDA build pins its nvidia-* libraries
+#    exactly.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
     --mount=type=secret,id=pip_ca \
@@ -100,12 +114,13 @@ RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
       && export PIP_CERT=/tmp/ca.pem; \
     fi \
  && deps=(--no-deps); index="$TORCH_INDEX_URL" \
- && if [ -z "$index" ] && [ "$VARIANT" = "cpu" ]; then index="https://download.pytorch.org/whl/cpu"; \
+ && if [ -z "$index" ] && [ "$VARIANT" != "cuda" ]; then index="https://download.pytorch.org/whl/cpu"; \
     elif [ -z "$index" ]; then index="https://pypi.org/simple"; deps=(); fi \
  && if compgen -G "/wheelhouse/torch-${TORCH_VERSION}*.whl" >/dev/null; then \
       source=(--no-index --find-links /wheelhouse); \
     else source=(--index-url "$index"); fi \
- && pip install "${deps[@]}" "${source[@]}" "torch==${TORCH_VERSION}" \
+ && if [ "$VARIANT" = "cpu" ]; then echo "VARIANT=cpu: no torch (ONNX Runtime serves)"; \
+    else pip install "${deps[@]}" "${source[@]}" "torch==${TORCH_VERSION}"; fi \
  && rm -f /tmp/ca.pem
 
 # The product only: the worker and the message schemas (the default model is package data of
@@ -115,12 +130,14 @@ COPY worker/ worker/
 COPY schemas/ schemas/
 # 3. the project itself: non-editable, no dependencies (all came from the lock), no build
 #    isolation (setuptools is in the lock). training/ is not in the image, so the
-#    `moderation-train` console script would be a dead link. The CPU image serves the bundled
-#    int8 ONNX graph where auto picks it (worker/backends/runtime.py); the lock carries the onnx
-#    and otel extras, so MODERATION_OTEL=1 works in both variants.
+#    `moderation-train` console script would be a dead link. Every variant serves the bundled
+#    int8 ONNX graph through ONNX Runtime where auto picks it (worker/backends/runtime.py; the
+#    only backend of cpu); the locks carry the otel extra, so MODERATION_OTEL=1 works in all.
 # 4. what serving never loads comes out (issue 25, defect 6): torch's C++ headers, CMake files,
 #    test binaries and test libraries (the worker does not compile extensions or use
-#    torch.compile).
+#    torch.compile). cpu: the build backend (setuptools, wheel: 10 MB) goes too, once the
+#    project is installed and `pip check`ed (torch needs setuptools, so the torch variants keep
+#    it), and the build checks that torch and transformers are really absent.
 # 5. bytecode, compiled for the interpreter of the image; torch ships a few modules written for
 #    newer Pythons (torch/testing/_internal/py312_intrinsics.py), which are left out of
 #    compilation, never imported by the worker (issue 25, defect 1).
@@ -135,7 +152,11 @@ RUN pip install --no-deps --no-build-isolation . \
  && python -m compileall -q -x '/torch/testing/_internal/py3[0-9]+_' "$VIRTUAL_ENV" \
  && test -d "$site/worker/default_model" \
  && ! python -c 'import training' 2>/dev/null \
- && python -c 'import torch, transformers, onnxruntime, worker.cli'
+ && if [ "$VARIANT" = "cpu" ]; then \
+      pip uninstall -y -q setuptools wheel \
+      && python -c 'import onnxruntime, worker.cli' \
+      && ! python -c 'import torch' 2>/dev/null && ! python -c 'import transformers' 2>/dev/null; \
+    else python -c 'import torch, transformers, onnxruntime, worker.cli'; fi
 
 # ---------------------------------------------------------------- runtime
 FROM base AS runtime

@@ -2,7 +2,8 @@
 #   make demo   embedded broker + worker + default model, printing real scores
 #   make broker a local broker for trying the worker (prints KAFKA_BOOTSTRAP_SERVERS)
 #   make test   the test suite (unit + integration against a real broker) and lint
-# `install` is what the worker and the demo need (extra `demo`); `install-dev` adds the training,
+# `install` is what the worker and the demo need (extras `demo` and `torch`, torch pinned first:
+# the demo's auto measures torch against ONNX Runtime); `install-dev` adds the training,
 # test and audit tools (extra `dev`), for test, audit, bench and the rest.
 
 SHELL := /bin/bash
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install --quiet -e ".[demo]"
+	$(PY) -m pip install --quiet -e ".[demo,torch]"
 	rm -f $(VENV)/.installed-demo-*
 	touch $(STAMP)
 
@@ -98,7 +99,8 @@ lint: install-dev
 format: install-dev
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-# Lock files: requirements/image.txt (what the image installs, with --require-hashes) and
+# Lock files: requirements/image.txt (what the CPU image installs, with --require-hashes: no
+# torch), requirements/image-torch.txt (VARIANT=cpu-torch and cuda) and
 # requirements/dev.txt, every dependency pinned with its sha256 hashes, resolved by uv (pinned in
 # the dev extra) from PyPI for CPython 3.11 and later. torch stays out (the Dockerfile installs
 # it per variant, pinned by TORCH_SPEC's version). Run after editing pyproject.toml's
@@ -106,8 +108,9 @@ format: install-dev
 lock: install-dev
 	$(PY) -m scripts.lock
 
-# The CPU image (localhost/moderation-worker:cpu), with docker when its daemon answers, else
-# podman (--format docker); settings from the environment: ENGINE, IMAGE, PYTHON_IMAGE,
+# The CPU image (localhost/moderation-worker:cpu: ONNX Runtime, no torch), with docker when its
+# daemon answers, else podman (--format docker); settings from the environment: ENGINE, IMAGE,
+# VARIANT (cpu | cpu-torch | cuda), PYTHON_IMAGE,
 # TORCH_INDEX_URL, TORCH_WHEELHOUSE, PIP_CA_BUNDLE (scripts/image/build.sh, deploy/README.md).
 # With podman the base is local (image-base, made when missing): no registry needed.
 # image-check runs it as an operator would (read-only, non-root, against a tansu broker on the

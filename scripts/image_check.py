@@ -13,7 +13,9 @@ Checks, each one PASS or FAIL line:
   /tmp takes them, and SIGTERM drains: the container exits 0 with nothing lost.
 
 Reports the image size, the build time (image-results/build.json, from `make image`), the
-start-to-ready time and the largest layers; writes image-results/report.json. The last line is
+start-to-ready time, the worker's own start-up phases (`moderation_startup_seconds`, and their
+sum without the group join: issue 26's "start-up minus group join"), the largest layers and the
+largest packages of the venv; writes image-results/report.json. The last line is
 `image-check: N checks passed, N failed`; the exit code is 1 when one failed.
 
     python -m scripts.image_check [--image localhost/moderation-worker:cpu] [--engine podman]
@@ -40,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from testing.http import http_get, metric_values
 from testing.kafka import comment, committed_offsets, produce, read_all
 from testing.topics import fresh_topics
 from worker.ops.dev_broker import TansuBroker, free_port
@@ -143,6 +146,35 @@ def layers(engine: str, image: str) -> list[tuple[int, str]]:
     return sorted(result, reverse=True)
 
 
+def venv_sizes(engine: str, image: str, top: int = 8) -> dict[str, float]:
+    """MB of the image's venv, and of its largest installed packages (from `du` in the image)."""
+    script = (
+        "cd /opt/venv && du -sm . && "
+        f"du -sm lib/python3*/site-packages/* | sort -rn | head -n {top}"
+    )
+    result = run(engine, "run", "--rm", "--entrypoint", "sh", image, "-c", script)
+    sizes: dict[str, float] = {}
+    for line in result.stdout.splitlines():
+        megabytes, _, path = line.partition("\t")
+        if megabytes.isdigit():
+            sizes["venv" if path == "." else path.rsplit("/", 1)[-1]] = float(megabytes)
+    return sizes
+
+
+def startup_phases(port: int) -> dict[str, float]:
+    """The worker's `moderation_startup_seconds` by phase (set once ready)."""
+    values = metric_values(http_get(f"http://127.0.0.1:{port}/metrics", timeout=2).body)
+    prefix = "moderation_startup_seconds{phase="
+    return {k[len(prefix) : -1]: v for k, v in values.items() if k.startswith(prefix)}
+
+
+def worker_rss_mb(engine: str, container: str) -> float | None:
+    """Resident memory of the container's largest process (the worker; tini is PID 1), MB."""
+    out = run(engine, "exec", container, "sh", "-c", "grep -h VmRSS /proc/[0-9]*/status").stdout
+    sizes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("VmRSS:")]
+    return round(max(sizes) / 1024, 1) if sizes else None
+
+
 def _parse_size(text: str) -> int:
     match = re.fullmatch(r"([\d.]+)\s*([kKMG]?B)", text.strip())
     if not match:
@@ -186,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     report["largest_layers"] = [
         {"bytes": size, "created_by": created} for size, created in layers(engine, image)[:6]
     ]
+    report["venv_mb"] = venv_sizes(engine, image)
     if build.get("image") == image:  # the log of this image's build
         log = (
             (RESULTS / "build.log").read_text(errors="replace")
@@ -290,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
                 else run(engine, "logs", name).stderr[-1500:],
             ):
                 return finish(checks, report)
+            phases = startup_phases(port)
+            report["startup_phases"] = phases
+            report["rss_mb_when_ready"] = worker_rss_mb(engine, name)
+            report["startup_minus_join_seconds"] = round(
+                sum(v for k, v in phases.items() if k != "kafka_join"), 3
+            )
             whoami = run(engine, "exec", name, "id", "-u").stdout.strip()
             checks.check("runs as uid 10001", whoami == UID, whoami)
             root_write = run(engine, "exec", name, "sh", "-c", "touch /opt/venv/x").returncode
@@ -438,8 +477,11 @@ def finish(checks: Checks, report: dict[str, Any]) -> int:
     size = report.get("size_bytes") or 0
     print(
         f"image size: {size / 1e6:.0f} MB; build: {report.get('build_seconds')} s; "
-        f"start to ready: {report.get('start_to_ready_seconds')} s"
+        f"start to ready: {report.get('start_to_ready_seconds')} s; start-up minus group join: "
+        f"{report.get('startup_minus_join_seconds')} s {report.get('startup_phases')}"
     )
+    rss = report.get("rss_mb_when_ready")
+    print(f"venv (MB): {report.get('venv_mb')}; the worker's RSS when ready: {rss} MB")
     for layer in report.get("largest_layers", []):
         print(f"  {layer['bytes'] / 1e6:8.1f} MB  {layer['created_by']}")
     print(f"image-check: {checks.passed} checks passed, {len(checks.failed)} failed")

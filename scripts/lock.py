@@ -1,15 +1,22 @@
 """Lock files (`make lock`): every dependency pinned to one version, with its sha256 hashes.
 
-- `requirements/image.txt`: what the image serves with (the project's dependencies and the
-  `onnx` and `otel` extras), universal (one file for CPython 3.11 and 3.12, any platform), so
-  every `PYTHON_IMAGE` installs it with `pip install --require-hashes --no-deps`.
+- `requirements/image.txt`: what the CPU image (`VARIANT=cpu`) serves with: the project's
+  dependencies (ONNX Runtime, no torch) and the `onnx` and `otel` extras, universal (one file
+  for CPython 3.11 and 3.12, any platform), so every `PYTHON_IMAGE` installs it with
+  `pip install --require-hashes --no-deps`.
+- `requirements/image-torch.txt`: the same plus the `torch` extra (transformers, safetensors and
+  torch's own dependencies), for `VARIANT=cpu-torch` and `VARIANT=cuda`.
 - `requirements/dev.txt`: the same plus the `demo` and `dev` extras, for development.
 
-torch is resolved at `TORCH_VERSION` (the Makefile's TORCH_SPEC) but left out of both files,
+torch is resolved at `TORCH_VERSION` (the Makefile's TORCH_SPEC) but left out of every file,
 with the CUDA-only packages that PyPI's torch pulls in (nvidia-*, triton, cuda-*): which torch
 build is right (CPU or a CUDA version) depends on the image variant, so the Dockerfile installs
 it pinned by version from the CPU index, a mirror or a local wheelhouse. Its own dependencies
-(filelock, sympy, networkx, jinja2, fsspec, typing-extensions) stay in the lock.
+(filelock, sympy, networkx, jinja2, fsspec, typing-extensions) stay in the locks that have it.
+
+A lock is re-resolved keeping the versions it (or, for a new one, dev.txt) already pins where
+they still fit (uv's preferences from `--output-file`): `make lock` after a dependency change
+moves only what that change needs.
 
 Each file's header records a digest of its inputs (the dependency tables of pyproject.toml and
 the torch version); tests/deploy/test_lock.py fails when they no longer agree.
@@ -37,7 +44,8 @@ PYPROJECT = REPO / "pyproject.toml"
 REQUIREMENTS = REPO / "requirements"
 # lock file -> the extras it carries (besides the base dependencies)
 LOCKS: dict[str, tuple[str, ...]] = {
-    "image.txt": ("onnx", "otel"),
+    "image.txt": ("onnx", "otel"),  # VARIANT=cpu: serving through ONNX Runtime, no torch
+    "image-torch.txt": ("onnx", "otel", "torch"),  # VARIANT=cpu-torch and cuda (+ torch)
     "dev.txt": ("demo", "dev", "onnx", "otel", "train"),
 }
 PYTHON_VERSION = "3.11"  # the oldest pyproject allows; --universal covers the newer ones
@@ -62,12 +70,19 @@ def inputs_digest(extras: tuple[str, ...], torch_version: str, pyproject: Path =
             if match:
                 todo.extend(match.group(1).split(","))
     payload = {
+        "build": build_requirements(pyproject),
         "dependencies": project["dependencies"],
         "extras": {name: optional[name] for name in sorted(wanted)},
         "torch": torch_version,
         "python": PYTHON_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def build_requirements(pyproject: Path = PYPROJECT) -> list[str]:
+    """[build-system].requires: the image installs the project with --no-build-isolation, so
+    its build backend (setuptools) comes from the lock too."""
+    return list(tomllib.loads(pyproject.read_text())["build-system"]["requires"])
 
 
 def recorded_digest(lock: Path) -> str | None:
@@ -100,12 +115,22 @@ def compile_lock(name: str, extras: tuple[str, ...], torch_version: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         constraints = Path(tmp, "torch.txt")
         constraints.write_text(f"torch=={torch_version}\n")
-        command = [uv, "pip", "compile", "pyproject.toml", "--universal", "--generate-hashes",
+        build = Path(tmp, "build.txt")
+        build.write_text("".join(f"{requirement}\n" for requirement in build_requirements()))
+        output = Path(tmp, name)  # seeded with today's pins: uv prefers them
+        for previous in (REQUIREMENTS / name, REQUIREMENTS / "dev.txt"):
+            if previous.exists():
+                output.write_text(previous.read_text())
+                break
+        command = [uv, "pip", "compile", "pyproject.toml", str(build), "--universal",
+                   "--generate-hashes",
                    "--python-version", PYTHON_VERSION, "--no-header", "--quiet",
-                   "--constraint", str(constraints)]  # fmt: skip
+                   "--constraint", str(constraints), "--output-file", str(output)]  # fmt: skip
         for extra in extras:
             command += ["--extra", extra]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        compiled = output.read_text() if result.returncode == 0 else ""
+        compiled = compiled.replace(f"-r {build}", "pyproject.toml [build-system]")
     if result.returncode != 0:
         raise SystemExit(f"lock: uv pip compile failed for {name}:\n{result.stderr}")
     header = (
@@ -114,7 +139,7 @@ def compile_lock(name: str, extras: tuple[str, ...], torch_version: str) -> str:
         "# out with the CUDA-only packages (the Dockerfile installs torch per variant).\n"
         f"{DIGEST_LINE}{inputs_digest(extras, torch_version)}\n"
     )
-    return header + drop_left_out(result.stdout)
+    return header + drop_left_out(compiled)
 
 
 def torch_version_from_makefile() -> str:

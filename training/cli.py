@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -573,11 +574,22 @@ def hide_progress_bars() -> None:
     hf_logging.disable_progress_bar()
 
 
+# What every command needs beyond the serving install (the extras `torch` and `train`).
+TRAIN_LIBRARIES = ("torch", "transformers", "safetensors")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `moderation-train` and `python -m training`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    missing = [name for name in TRAIN_LIBRARIES if importlib.util.find_spec(name) is None]
+    if missing:  # `pip install moderation-worker` serves without torch (issue 26)
+        parser.exit(
+            2,
+            f"moderation-train: error: {', '.join(missing)} not installed: training needs the "
+            "train extra: pip install 'moderation-worker[train]' (torch first, pinned)\n",
+        )
     try:
         check_sources(args)
         command = bind_command(args, argv)

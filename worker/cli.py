@@ -140,9 +140,9 @@ def package_version(name: str) -> str | None:
 def cuda_available() -> bool:
     """Whether torch sees a GPU; without any trace of a GPU driver it cannot, and torch is not
     imported to ask."""
-    from worker.backends.runtime import gpu_may_be_present
+    from worker.backends.runtime import gpu_may_be_present, torch_installed
 
-    if not gpu_may_be_present() or package_version("torch") is None:
+    if not gpu_may_be_present() or not torch_installed():
         return False
     import torch
 
@@ -155,6 +155,7 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
     neither torch nor transformers is imported otherwise (unless the device is a GPU)."""
     from worker.backends.hardware import SPEED_FLAGS
     from worker.backends.model import DEFAULT_MODEL_DIR, load_from_settings, plan_from_settings
+    from worker.backends.runtime import torch_installed
 
     if model is not None:
         settings = settings.model_copy(update={"model": model})
@@ -168,7 +169,7 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
         loaded = {"loaded": {"device": served.backend.device, "scores": scores[0].tolist()}}
     return {
         "python": platform.python_version(),
-        "torch": package_version("torch"),
+        "torch": package_version("torch") if torch_installed() else None,  # None: not installed
         "transformers": package_version("transformers"),
         "onnxruntime": package_version("onnxruntime"),
         "openvino": package_version("openvino"),

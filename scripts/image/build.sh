@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# `make image`: the CPU image with whichever engine is present (docker when its daemon answers,
-# else podman), tagged $IMAGE, with the OCI version/revision labels; writes the build time to
+# `make image`: the CPU image (VARIANT=cpu: ONNX Runtime, no torch) with whichever engine is
+# present (docker when its daemon answers, else podman), tagged $IMAGE, with the OCI version/revision labels; writes the build time to
 # image-results/build.json for `make image-check`.
 #   IMAGE             tag (default localhost/moderation-worker:cpu)
 #   ENGINE            docker | podman (default: detected)
+#   VARIANT           cpu (default: ONNX Runtime only, no torch) | cpu-torch | cuda (Dockerfile)
 #   PYTHON_IMAGE      the base; default with podman: localhost/moderation-base:bookworm, made by
 #                     scripts/image/base.sh (`make image-base`) when missing; with docker the
 #                     Dockerfile's default (python:3.12-slim-bookworm, from a registry)
-#   TORCH_INDEX_URL   torch's index (default: the PyTorch CPU index)
+#   TORCH_INDEX_URL   torch's index, for VARIANT=cpu-torch (default: the PyTorch CPU index)
 #   TORCH_WHEELHOUSE  a directory holding torch-$TORCH_VERSION-*.whl (default: pip's configured
 #                     find-links directory, when it has one); only that wheel is handed over
 #   PIP_CA_BUNDLE     an extra CA bundle for pip in the build (a secret, not stored in the image);
@@ -27,7 +28,7 @@ torch_version="$(sed -n 's/^TORCH_SPEC ?= torch==\([0-9.]*\).*/\1/p' Makefile)"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 if ! git diff --quiet HEAD -- 2>/dev/null; then revision="$revision-dirty"; fi
-args=(build --build-arg VARIANT=cpu --build-arg "TORCH_VERSION=$torch_version"
+args=(build --build-arg "VARIANT=${VARIANT:-cpu}" --build-arg "TORCH_VERSION=$torch_version"
       --build-arg "VERSION=$version" --build-arg "REVISION=$revision" -t "$IMAGE")
 [ "$ENGINE" = podman ] && args+=(--format docker)   # else HEALTHCHECK dropped, SHELL ignored
 if [ -z "${PYTHON_IMAGE:-}" ] && [ "$ENGINE" = podman ]; then

@@ -112,7 +112,14 @@ def test_build_context_excludes_heavy_and_secret_paths() -> None:
 
 # What the image is built from: the product (the worker, the message schemas and the default
 # model, which is package data under worker/default_model/) and the files `pip install .` needs.
-PRODUCT = {"pyproject.toml", "README.md", "worker", "schemas", "requirements/image.txt"}
+PRODUCT = {
+    "pyproject.toml",
+    "README.md",
+    "worker",
+    "schemas",
+    "requirements/image.txt",
+    "requirements/image-torch.txt",
+}
 NOT_SHIPPED = ("training", "bench", "testing", "scripts", "tests")
 
 
@@ -137,12 +144,13 @@ def test_default_model_is_baked_in_as_package_data() -> None:
     builder = stages()["builder"]
     wheel_install = re.compile(r'pip install (--[a-z-]+ )*"?\.(\[[a-z,]+\])?"?( |;|$)')
     assert any(k == "RUN" and wheel_install.search(a) for k, a in builder), "not a wheel install"
-    # every variant can trace (MODERATION_OTEL=1): the lock both variants install carries the
+    # every variant can trace (MODERATION_OTEL=1): the locks the variants install carry the
     # otel extra (and onnx), and the project adds nothing of its own (--no-deps)
     (install,) = [a for k, a in builder if k == "RUN" and wheel_install.search(a)]
     assert "--no-deps" in install, install
-    lock_header = (REPO / "requirements" / "image.txt").read_text().splitlines()[1]
-    assert "onnx" in lock_header and "otel" in lock_header, lock_header
+    for lock in ("image.txt", "image-torch.txt"):
+        lock_header = (REPO / "requirements" / lock).read_text().splitlines()[1]
+        assert "onnx" in lock_header and "otel" in lock_header, lock_header
     # and the build checks that the installed package really carries default_model/
     assert any(k == "RUN" and "default_model" in a for k, a in builder)
 
@@ -167,7 +175,10 @@ def test_entrypoint_is_the_console_script() -> None:
 
 def test_variants_and_build_arg() -> None:
     all_stages = stages()
-    assert {"base-cpu", "base-cuda", "base", "builder", "runtime"} <= set(all_stages)
+    assert {"base-cpu", "base-cpu-torch", "base-cuda", "base", "builder", "runtime"} <= set(
+        all_stages
+    )
+    assert all_stages["base-cpu-torch"][0] == ("FROM", "base-cpu AS base-cpu-torch")
     args: dict[str, str] = {}
     for keyword, arg in instructions():  # the global ARGs (before the first FROM) come first
         if keyword == "ARG":

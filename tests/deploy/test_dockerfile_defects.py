@@ -85,23 +85,26 @@ def test_podman_builds_use_the_docker_format() -> None:
 @pytest.mark.parametrize(
     ("variant", "index", "wheel", "expected"),
     [
-        ("cpu", "", False, "--no-deps --index-url https://download.pytorch.org/whl/cpu"),
+        ("cpu-torch", "", False, "--no-deps --index-url https://download.pytorch.org/whl/cpu"),
         (
-            "cpu",
+            "cpu-torch",
             "https://mirror.example/cpu",
             False,
             "--no-deps --index-url https://mirror.example/cpu",
         ),
-        ("cpu", "", True, "--no-deps --no-index --find-links WHEELHOUSE"),
+        ("cpu-torch", "", True, "--no-deps --no-index --find-links WHEELHOUSE"),
         ("cuda", "", False, "--index-url https://pypi.org/simple"),
         ("cuda", "", True, "--no-index --find-links WHEELHOUSE"),
+        ("cpu", "", True, None),  # no torch at all, even with a wheel at hand
+        ("cpu", "https://mirror.example/cpu", False, None),
     ],
 )
 def test_torch_comes_from_the_index_or_the_wheelhouse(
-    tmp_path: Path, variant: str, index: str, wheel: bool, expected: str
+    tmp_path: Path, variant: str, index: str, wheel: bool, expected: str | None
 ) -> None:
     """The torch step's own shell: a CPU build never falls back to PyPI (whose Linux torch is
-    the multi-GB CUDA build); a wheelhouse with the torch wheel needs no index at all."""
+    the multi-GB CUDA build); a wheelhouse with the torch wheel needs no index at all; the cpu
+    variant (ONNX Runtime) installs no torch (`expected` None)."""
     wheelhouse = tmp_path / "wheelhouse"
     wheelhouse.mkdir()
     if wheel:
@@ -112,15 +115,30 @@ def test_torch_comes_from_the_index_or_the_wheelhouse(
     env, log = fake_pip(tmp_path)
     env.update(VARIANT=variant, TORCH_INDEX_URL=index, TORCH_VERSION="2.13.0")
     subprocess.run(["bash", "-o", "pipefail", "-c", step], env=env, check=True)
+    if expected is None:
+        assert not log.exists(), log.read_text()
+        return
     (call,) = log.read_text().splitlines()
     assert call == f"ARGS install {expected.replace('WHEELHOUSE', str(wheelhouse))} torch==2.13.0"
 
 
 # ---------------------------------------------------------------- 5. extra CA as a secret
-@pytest.mark.parametrize("marker", ["requirements/image.txt", "torch==${TORCH_VERSION}"])
-def test_pip_steps_trust_an_extra_ca_given_as_a_secret(tmp_path: Path, marker: str) -> None:
+@pytest.mark.parametrize(
+    ("marker", "variant", "installs"),
+    [
+        ("requirements/image.txt", "cpu", "-r requirements/image.txt"),
+        ("requirements/image.txt", "cpu-torch", "-r requirements/image-torch.txt"),
+        ("requirements/image.txt", "cuda", "-r requirements/image-torch.txt"),
+        ("torch==${TORCH_VERSION}", "cpu-torch", "torch==2.13.0"),
+        ("torch==${TORCH_VERSION}", "cpu", None),  # no pip call; the bundle still goes
+    ],
+)
+def test_pip_steps_trust_an_extra_ca_given_as_a_secret(
+    tmp_path: Path, marker: str, variant: str, installs: str | None
+) -> None:
     """With the secret pip_ca, pip verifies with the system bundle plus that CA; the combined
-    file is removed in the same step (never in a layer)."""
+    file is removed in the same step (never in a layer). Each variant installs its own lock:
+    cpu the one without torch's packages."""
     system = tmp_path / "system.crt"
     system.write_text("SYSTEM-CA\n")
     extra = tmp_path / "pip_ca"
@@ -129,10 +147,15 @@ def test_pip_steps_trust_an_extra_ca_given_as_a_secret(tmp_path: Path, marker: s
     step = step.replace("/etc/ssl/certs/ca-certificates.crt", str(system))
     step = step.replace("/tmp/ca.pem", str(tmp_path / "ca.pem"))
     env, log = fake_pip(tmp_path)
-    env.update(VARIANT="cpu", TORCH_INDEX_URL="", TORCH_VERSION="2.13.0")
+    env.update(VARIANT=variant, TORCH_INDEX_URL="", TORCH_VERSION="2.13.0")
     subprocess.run(["bash", "-o", "pipefail", "-c", step], env=env, check=True)
-    assert "CERT PROXY-CA" in log.read_text().splitlines()
     assert not (tmp_path / "ca.pem").exists(), "the combined bundle stayed in the layer"
+    if installs is None:
+        assert not log.exists(), log.read_text()
+        return
+    lines = log.read_text().splitlines()
+    assert "CERT PROXY-CA" in lines
+    assert lines[0].startswith("ARGS install") and lines[0].endswith(installs), lines[0]
     extra.write_text("")  # no secret given: pip's defaults
     log.unlink()
     subprocess.run(["bash", "-o", "pipefail", "-c", step], env=env, check=True)

@@ -105,16 +105,32 @@ def test_every_dependency_is_pinned_with_hashes(name: str) -> None:
         )
 
 
-def test_torch_dependencies_stay_in_the_lock() -> None:
-    """torch is installed with --no-deps in the CPU image: what it imports must be locked."""
-    pinned = pins(REPO / "requirements" / "image.txt")
-    for package in ("filelock", "typing-extensions", "sympy", "networkx", "jinja2", "fsspec"):
+TORCH_DEPENDENCIES = ("filelock", "typing-extensions", "sympy", "networkx", "jinja2", "fsspec")
+
+
+def test_torch_dependencies_stay_in_the_torch_lock() -> None:
+    """torch is installed with --no-deps in the cpu-torch image: what it imports must be locked;
+    so must the torch backend's transformers and safetensors."""
+    pinned = pins(REPO / "requirements" / "image-torch.txt")
+    for package in (*TORCH_DEPENDENCIES, "transformers", "safetensors"):
         assert package in pinned, package
+
+
+def test_the_cpu_image_lock_serves_without_torch() -> None:
+    """The cpu variant's lock (issue 26): ONNX Runtime and the tokenizer, nothing only torch or
+    its backend needs (transformers, sympy, networkx); the build backend for the wheel."""
+    pinned = pins(REPO / "requirements" / "image.txt")
+    for package in ("onnxruntime", "tokenizers", "numpy", "aiokafka", "setuptools"):
+        assert package in pinned, package
+    for package in ("transformers", "safetensors", "sympy", "networkx", "mpmath", "jinja2"):
+        assert package not in pinned, f"{package} is in the cpu image's lock"
 
 
 def test_image_installs_from_the_lock_with_hashes() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert re.search(r"pip install [^\n]*--require-hashes[^\n]*requirements/image\.txt", dockerfile)
+    assert re.search(r"pip install [^\n]*--require-hashes[^\n]*-r \"\$lock\"", dockerfile)
+    assert "lock=requirements/image.txt" in dockerfile
+    assert "lock=requirements/image-torch.txt" in dockerfile
     # the project itself adds nothing unpinned, and nothing is upgraded from the index
     assert re.search(r"pip install [^\n]*--no-deps[^\n]*--no-build-isolation", dockerfile)
     assert "--upgrade" not in dockerfile

@@ -118,3 +118,67 @@ def test_runtime_with_several_candidates_is_pending_until_measured(
 def test_a_setting_no_rule_accepts_is_a_load_error(tiny_model_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="precision"):
         choose_runtime(tiny_model_dir, backend="torch", device="cpu", precision="fp8", threads=1)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (("model.onnx", "model.int8.onnx"), ["onnx int8", "openvino bf16"]),
+        (("model.int8.onnx",), ["onnx int8"]),
+        ((), []),
+    ],
+)
+def test_without_torch_auto_considers_only_the_installed_backends(
+    tmp_path: Path, files: tuple[str, ...], expected: list[str]
+) -> None:
+    for name in files:
+        (tmp_path / name).write_bytes(b"graph")
+    found = auto_candidates(
+        tmp_path, "auto", AMX_XEON, onnx_installed=True, openvino_installed=True,
+        torch_installed=False,
+    )  # fmt: skip
+    assert [c.name for c in found] == expected
+
+
+@pytest.fixture
+def no_torch_gpu_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with an NVIDIA driver, ONNX Runtime and no torch (the CPU image on a GPU node)."""
+    import worker.backends.runtime
+
+    driver = tmp_path / "nvidia-version"
+    driver.write_text("NVRM version: 550\n")
+    monkeypatch.setattr(worker.backends.runtime, "NVIDIA_DRIVER", driver)
+    monkeypatch.setattr(worker.backends.runtime, "GPU_MARKERS", (driver,))
+    monkeypatch.setattr(worker.backends.runtime, "read_cpu", lambda: AVX2_EPYC)
+    monkeypatch.setattr(worker.backends.runtime, "torch_installed", lambda: False)
+    monkeypatch.setattr(worker.backends.runtime, "onnxruntime_installed", lambda: True)
+    monkeypatch.setattr(worker.backends.runtime, "openvino_installed", lambda: False)
+
+
+@pytest.mark.usefixtures("no_torch_gpu_host")
+def test_without_torch_a_gpu_host_serves_on_the_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """device auto: CPU (torch serves CUDA, and is absent), never an import of torch; an
+    explicit cuda device or torch backend: one line saying what to install."""
+    target = Path(shutil.copytree(tiny_model_dir, tmp_path / "artifact"))
+    (target / "model.int8.onnx").write_bytes(b"graph")
+    runtime = choose_runtime(target, backend="auto", device="auto", precision="auto", threads=1)
+    assert (runtime.backend.value, runtime.device.value) == ("onnx", "cpu")
+    assert runtime.device.reason == "auto: an NVIDIA driver, but torch is not installed"
+    with pytest.raises(ModelLoadError, match=r"device 'cuda' is served by torch, which is not"):
+        choose_runtime(target, backend="auto", device="cuda", precision="auto", threads=1)
+    with pytest.raises(ModelLoadError, match=r"backend torch: torch is not installed: pip"):
+        choose_runtime(target, backend="torch", device="cpu", precision="auto", threads=1)
+
+
+def test_torch_without_transformers_cannot_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch backend loads through transformers: torch alone is no candidate."""
+    import importlib.util
+
+    from worker.backends.runtime import torch_installed
+
+    assert torch_installed()  # both installed here (`make test`)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name)
+    )
+    assert not torch_installed()

@@ -13,6 +13,12 @@ with native bf16, else fp32). With one candidate there is nothing to measure. Wi
 choice remembered for this machine (`worker.backends.choice_cache`) is used; without one the
 runtime stays `auto` with its candidates, and `worker.backends.autoselect` times them at start.
 On a GPU the torch backend serves.
+
+torch is optional for serving (the CPU image has none, `pip install moderation-worker` brings
+ONNX Runtime only): nothing here imports it unless CUDA is asked for and it is installed.
+Without it, `auto` considers only the installed backends; an artifact that only torch can serve
+(no ONNX graph), an explicit `torch` backend and an explicit CUDA device are refused with one
+line saying what to install or export.
 """
 
 from __future__ import annotations
@@ -86,6 +92,20 @@ class Runtime:
             "threads": str(self.threads),
             "cpu": self.cpu.model,
         }
+
+
+# What to do where torch is needed but not installed (the CPU image, a plain pip install).
+INSTALL_TORCH = (
+    "pip install 'moderation-worker[torch]', or use the image built with VARIANT=cpu-torch "
+    "or VARIANT=cuda"
+)
+
+
+def torch_installed() -> bool:
+    """Whether the torch backend can load here: torch and transformers (the extra `torch`),
+    checked without importing them (seconds). torch alone (e.g. `make install`'s pinned torch
+    beside an install without the extra) cannot load a model."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 
 
 def onnxruntime_installed() -> bool:
@@ -168,12 +188,15 @@ def auto_candidates(
     *,
     onnx_installed: bool,
     openvino_installed: bool,
+    torch_installed: bool = True,
 ) -> list[Candidate]:
     """The CPU backends `auto` may pick for this artifact, install and precision setting:
-    torch always; ONNX Runtime where installed and the artifact has the graph of that precision;
-    OpenVINO where installed, the artifact has the fp32 graph and the precision is fp32 or bf16
-    (bf16 only with native bf16: emulated, it is several times slower)."""
-    candidates = [Candidate("torch", choose_precision(precision, "cpu", cpu))]
+    torch where installed; ONNX Runtime where installed and the artifact has the graph of that
+    precision; OpenVINO where installed, the artifact has the fp32 graph and the precision is
+    fp32 or bf16 (bf16 only with native bf16: emulated, it is several times slower)."""
+    candidates = []
+    if torch_installed:
+        candidates.append(Candidate("torch", choose_precision(precision, "cpu", cpu)))
     if onnx_installed:
         onnx = choose_onnx_precision(precision, (model_dir / ONNX_FILES["int8"]).is_file())
         graph = ONNX_FILES.get(onnx.value)
@@ -184,6 +207,22 @@ def auto_candidates(
         if openvino.value == "fp32" or (openvino.value == "bf16" and cpu.native_bf16):
             candidates.append(Candidate("openvino", openvino))
     return candidates
+
+
+def no_candidate(model_dir: Path, precision: str) -> str:
+    """Why `auto` finds no CPU backend for this artifact here (torch is not installed)."""
+    graphs = [name for name in ONNX_FILES.values() if (model_dir / name).is_file()]
+    if not graphs:
+        return (
+            f"{model_dir} has no ONNX graph ({', '.join(ONNX_FILES.values())}) and torch is not "
+            "installed, so nothing here can serve it: export it with `moderation-train export "
+            f"--onnx`, or serve it with torch ({INSTALL_TORCH})"
+        )
+    return (
+        f"no installed backend serves {model_dir} at precision {precision} (its graphs: "
+        f"{', '.join(graphs)}; torch is not installed): set MODERATION_PRECISION=auto, or "
+        f"{INSTALL_TORCH}"
+    )
 
 
 def measured_runtime(runtime: Runtime, measured: Measured, *, remembered: bool) -> Runtime:
@@ -261,6 +300,14 @@ def _choose_runtime(
             device, NVIDIA_DRIVER.exists(), gpu_may_be_present=gpu_may_be_present()
         )
     chosen_threads = choose_threads(threads if threads else "auto", usable_cpus())
+    has_torch = torch_installed()
+    if backend == "torch" and not has_torch:
+        raise ValueError(f"backend torch: torch is not installed: {INSTALL_TORCH}")
+    if chosen_device.value.startswith("cuda") and not has_torch:
+        if device != AUTO:
+            raise ValueError(f"device {device!r} is served by torch, which is not installed: "
+                             f"{INSTALL_TORCH}")  # fmt: skip
+        chosen_device = Choice("cpu", "auto: an NVIDIA driver, but torch is not installed")
     if backend == AUTO and chosen_device.value == "cpu":
         candidates = auto_candidates(
             model_dir,
@@ -268,7 +315,10 @@ def _choose_runtime(
             cpu,
             onnx_installed=onnxruntime_installed(),
             openvino_installed=openvino_installed(),
+            torch_installed=has_torch,
         )
+        if not candidates:
+            raise ValueError(no_candidate(model_dir, precision))
         if len(candidates) == 1:
             why = "auto: the only CPU backend this artifact and install allow"
             return Runtime(

@@ -8,6 +8,7 @@ Ids equal those of `transformers`' `tokenizer(texts, truncation=True, max_length
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,16 @@ class TextTokenizer:
     @classmethod
     def load(cls, model_dir: Path, max_length: int) -> TextTokenizer:
         """From the artifact's `tokenizer.json`; a directory with only a slow tokenizer's files
-        (e.g. `vocab.txt`) is converted once through `transformers`."""
+        (e.g. `vocab.txt`) is converted once through `transformers` (not in the CPU image: such
+        an artifact is refused there with what to do)."""
         config_file = model_dir / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if not (model_dir / TOKENIZER_FILE).is_file() and find_spec("transformers") is None:
+            raise ModelLoadError(
+                f"{model_dir} has no {TOKENIZER_FILE}, and converting its slow tokenizer needs "
+                "transformers, which is not installed: save the fast tokenizer with the artifact "
+                "(tokenizer.save_pretrained), or pip install 'moderation-worker[torch]'"
+            )
         try:
             if (model_dir / TOKENIZER_FILE).is_file():
                 tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
