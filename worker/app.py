@@ -113,6 +113,9 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
         contract.model_name, contract.model_version, backend.device, backend.precision,
         backend.kind, len(shapes), clock.phases,
     )  # fmt: skip
+    collapsed = contract.collapse_warning()
+    if collapsed is not None:  # served as asked, but not silently
+        log.warning(collapsed)
     return model
 
 
