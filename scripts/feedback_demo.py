@@ -213,7 +213,8 @@ def moderate(worker: WorkerProcess, data: TextDataset, ids: dict[str, int]) -> i
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The demo; returns the summary's facts."""
-    facts: dict[str, Any] = {}
+    config = json.loads((REPO / MODEL / "config.json").read_text())
+    facts: dict[str, Any] = {"model_threshold": config["label_thresholds"][LABEL]}
     quick = args.quick
     rows = args.rows or (160 if quick else 600)
     min_per_class = "8" if quick else "30"
@@ -346,15 +347,22 @@ def offline_loop(
     facts["thresholds"] = {"policy_version": chosen["policy_version"], **c}
 
     step("hot reload")
-    started = time.monotonic()
-    wait_until(
-        lambda: metric_sum(worker.get("/metrics").body, "moderation_policy_reloads_total") >= 1,
-        60,
-        interval=0.2,
-        message="the worker did not report a policy reload",
+    version = chosen["policy_version"]
+
+    def reloaded() -> str | None:
+        body = worker.get("/metrics").body
+        in_force = metric_sample(body, "moderation_policy_info", version=version) == 1
+        return body if in_force else None
+
+    body = wait_until(
+        reloaded, 60, interval=0.2, message=f"the worker did not report policy {version}"
     )
-    reloads = metric_sum(worker.get("/metrics").body, "moderation_policy_reloads_total")
-    say(f"moderation_policy_reloads_total {reloads:.0f} ({time.monotonic() - started:.1f} s)")
+    seen = time.time() - policy.stat().st_mtime  # the file's write to the reload observed
+    reloads = metric_sum(body, "moderation_policy_reloads_total")
+    say(
+        f'moderation_policy_info{{version="{version}"}} 1, moderation_policy_reloads_total '
+        f"{reloads:.0f}: observed {seen:.1f} s after the file was written, no restart"
+    )
     metadata = {"tenant": CORAL_COMMUNITY}
     again = {f"{key}-r": i for key, i in judging.items()}
     outputs = score(
@@ -390,6 +398,7 @@ def shadow_round(
         "--learning-rate", "2e-5", "--no-progress",
     )  # fmt: skip
     candidate = run_dir / "model"
+    version = json.loads((candidate / "config.json").read_text())["model_version"]
     compared = json.loads((run_dir / "eval" / "candidate_vs_current.json").read_text())
     say(f"-> {candidate.relative_to(work)}: {json.dumps(fitted)}")
     say(f"   candidate vs current on held-out decisions: {comparison_line(compared)}")
@@ -431,7 +440,12 @@ def shadow_round(
         f"{shadow['failures']:.0f}; flag flips {shadow['flips']:.0f} ({LABEL}: "
         f"{shadow[f'{LABEL}_flips']:.0f}); mean |primary - shadow| {shadow['mean_abs_diff']:.4f}"
     )
-    return {"fit": fitted, "shadow": shadow, "shadow_policy_versions": versions}
+    return {
+        "fit": fitted,
+        "candidate_version": version,
+        "shadow": shadow,
+        "shadow_policy_versions": versions,
+    }
 
 
 def comparison_line(compared: dict[str, Any]) -> str:
@@ -444,6 +458,28 @@ def comparison_line(compared: dict[str, Any]) -> str:
         if entry.get(metric + "_current") is not None
     ]
     return f"{LABEL} ({entry['judged']} rows): " + ", ".join(figures)
+
+
+def summary_lines(facts: dict[str, Any]) -> list[str]:
+    """The demo's facts in a few readable lines."""
+    cal, chosen, shadow = facts["calibration"], facts["thresholds"], facts["shadow"]
+    before, after = facts["before"], facts["after"]
+    low, high = chosen["precision_interval"]
+    return [
+        f"decisions: {facts['decisions']} stored through comments:suggestscore, "
+        f"{facts['exported']['rows']} exported from the feedback topic",
+        f"calibration ({LABEL}): ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, "
+        f"ROC-AUC {cal['roc_auc']:.4f} unchanged; new artifact version {cal['model_version']}",
+        f"policy: {facts['first_policy'][0]} -> {chosen['policy_version']}, {LABEL} threshold "
+        f"{facts['model_threshold']:.3f} -> {chosen['threshold']:.3f} for {chosen['target']} "
+        f"(stated {chosen['precision']:.3f} [{low:.3f}, {high:.3f}]); hot-reloaded, new outputs "
+        f"carry {', '.join(facts['reload']['policy_versions'])}",
+        f"judging half ({LABEL}): precision {before['precision']:.3f} -> "
+        f"{after['precision']:.3f}, recall {before['recall']:.3f} -> {after['recall']:.3f}",
+        f"shadow: candidate {facts['candidate_version']} scored {shadow['scored']:.0f} comments, "
+        f"dropped {shadow['dropped']:.0f}, flag flips {shadow['flips']:.0f} "
+        f"({LABEL}: {shadow[LABEL + '_flips']:.0f})",
+    ]
 
 
 def cpu_model() -> str:
@@ -490,7 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     facts["wall_s"] = round(time.monotonic() - started, 1)
     facts["cpu"] = cpu_model()
-    step(f"done in {facts['wall_s']:.0f} s")
+    step(f"summary ({facts['wall_s']:.0f} s on {facts['cpu']})")
+    for line in summary_lines(facts):
+        say(line)
     say("SUMMARY " + json.dumps(facts, default=str))
     return 0
 
