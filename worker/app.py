@@ -154,8 +154,9 @@ class Worker:
             self.metrics.init_language_labels(model.contract.served_languages)
         contract, backend = model.contract, model.backend
         self.metrics.set_model(
-            contract.model_name, contract.model_version, backend.device, list(contract.labels)
-        )
+            contract.model_name, contract.model_version, backend.device, list(contract.labels),
+            collapsed=contract.collapsed is not None,
+        )  # fmt: skip
         self.policies = PolicyHolder(
             contract,
             policy,

@@ -1,7 +1,7 @@
 """A collapsed model that `moderation-train export --force` wrote anyway is served, but not
 silently: the artifact records the collapse (`config.json` `collapsed`), the worker logs a
-WARNING at start naming it and what to do, and `moderation-worker info` shows it. A normal
-export records nothing and the worker says nothing."""
+WARNING at start naming it and what to do, exports `moderation_model_collapsed` 1, and
+`moderation-worker info` shows it. A normal export records nothing and the worker says nothing."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ import orjson
 import pytest
 
 from schemas.artifact import read_contract
+from testing.http import metric_sample
 from testing.models import DEFAULT_MODEL_DIR
+from testing.ports import free_port
+from testing.topics import Topics
 from testing.training_data import tiny_bert_dir, tiny_rows, write_csv
+from testing.worker_process import QUICK_ENV, WorkerProcess, worker_env
 from training.cli import main as train
 from worker.app import StartupClock, load_and_warm_up
 from worker.config import Settings
@@ -78,6 +82,32 @@ def test_a_normal_export_records_nothing_and_starts_without_the_warning(
     config = json.loads((artifacts["normal"] / "config.json").read_text())
     assert "collapsed" not in config
     assert not [w for w in start_up_warnings(artifacts["normal"], caplog) if "collapsed" in w]
+
+
+def test_a_running_worker_logs_the_warning_and_exports_the_gauge(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    """`moderation-worker run` as deployed (HTTP only here: no broker needed): the WARNING in
+    its log, `moderation_model_collapsed` 1 for the forced export and 0 for the normal one."""
+    for name, expected in (("forced", 1.0), ("normal", 0.0)):
+        env = worker_env(
+            "127.0.0.1:9", Topics.fresh("collapsed"), free_port(),
+            QUICK_ENV | {
+                "MODERATION_MODEL": str(artifacts[name]),
+                "MODERATION_HTTP_API_PORT": str(free_port()),
+            },
+        )  # fmt: skip
+        worker = WorkerProcess(env, tmp_path / f"{name}.log", args=["--http-only"])
+        try:
+            worker.wait_ready(120)
+            gauge = metric_sample(worker.get("/metrics").body, "moderation_model_collapsed")
+        finally:
+            assert worker.stop() == 0
+        warnings = [x for x in worker.log().splitlines() if "WARNING" in x and "collapsed" in x]
+        assert gauge == expected
+        assert len(warnings) == expected, warnings
+        if expected:
+            assert "looks collapsed" in warnings[0] and "--init-from" in warnings[0]
 
 
 def test_info_shows_the_collapse(artifacts: dict[str, Path]) -> None:
