@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,7 +154,7 @@ def score(worker: WorkerProcess, bootstrap: str, topics: Topics, messages: list[
 
     asyncio.run(read())
     if len(outputs) != len(ids):
-        alive = "" if worker.alive() else f" (the worker exited; see {worker.log_path})"
+        alive = "" if worker.alive() else " (the worker exited)"
         raise StepFailed(f"{len(outputs)} of {len(ids)} comments scored{alive}")
     return outputs
 
@@ -188,7 +189,9 @@ def start(
     try:
         worker = start_worker(bootstrap, topics, log_path=work / f"{name}.log", overrides=overrides)
     except (RuntimeError, TimeoutError) as exc:
-        raise StepFailed(f"the worker did not become ready: {str(exc).splitlines()[0]}") from None
+        lines = [x for x in str(exc).splitlines() if x.strip()]
+        why = lines[0] + (f": {lines[-1]}" if len(lines) > 1 else "")
+        raise StepFailed(f"the worker ({name}) did not become ready: {why}") from None
     say(f"worker ({name}) ready: metrics {worker.url}, API {worker.api_url}")
     return worker
 
@@ -250,7 +253,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         finally:
             code = worker.stop()
         if code != 0:
-            raise StepFailed(f"the worker exited {code}; see {work / 'worker.log'}")
+            raise StepFailed(f"the worker exited {code} on SIGTERM (worker.log)")
         facts |= shadow_round(bootstrap, topics, work, policy, data, judging)
     return facts
 
@@ -423,7 +426,7 @@ def shadow_round(
     finally:
         code = worker.stop()
     if code != 0:
-        raise StepFailed(f"the worker exited {code}; see {work / 'worker-shadow.log'}")
+        raise StepFailed(f"the worker exited {code} on SIGTERM (worker-shadow.log)")
     shadow = {
         "scored": metric_sum(body, "moderation_shadow_scored_total"),
         "dropped": metric_sum(body, "moderation_shadow_dropped_total"),
@@ -516,14 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not DATA.is_file():
         parser.exit(2, f"feedback-demo: {DATA} not found (the Jigsaw rows)\n")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="feedback-demo-") as tmp:
-        work = args.work_dir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            facts = run(args, work)
-        except (StepFailed, TimeoutError) as exc:
-            print(f"feedback-demo: failed: {exc}", file=sys.stderr)
-            return 1
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="feedback-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        facts = run(args, work)
+    except Exception as exc:  # any step: one line, the logs kept
+        what = str(exc).strip().splitlines()
+        detail = what[0] if what else type(exc).__name__
+        if not isinstance(exc, StepFailed | TimeoutError):
+            detail = f"{type(exc).__name__}: {detail}"
+        print(f"feedback-demo: failed: {detail} (logs in {work})", file=sys.stderr)
+        return 1
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
     facts["wall_s"] = round(time.monotonic() - started, 1)
     facts["cpu"] = cpu_model()
     step(f"summary ({facts['wall_s']:.0f} s on {facts['cpu']})")
