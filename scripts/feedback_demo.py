@@ -76,18 +76,13 @@ def step(title: str) -> None:
 # ------------------------------------------------------------------------------ the commands
 
 
-def cli(name: str) -> list[str]:
-    """The console script beside this Python (what a user types), else `python -m`."""
-    script = Path(sys.executable).parent / name
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", {"moderation-train": "training"}[name]]
-
-
 def train(work: Path, command: str, *args: str, timeout: float = 600) -> dict[str, Any]:
     """`moderation-train COMMAND ARGS` as a subprocess; its log goes to work/COMMAND.log. The
     JSON its last stdout line holds; StepFailed with its last error line otherwise."""
-    argv = [*cli("moderation-train"), command, *args]
+    # `python -m training` is `moderation-train`'s entry point (training.cli.main); run from the
+    # checkout, as the worker is (`python -m worker run`), both run this tree's code even where
+    # the installed console script points at another checkout
+    argv = [sys.executable, "-m", "training", command, *args]
     say("$ moderation-train " + " ".join(shlex.quote(a) for a in [command, *args]))
     log = work / f"{command}.log"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
