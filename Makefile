@@ -18,7 +18,7 @@ HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-demo-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 
-.PHONY: install install-dev demo broker bench bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock install-locked image image-base image-check image-push
+.PHONY: install install-dev demo broker bench feedback-demo bench-language-id bench-training test lint format schemas settings-table tools default-model clean audit reliability lock install-locked image image-base image-check image-push
 
 install: $(STAMP)
 
@@ -53,6 +53,15 @@ broker: install
 BENCH_FLAGS ?=
 bench: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m bench --output-dir bench-results $(BENCH_FLAGS)
+
+# The moderation loop of docs/feedback.md end to end on a real broker (tansu unless
+# KAFKA_BOOTSTRAP_SERVERS is set): validation rows scored, simulated Coral moderators through
+# comments:suggestscore, then feedback-export, calibrate, thresholds (hot-reloaded by the running
+# worker), fit --init-from and the candidate as a shadow (~2-3 min on 2 cores). E.g.
+# FEEDBACK_DEMO_FLAGS="--rows 1000 --work-dir runs/feedback-demo" keeps the files.
+FEEDBACK_DEMO_FLAGS ?=
+feedback-demo: install-dev
+	HF_HUB_OFFLINE=1 $(PY) scripts/feedback_demo.py $(FEEDBACK_DEMO_FLAGS)
 
 # Language identification candidates side by side (bench/language_id.py): accuracy in 15
 # languages, English Jigsaw comments called "not English", speed; installs the candidates

@@ -99,6 +99,18 @@ class Calibration(BaseModel):
         return entry.intercept + entry.prior_shift
 
 
+class CollapseRecord(BaseModel):
+    """A collapsed model's verdict, stored in `config.json` under `collapsed`: the model gives
+    every text (nearly) the same scores, or ranks no better than chance (`training.collapse`).
+    Export refuses such a model; `moderation-train export --force` writes it with this record,
+    and the worker warns at start (`collapse_warning`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    checked_on: str = Field(min_length=1, description="the labeled rows the check ran on")
+    detail: str = Field(min_length=1, description="what was measured (spread, macro ROC-AUC)")
+
+
 def _check_rates(name: str, rates: dict[str, float] | None, labels: tuple[str, ...]) -> None:
     if rates is None:
         return
@@ -137,6 +149,11 @@ class ArtifactContract(BaseModel):
         min_length=1,
         description="ISO 639-1 codes of the languages the model serves, the main one first "
         "(default: English only).",
+    )
+    collapsed: CollapseRecord | None = Field(
+        default=None,
+        description="Set when the model was written although it looks collapsed (training's "
+        "run directory, `export --force`); None: not collapsed, or never checked.",
     )
 
     @model_validator(mode="before")
@@ -191,6 +208,7 @@ class ArtifactContract(BaseModel):
             label_training_rates=config.get("label_training_rates"),
             api_attributes=config.get("api_attributes"),
             served_languages=config.get("served_languages") or DEFAULT_SERVED_LANGUAGES,
+            collapsed=config.get("collapsed"),
         )
 
     def config_entries(self) -> dict[str, Any]:
@@ -205,11 +223,28 @@ class ArtifactContract(BaseModel):
         }
         if self.calibration is not None:
             entries["calibration"] = self.calibration.model_dump(mode="json")
+        if self.collapsed is not None:
+            entries["collapsed"] = self.collapsed.model_dump(mode="json")
         for key in ("label_base_rates", "label_training_rates"):
             rates = getattr(self, key)
             if rates is not None:
                 entries[key] = dict(rates)
         return entries
+
+    def collapse_warning(self) -> str | None:
+        """One line for an artifact written although it looks collapsed (None otherwise): what
+        was measured, what it means for the flags, and what to do."""
+        if self.collapsed is None:
+            return None
+        return (
+            f"model {self.model_name} (version {self.model_version}) looks collapsed: on "
+            f"{self.collapsed.checked_on}, {self.collapsed.detail}. It gives every text about the "
+            "same scores, so it flags everything or nothing whatever the text; it was written "
+            "anyway (moderation-train export --force, or a training run's model directory). "
+            "Serve another model (the bundled one: unset MODERATION_MODEL), or retrain it: more "
+            "epochs or a higher learning rate, or fine-tune the bundled model "
+            "(moderation-train fit --init-from worker/default_model, training/README.md)"
+        )
 
     def flagged(self, probabilities: Any) -> list[str]:
         """Labels at or above their threshold, for one row of probabilities."""

@@ -18,6 +18,7 @@ from schemas.artifact import (
     WEIGHTS_FILE,
     ArtifactContract,
     Calibration,
+    CollapseRecord,
     weights_version,
 )
 from training.artifact_files import CARD_FILE, INFO_FILE
@@ -40,10 +41,13 @@ def save_artifact(
     calibration: Calibration | None = None,
     base_rates: dict[str, float] | None = None,
     training_rates: dict[str, float] | None = None,
+    collapsed: CollapseRecord | None = None,
 ) -> ArtifactContract:
     """Save weights (safetensors), tokenizer, `config.json` carrying the artifact contract,
     `training_info.json` and the model card; returns the contract written. A `calibration`
-    must already be folded into `model`'s head (`training.calibration`).
+    must already be folded into `model`'s head (`training.calibration`). `collapsed`: the
+    verdict of a model written although it looks collapsed (`training.collapse`), which the
+    worker warns about; a source's old verdict is never carried over.
 
     The name defaults to the directory's, the version to a hash of the weights written. fp16
     stores half-precision weights (a calibrated head excepted) while `config.dtype` stays
@@ -84,8 +88,9 @@ def save_artifact(
         calibration=calibration,
         label_base_rates=base_rates,
         label_training_rates=training_rates,
+        collapsed=collapsed,
     )
-    for key in ("calibration", "label_base_rates", "label_training_rates"):
+    for key in ("calibration", "label_base_rates", "label_training_rates", "collapsed"):
         if hasattr(config, key):  # a re-export without calibration drops the old entries
             delattr(config, key)
     for key, value in contract.config_entries().items():

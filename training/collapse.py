@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from schemas.artifact import CollapseRecord
+
 MIN_SPREAD = 0.01
 MIN_MACRO_ROC_AUC = 0.6
 WHAT_TO_TRY = (
@@ -106,6 +108,14 @@ def check_collapse(y: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> C
     ]
     macro = round(float(np.mean(aucs)), 6) if aucs else None
     return CollapseCheck(len(p), spread, macro)
+
+
+def collapse_record(check: CollapseCheck | None, where: str) -> CollapseRecord | None:
+    """The artifact's record of a collapsed model (`config.json` `collapsed`), None where the
+    check found none."""
+    if check is None or not check.collapsed:
+        return None
+    return CollapseRecord(checked_on=where, detail=check.describe())
 
 
 def collapse_message(check: CollapseCheck, model: str, where: str) -> str:

@@ -20,7 +20,7 @@ from training.artifact_files import (
     resolve_model_dir,
 )
 from training.artifact_writer import save_artifact
-from training.collapse import CollapseCheck, collapse_message
+from training.collapse import CollapseCheck, collapse_message, collapse_record
 from training.export_calibration import RequestedRates, calibrate, match_reference
 from training.export_target import check_export_target, exported_from
 from training.sources import UsageError
@@ -66,8 +66,9 @@ def export_model(
 
     A model that looks collapsed (`training.collapse`), by the validation figures its training
     recorded or on `calibration_data`'s validation split, is refused (`UsageError`) unless
-    `force`. `text_column` names the text column of `calibration_data` and `onnx_check`.
-    The base rates the probabilities assume, and where they came from, are logged.
+    `force`; with `force` it is written with its verdict (`config.json` `collapsed`), which the
+    worker warns about at start. `text_column` names the text column of `calibration_data` and
+    `onnx_check`. The base rates the probabilities assume, and where they came from, are logged.
     """
     from training.modeling import load_classifier, load_tokenizer
 
@@ -80,8 +81,10 @@ def export_model(
     info: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if metrics_path is not None:
         info["metrics"] = json.loads(metrics_path.read_text())
+    recorded = recorded_check(info)
+    collapsed = collapse_record(recorded, "its recorded validation metrics")
     if not force:
-        refuse_collapsed(recorded_check(info), model_dir, "its recorded validation metrics")
+        refuse_collapsed(recorded, model_dir, "its recorded validation metrics")
     info["exported_from"] = exported_from(model_dir)
     thresholds = dict(source_contract.label_thresholds)
     calibration = source_contract.calibration
@@ -113,11 +116,12 @@ def export_model(
             info,
             text_column=text_column,
         )
-        if not force and "collapse" in info["calibration"]:
+        if "collapse" in info["calibration"]:
             where = f"the validation split of {calibration_data}"
-            refuse_collapsed(
-                CollapseCheck.from_dict(info["calibration"]["collapse"]), model_dir, where
-            )
+            check = CollapseCheck.from_dict(info["calibration"]["collapse"])
+            if not force:
+                refuse_collapsed(check, model_dir, where)
+            collapsed = collapse_record(check, where) or collapsed
         thresholds = fit.map_thresholds(thresholds)
         calibration, rates = fit.calibration, (fit.base_rates, fit.training_rates)
     elif rates[0] is not None:
@@ -139,7 +143,13 @@ def export_model(
         calibration=calibration,
         base_rates=rates[0],
         training_rates=rates[1],
+        collapsed=collapsed,
     )
+    if collapsed is not None:
+        log.warning(
+            "exported although collapsed (--force); the worker warns when it serves it: %s",
+            collapsed.detail,
+        )
     history = model_dir / HISTORY_FILE
     if history.is_file() and not in_place:
         shutil.copyfile(history, out_dir / HISTORY_FILE)

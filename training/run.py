@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training.artifact_files import HISTORY_FILE
 from training.artifact_writer import save_artifact
-from training.collapse import check_collapse, collapse_message
+from training.collapse import check_collapse, collapse_message, collapse_record
 from training.data import DataOptions, TextDataset, skipped_total
 from training.evaluate import (
     Metrics,
@@ -199,6 +199,7 @@ def finish_run(
         info={**info, "metrics": metrics},
         model_name=run.model_name,
         fp16=run.fp16_export,
+        collapsed=collapse_record(check, "its validation split"),
     )
     for history_file in (run.output_dir / HISTORY_FILE, run.model_dir / HISTORY_FILE):
         history_file.write_text(json.dumps(history) + "\n")

@@ -120,6 +120,9 @@ def load_and_warm_up(settings: Settings, clock: StartupClock) -> ServedModel:
         contract.model_name, contract.model_version, backend.device, backend.precision,
         backend.kind, len(shapes), clock.phases,
     )  # fmt: skip
+    collapsed = contract.collapse_warning()
+    if collapsed is not None:  # served as asked, but not silently
+        log.warning(collapsed)
     return model
 
 
@@ -158,8 +161,9 @@ class Worker:
             self.metrics.init_language_labels(model.contract.served_languages)
         contract, backend = model.contract, model.backend
         self.metrics.set_model(
-            contract.model_name, contract.model_version, backend.device, list(contract.labels)
-        )
+            contract.model_name, contract.model_version, backend.device, list(contract.labels),
+            collapsed=contract.collapsed is not None,
+        )  # fmt: skip
         self.policies = PolicyHolder(
             contract,
             policy,

@@ -188,6 +188,8 @@ def describe(settings: Settings, model: str | None, load: bool = False) -> dict[
         "thresholds": dict(contract.label_thresholds),
         # the label rates the probabilities are calibrated for (None: uncalibrated)
         "label_base_rates": contract.label_base_rates,
+        # a model written although it looks collapsed: what was measured and what to do
+        "collapsed": contract.collapse_warning(),
     } | loaded
 
 

@@ -96,6 +96,11 @@ class Metrics:
             "moderation_ready", "1 when the worker is ready (as /readyz).", registry=r
         )
         self.model_info = Info("moderation_model", "The model being served.", registry=r)
+        self.model_collapsed = Gauge(
+            "moderation_model_collapsed",
+            "1 when the served model is recorded as collapsed (written anyway: export --force).",
+            registry=r,
+        )
         self.http_requests = Counter(
             "moderation_http_requests", "HTTP API requests answered, by method and status code.",
             ["method", "code"], registry=r,
@@ -283,10 +288,13 @@ class Metrics:
             raise ValueError(f"unknown unsupported-language mode {mode!r}: {LANGUAGE_MODES}")
         self.unsupported_language.labels(_front_door(front_door), mode).inc(count)
 
-    def set_model(self, name: str, version: str, device: str, labels: list[str]) -> None:
+    def set_model(
+        self, name: str, version: str, device: str, labels: list[str], collapsed: bool = False
+    ) -> None:
         self.model_info.info(
             {"name": name, "version": version, "device": device, "labels": ",".join(labels)}
         )
+        self.model_collapsed.set(1 if collapsed else 0)
 
     def set_shadow(self, name: str, version: str, labels: list[str]) -> None:
         """A shadow is attached: its identity, every label series at 0."""

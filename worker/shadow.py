@@ -70,6 +70,9 @@ def load_shadow(settings: Settings, primary: ServedModel) -> ServedModel:
         contract.model_name, contract.model_version, shadow.backend.device,
         shadow.backend.precision, shadow.backend.kind, settings.shadow_output_topic,
     )  # fmt: skip
+    collapsed = contract.collapse_warning()
+    if collapsed is not None:
+        log.warning("shadow %s", collapsed)
     return shadow
 
 

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from schemas import Feedback
 from testing.broker import TansuBroker
+from testing.coral import coral_request
 from testing.http import http_post, metric_sample
 from testing.kafka import consume_until, create_topics
 from testing.ports import free_port
@@ -44,34 +45,6 @@ CLOSED = "127.0.0.1:9"  # HTTP only: nothing listens there, nothing may try to
 OVER_PRODUCER_LIMIT = 1_200_000
 MAX_TEXT_BYTES = 2_000_000
 TEXT = "This is the kind of comment our moderators removed, you absolute idiot."
-
-
-def coral_request(text: str, comment_id: str, status: str = "DELETED") -> dict[str, Any]:
-    """The body Coral Talk (server/src/core/server/services/perspective/perspective.ts,
-    `formatBody`) posts to `{endpoint}/comments:suggestscore` when a moderator approves (0) or
-    rejects (1) a top-level comment (a reply adds `reply_to_id_Coral_comment_id` to the
-    context's JSON text)."""
-    return {
-        "comment": {"text": text},
-        "context": {
-            "entries": [
-                {
-                    "text": json.dumps(
-                        {
-                            "url": f"https://news.example.com/story-1?commentID={comment_id}",
-                            "Coral_comment_id": comment_id,
-                        }
-                    )
-                }
-            ]
-        },
-        "attributeScores": {
-            "TOXICITY": {"summaryScore": {"value": 0 if status == "APPROVED" else 1}}
-        },
-        "languages": ["en"],
-        "communityId": "Coral:https://talk.example.com",
-        "clientToken": f"comment:{comment_id}",
-    }
 
 
 def suggest(
