@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,13 +54,23 @@ def _best_f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def choose_thresholds(
-    y: np.ndarray, p: np.ndarray, labels: Sequence[str], rule: ThresholdRule = "f1"
+    y: np.ndarray,
+    p: np.ndarray,
+    labels: Sequence[str],
+    rule: ThresholdRule = "f1",
+    unjudged: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """Per-label thresholds on validation data: max F1 (`"f1"`) or a fixed value (e.g. 0.5)."""
+    """Per-label thresholds on validation data: max F1 (`"f1"`) or a fixed value (e.g. 0.5).
+
+    A label no validation row judges has nothing to choose on: it gets `unjudged[label]` (with
+    `fit --init-from`, the starting model's threshold), else 0.5."""
     if rule != "f1":
         return dict.fromkeys(labels, float(rule))
+    fallback = unjudged or {}
     return {
-        label: round(_best_f1_threshold(*judged(y, p, j)), 6) if len(judged(y, p, j)[0]) else 0.5
+        label: round(_best_f1_threshold(*judged(y, p, j)), 6)
+        if len(judged(y, p, j)[0])
+        else float(fallback.get(label, 0.5))
         for j, label in enumerate(labels)
     }
 

@@ -112,12 +112,16 @@ def fit(
     started = time.perf_counter()
     setup_torch(run.threads, loop.seed)
     current = None
+    starting_thresholds: dict[str, float] | None = None
     if init_from is not None:
         from schemas.artifact import read_contract
         from training.artifact_files import resolve_model_dir
 
         current = resolve_model_dir(init_from)
-        labels = list(read_contract(current).labels)
+        contract = read_contract(current)
+        labels = list(contract.labels)
+        # feedback often judges one label: the others keep the served model's thresholds
+        starting_thresholds = dict(contract.label_thresholds)
         if data.label_columns and sorted(data.label_columns) != sorted(labels):
             raise DataError(
                 f"--label-columns {','.join(data.label_columns)} are not the labels of "
@@ -169,6 +173,7 @@ def fit(
         step=step,
         provenance=provenance,
         started=started,
+        unjudged_thresholds=starting_thresholds,
     )
     if current is not None and "stopped_at_step" not in metrics:
         from training.fit_compare import compare_with_current

@@ -118,6 +118,7 @@ def train_and_export(
     provenance: Provenance,
     started: float,
     extra_modules: dict[str, nn.Module] | None = None,
+    unjudged_thresholds: dict[str, float] | None = None,
 ) -> Metrics:
     """Train `model` (and `extra_modules`, checkpointed but not exported) with `step` over
     `texts`, resuming from the run's checkpoint; once the schedule is done, export and report.
@@ -163,7 +164,7 @@ def train_and_export(
         "command": run.command,
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    return finish_run(model, tokenizer, val, run, history, info)
+    return finish_run(model, tokenizer, val, run, history, info, unjudged_thresholds)
 
 
 def finish_run(
@@ -173,8 +174,10 @@ def finish_run(
     run: RunOptions,
     history: list[dict[str, float]],
     info: dict[str, Any],
+    unjudged_thresholds: dict[str, float] | None = None,
 ) -> Metrics:
     """Choose thresholds on validation, write the artifact (`run/model`) and its report.
+    `unjudged_thresholds`: for labels no validation row judges (see `choose_thresholds`).
     The validation figures of `training.collapse` go into the metrics (`collapse`, also in
     the artifact's training info, which export reads); a collapsed model is written (for
     inspection, and resuming with more epochs) but logged as a warning."""
@@ -183,7 +186,7 @@ def finish_run(
     probs, _ = predict(
         model, tokenizer, val.texts, max_length=run.max_length, batch_size=run.eval_batch_size
     )
-    thresholds = choose_thresholds(val.labels, probs, labels, run.thresholds)
+    thresholds = choose_thresholds(val.labels, probs, labels, run.thresholds, unjudged_thresholds)
     metrics = compute_metrics(val.labels, probs, labels, thresholds)
     metrics["skipped_rows"] = info.get("skipped_rows", 0)
     check = check_collapse(val.labels, probs, labels)

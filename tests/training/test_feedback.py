@@ -535,12 +535,17 @@ def test_fit_init_from_trains_on_partial_feedback_with_a_mix_and_compares(
 ) -> None:
     feedback = _feedback_csv(tmp_path / "fb.csv", tiny, 160, seed=6)
     original = _feedback_csv(tmp_path / "orig.csv", tiny, 200, seed=7, judged=tuple(LABELS))
+    start = tmp_path / "start"  # the served model, with thresholds of its own (not 0.5)
+    shutil.copytree(tiny, start)
+    config = json.loads((start / "config.json").read_text())
+    config["label_thresholds"] = dict.fromkeys(LABELS, 0.123)
+    (start / "config.json").write_text(json.dumps(config))
     run = tmp_path / "run"
     common = ["--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--no-progress"]
     argv = [
         "fit",
         "--init-from",
-        str(tiny),
+        str(start),
         "--data",
         str(feedback),
         "--mix",
@@ -563,6 +568,9 @@ def test_fit_init_from_trains_on_partial_feedback_with_a_mix_and_compares(
     assert info["details"]["unjudged_label_cells"] == 128 * 4
     candidate = read_contract(run / "model")
     assert candidate.labels == read_contract(tiny).labels
+    # no validation row judges threat: it keeps the served model's threshold, toxic is chosen
+    assert candidate.label_thresholds["threat"] == 0.123
+    assert candidate.label_thresholds["toxic"] != 0.123
     before, after = (
         load_file(str(tiny / "model.safetensors")),
         load_file(str(run / "model" / "model.safetensors")),
