@@ -264,9 +264,14 @@ def first_round(
     step("comments scored, moderators decide (comments:suggestscore, Coral's request)")
     ids = community | judging
     metadata = {"tenant": CORAL_COMMUNITY}
-    messages = [comment(key, data.texts[i], metadata=metadata) for key, i in ids.items()]
+    # upstream's comment ids are Coral's clientTokens (`comment:<id>`), so the worker's score
+    # cache finds what it published when the decision comes back (live quality, below)
+    messages = [
+        comment(f"comment:{key}", data.texts[i], metadata=metadata) for key, i in ids.items()
+    ]
     started = time.monotonic()
-    outputs = score(worker, bootstrap, topics, messages)
+    scored = score(worker, bootstrap, topics, messages)
+    outputs = {key.removeprefix("comment:"): output for key, output in scored.items()}
     versions = sorted({m["policy_version"] for m in outputs.values()})
     say(f"{len(outputs)} comments scored in {time.monotonic() - started:.1f} s, policy {versions}")
     started = time.monotonic()
@@ -277,6 +282,8 @@ def first_round(
     )
     if stored != len(community):
         raise StepFailed(f"{stored} of {len(community)} decisions stored")
+    live = live_quality(worker, stored)
+    community_precision, community_recall, _ = precision_recall(outputs, data, community)
     precision, recall, flagged = precision_recall(outputs, data, judging)
     say(
         f"judging half under {versions[0]}: {flagged} flagged {LABEL}, "
@@ -287,7 +294,40 @@ def first_round(
         "decisions": stored,
         "first_policy": versions,
         "before": {"precision": precision, "recall": recall, "flagged": flagged},
+        "live": live,  # the worker's count, and the same figures computed here:
+        "community": {"precision": community_precision, "recall": community_recall},
     }
+
+
+def live_quality(worker: WorkerProcess, stored: int) -> dict[str, float]:
+    """What the running worker made of the decisions (live quality: its feedback consumer reads
+    the topic back and counts them against the policy in force), once it counted them all."""
+    name = "moderation_feedback_decisions_total"
+
+    def counted() -> str | None:
+        body = worker.get("/metrics").body
+        done = metric_sample(body, "moderation_feedback_records_total", outcome="counted")
+        return body if done >= stored else None
+
+    body = wait_until(counted, 60, interval=0.5, message="the worker never counted the decisions")
+    tp, fp, fn = (
+        metric_sample(body, name, label=LABEL, flagged=f, decision=d)
+        for f, d in (("true", "1"), ("true", "0"), ("false", "1"))
+    )
+    decided = metric_sample(body, name, label=LABEL)
+    score_sum = metric_sample(body, "moderation_feedback_score_sum_total", label=LABEL)
+    live = {
+        "decisions": decided,
+        "precision": tp / (tp + fp) if tp + fp else float("nan"),
+        "recall": tp / (tp + fn) if tp + fn else float("nan"),
+        "calibration_gap": (score_sum - tp - fn) / decided if decided else float("nan"),
+    }
+    say(
+        f"live quality (the worker's feedback consumer, {LABEL}): {decided:.0f} decisions counted, "
+        f"precision {live['precision']:.3f}, recall {live['recall']:.3f}, calibration gap "
+        f"{live['calibration_gap']:+.3f} (mean score - observed rate)"
+    )
+    return live
 
 
 def offline_loop(

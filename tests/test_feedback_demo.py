@@ -58,6 +58,12 @@ def test_the_decisions_go_through_suggestscore_and_come_back_with_their_labels(
         assert row["comment_text"] == data.texts[i]
         assert row[LABEL] == str(int(data.labels[i, column]))  # type: ignore[index]
         assert row["insult"] == ""  # Coral judges toxicity only: the rest is not judged
+    # the running worker read the decisions back (live quality) and counted each against the
+    # flag it published: the same precision and recall as computed from the outputs here
+    live, community = facts["live"], facts["community"]
+    assert live["decisions"] == half
+    assert live["precision"] == pytest.approx(community["precision"])
+    assert live["recall"] == pytest.approx(community["recall"])
 
 
 def test_calibration_and_the_hot_reloaded_policy(quick: tuple[dict[str, Any], Path, str]) -> None:

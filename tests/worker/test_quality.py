@@ -224,7 +224,7 @@ def test_http_only_counts_the_decisions_suggestscore_stores_with_the_scores_anal
     try:
         worker.wait_ready(90)
         scored = {}
-        for text, token in (("you fool", "tok-1"), ("kind words", None)):
+        for text, token in (("you fool", "tok-1"), ("kind words", None), ("coral", None)):
             analyze = {"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}},
                        "communityId": "forum"}  # fmt: skip
             if token:
@@ -236,6 +236,7 @@ def test_http_only_counts_the_decisions_suggestscore_stores_with_the_scores_anal
             ]
         for text, token, decision in (
             ("you fool", "tok-1", 1), ("kind words", None, 0), ("never analyzed", None, 1),
+            ("coral", "comment:42", 0),  # Coral: analyze sent no token, the decision names it
         ):  # fmt: skip
             suggestion = {
                 "comment": {"text": text},
@@ -246,8 +247,10 @@ def test_http_only_counts_the_decisions_suggestscore_stores_with_the_scores_anal
                 suggestion["clientToken"] = token
             assert http_post(f"{url}:suggestscore", orjson.dumps(suggestion)).status == 200
         written = [Feedback.model_validate_json(line) for line in records.read_bytes().splitlines()]
-        assert [r.scores is not None for r in written] == [True, True, False]
-        for record, text in zip(written, ("you fool", "kind words"), strict=False):
+        assert [r.scores is not None for r in written] == [True, True, False, True]
+        for record, text in zip(written, ("you fool", "kind words", "", "coral"), strict=True):
+            if not text:
+                continue
             assert record.scores is not None and set(record.scores) == set(LABELS)
             assert record.scores["toxic"] == pytest.approx(scored[text], abs=1e-6)
             assert record.policy_version == "h1" and record.model is not None
@@ -256,6 +259,7 @@ def test_http_only_counts_the_decisions_suggestscore_stores_with_the_scores_anal
         expected = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
         expected["tp" if scored["you fool"] >= threshold else "fn"] += 1
         expected["fp" if scored["kind words"] >= threshold else "tn"] += 1
+        expected["fp" if scored["coral"] >= threshold else "tn"] += 1
         assert {
             cell: metric_sample(text, "moderation_feedback_decisions_total", tenant="forum",
                                 label="toxic", flagged=flagged, decision=decision)
@@ -265,7 +269,7 @@ def test_http_only_counts_the_decisions_suggestscore_stores_with_the_scores_anal
         } == expected  # fmt: skip
         unscored = "moderation_feedback_unscored_total"
         assert metric_sample(text, unscored, tenant="forum", label="toxic") == 1
-        assert metric_sample(text, "moderation_feedback_records_total", outcome="counted") == 3
+        assert metric_sample(text, "moderation_feedback_records_total", outcome="counted") == 4
         assert "moderation_feedback_consumer_partitions 0.0" in text  # no consumer
     finally:
         assert worker.terminate() == 0, worker.log()[-3000:]

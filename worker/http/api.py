@@ -462,7 +462,7 @@ class PerspectiveApi(Feature):
                 feedback = suggestion.feedback.model_copy(update={"tenant": tenant})
                 suggestion = dataclasses.replace(suggestion, feedback=feedback)
             detected = await self._detect(suggestion)
-            feedback = self._with_scores(suggestion.feedback)
+            feedback = self._with_scores(suggestion.feedback, suggestion.text)
             try:
                 await self._feedback.write(feedback)
             except FeedbackUnavailable as exc:
@@ -481,10 +481,16 @@ class PerspectiveApi(Feature):
             if status:
                 self._metrics.feedback_suggestions.labels(suggestion_outcome(status)).inc()
 
-    def _with_scores(self, feedback: Feedback) -> Feedback:
+    def _with_scores(self, feedback: Feedback, text: str) -> Feedback:
         """The record with the scores, model and policy version this worker published for its
-        id, where the score cache still knows them (else as it is)."""
-        published = self._score_cache.get(feedback.id) if self._score_cache is not None else None
+        id, where the score cache still knows them (else as it is). Looked up by the id, else
+        by the text's hash: Coral's analyze sends no clientToken (the comment has no id yet),
+        so what it was given is cached under the hash, while its decision names the comment."""
+        if self._score_cache is None:
+            return feedback
+        published = self._score_cache.get(feedback.id)
+        if published is None and feedback.id != (by_text := comment_id(None, text)):
+            published = self._score_cache.get(by_text)
         if published is None:
             return feedback
         return feedback.model_copy(
