@@ -33,7 +33,9 @@ class RecordingPublisher:
         self.outputs: list[tuple[InFlight, bytes]] = []
         self.dead: list[tuple[InFlight, Any]] = []
 
-    async def send_output(self, item: InFlight, value: bytes) -> None:
+    async def send_output(
+        self, item: InFlight, value: bytes, probabilities: Any = None, policy_version: str = ""
+    ) -> None:
         self.outputs.append((item, value))
 
     async def send_dead_letter(self, item: InFlight, kind: Any, detail: str) -> None:
