@@ -14,9 +14,10 @@ Checks, each one PASS or FAIL line:
 
 Reports the image size, the build time (image-results/build.json, from `make image`), the
 start-to-ready time, the worker's own start-up phases (`moderation_startup_seconds`, and their
-sum without the group join: issue 26's "start-up minus group join"), the largest layers and the
-largest packages of the venv; writes image-results/report.json. The last line is
-`image-check: N checks passed, N failed`; the exit code is 1 when one failed.
+sum without the group join: issue 26's "start-up minus group join"), the backend it chose (with
+`auto`: the figures it measured), the largest layers and the largest packages of the venv;
+writes image-results/report.json. The last line is `image-check: N checks passed, N failed`;
+the exit code is 1 when one failed.
 
     python -m scripts.image_check [--image localhost/moderation-worker:cpu] [--engine podman]
 """
@@ -175,6 +176,13 @@ def worker_rss_mb(engine: str, container: str) -> float | None:
     return round(max(sizes) / 1024, 1) if sizes else None
 
 
+def served_backend(log: str) -> str | None:
+    """The backend the worker chose at start, with its reason (its `backend: ...` log line:
+    with `auto`, the measured figures)."""
+    found = re.findall(r" worker\.app: backend: (.+)", log)
+    return found[-1].strip() if found else None
+
+
 def _parse_size(text: str) -> int:
     match = re.fullmatch(r"([\d.]+)\s*([kKMG]?B)", text.strip())
     if not match:
@@ -326,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             phases = startup_phases(port)
             report["startup_phases"] = phases
             report["rss_mb_when_ready"] = worker_rss_mb(engine, name)
+            started = run(engine, "logs", name)
+            report["backend"] = served_backend(started.stdout + started.stderr)
             report["startup_minus_join_seconds"] = round(
                 sum(v for k, v in phases.items() if k != "kafka_join"), 3
             )
@@ -480,6 +490,7 @@ def finish(checks: Checks, report: dict[str, Any]) -> int:
         f"start to ready: {report.get('start_to_ready_seconds')} s; start-up minus group join: "
         f"{report.get('startup_minus_join_seconds')} s {report.get('startup_phases')}"
     )
+    print(f"backend: {report.get('backend')}")
     rss = report.get("rss_mb_when_ready")
     print(f"venv (MB): {report.get('venv_mb')}; the worker's RSS when ready: {rss} MB")
     for layer in report.get("largest_layers", []):
