@@ -10,7 +10,8 @@
 #   make image                                                        # the CPU image, either engine
 #
 # Build arguments and secrets (deploy/README.md, "Build the image"):
-#   VARIANT            cuda | cpu | cpu-torch. cpu serves through ONNX Runtime and has no torch
+#   VARIANT            cuda | cpu | cpu-torch. cpu serves through ONNX Runtime and OpenVINO
+#                      (its CPU plugin; auto measures both at the first start) and has no torch
 #                      (nor transformers): the bundled model and any artifact exported with
 #                      `moderation-train export --onnx`; an artifact without an ONNX graph is
 #                      refused at start. cpu-torch adds the CPU build of torch (the torch
@@ -135,7 +136,10 @@ COPY schemas/ schemas/
 #    only backend of cpu); the locks carry the otel extra, so MODERATION_OTEL=1 works in all.
 # 4. what serving never loads comes out (issue 25, defect 6): torch's C++ headers, CMake files,
 #    test binaries and test libraries (the worker does not compile extensions or use
-#    torch.compile). cpu: the build backend (setuptools, wheel: 10 MB) goes too, once the
+#    torch.compile); of OpenVINO (cpu), all but the CPU plugin and the ONNX frontend: the GPU
+#    and NPU plugins with the GPU's kernel cache (cache.json), the other frontends (IR, PyTorch,
+#    TensorFlow, TFLite, Paddle, JAX, GGUF), headers and tools (ovc, benchmark_app), 80 MB of
+#    its 180 MB. cpu: the build backend (setuptools, wheel: 10 MB) goes too, once the
 #    project is installed and `pip check`ed (torch needs setuptools, so the torch variants keep
 #    it), and the build checks that torch and transformers are really absent.
 # 5. bytecode, compiled for the interpreter of the image; torch ships a few modules written for
@@ -149,12 +153,16 @@ RUN pip install --no-deps --no-build-isolation . \
       "$site"/torch/bin/test_* "$site"/torch/bin/*Test "$site"/torch/bin/protoc* \
       "$site"/torch/lib/libjitbackend_test.so "$site"/torch/lib/libtorchbind_test.so \
       "$site"/torch/lib/libbackend_with_compiler.so "$site"/torch/lib/libaoti_custom_ops.so \
+ && ov="$site/openvino" \
+ && rm -rf "$ov/include" "$ov/tools" "$ov"/frontend/{jax,paddle,pytorch,tensorflow} \
+      "$ov"/libs/libopenvino_intel_{gpu,npu}_plugin.so "$ov/libs/cache.json" \
+      "$ov"/libs/libopenvino_{gguf,ir,jax,paddle,pytorch,tensorflow,tensorflow_lite}_frontend.so.* \
  && python -m compileall -q -x '/torch/testing/_internal/py3[0-9]+_' "$VIRTUAL_ENV" \
  && test -d "$site/worker/default_model" \
  && ! python -c 'import training' 2>/dev/null \
  && if [ "$VARIANT" = "cpu" ]; then \
       pip uninstall -y -q setuptools wheel \
-      && python -c 'import onnxruntime, worker.cli' \
+      && python -c 'import onnxruntime, openvino, worker.cli' \
       && ! python -c 'import torch' 2>/dev/null && ! python -c 'import transformers' 2>/dev/null; \
     else python -c 'import torch, transformers, onnxruntime, worker.cli'; fi
 
@@ -188,8 +196,13 @@ ENV HOME=/tmp \
     MODERATION_DEVICE=auto \
     MODERATION_METRICS_PORT=9000
 
-# Smoke test at build time: the console script exists and the baked-in model loads (on CPU).
+# Smoke test at build time: the console script exists and the baked-in model loads (on CPU);
+# cpu: through the trimmed OpenVINO too (compiled and warmed up on every bucket shape).
 RUN MODERATION_DEVICE=cpu moderation-worker info --json --load > /dev/null \
+ && if [ "$VARIANT" = "cpu" ]; then \
+      MODERATION_DEVICE=cpu MODERATION_BACKEND=openvino moderation-worker info --json --load \
+      > /dev/null; \
+    fi \
  && rm -rf /tmp/* /tmp/.[!.]*
 
 USER 10001:10001

@@ -117,7 +117,7 @@ format: install-dev
 lock: install-dev
 	$(PY) -m scripts.lock
 
-# The CPU image (localhost/moderation-worker:cpu: ONNX Runtime, no torch), with docker when its
+# The CPU image (localhost/moderation-worker:cpu: ONNX Runtime + OpenVINO, no torch), with docker when its
 # daemon answers, else podman (--format docker); settings from the environment: ENGINE, IMAGE,
 # VARIANT (cpu | cpu-torch | cuda), PYTHON_IMAGE,
 # TORCH_INDEX_URL, TORCH_WHEELHOUSE, PIP_CA_BUNDLE (scripts/image/build.sh, deploy/README.md).

@@ -14,9 +14,10 @@ Checks, each one PASS or FAIL line:
 
 Reports the image size, the build time (image-results/build.json, from `make image`), the
 start-to-ready time, the worker's own start-up phases (`moderation_startup_seconds`, and their
-sum without the group join: issue 26's "start-up minus group join"), the largest layers and the
-largest packages of the venv; writes image-results/report.json. The last line is
-`image-check: N checks passed, N failed`; the exit code is 1 when one failed.
+sum without the group join: issue 26's "start-up minus group join"), the backend it chose (with
+`auto`: the figures it measured), the largest layers and the largest packages of the venv;
+writes image-results/report.json. The last line is `image-check: N checks passed, N failed`;
+the exit code is 1 when one failed.
 
     python -m scripts.image_check [--image localhost/moderation-worker:cpu] [--engine podman]
 """
@@ -175,6 +176,28 @@ def worker_rss_mb(engine: str, container: str) -> float | None:
     return round(max(sizes) / 1024, 1) if sizes else None
 
 
+def worker_cpu_s(engine: str, container: str) -> float | None:
+    """CPU seconds (user + system) the container's busiest process (the worker) has used: at
+    ready, what its start-up cost, whatever else ran on the host's CPUs meanwhile."""
+    command = "getconf CLK_TCK; cat /proc/[0-9]*/stat"
+    lines = run(engine, "exec", container, "sh", "-c", command).stdout.splitlines()
+    if not lines or not lines[0].strip().isdigit():
+        return None
+    used = []
+    for line in lines[1:]:
+        fields = line.rsplit(")", 1)[-1].split()  # after the name: state, ppid, ...
+        if len(fields) > 12:
+            used.append(int(fields[11]) + int(fields[12]))  # utime, stime (fields 14, 15)
+    return round(max(used) / int(lines[0]), 2) if used else None
+
+
+def served_backend(log: str) -> str | None:
+    """The backend the worker chose at start, with its reason (its `backend: ...` log line:
+    with `auto`, the measured figures)."""
+    found = re.findall(r" worker\.app: backend: (.+)", log)
+    return found[-1].strip() if found else None
+
+
 def _parse_size(text: str) -> int:
     match = re.fullmatch(r"([\d.]+)\s*([kKMG]?B)", text.strip())
     if not match:
@@ -326,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             phases = startup_phases(port)
             report["startup_phases"] = phases
             report["rss_mb_when_ready"] = worker_rss_mb(engine, name)
+            report["cpu_seconds_when_ready"] = worker_cpu_s(engine, name)
+            started = run(engine, "logs", name)
+            report["backend"] = served_backend(started.stdout + started.stderr)
             report["startup_minus_join_seconds"] = round(
                 sum(v for k, v in phases.items() if k != "kafka_join"), 3
             )
@@ -480,8 +506,12 @@ def finish(checks: Checks, report: dict[str, Any]) -> int:
         f"start to ready: {report.get('start_to_ready_seconds')} s; start-up minus group join: "
         f"{report.get('startup_minus_join_seconds')} s {report.get('startup_phases')}"
     )
+    print(f"backend: {report.get('backend')}")
     rss = report.get("rss_mb_when_ready")
-    print(f"venv (MB): {report.get('venv_mb')}; the worker's RSS when ready: {rss} MB")
+    print(
+        f"venv (MB): {report.get('venv_mb')}; the worker's RSS when ready: {rss} MB, CPU "
+        f"seconds used: {report.get('cpu_seconds_when_ready')}"
+    )
     for layer in report.get("largest_layers", []):
         print(f"  {layer['bytes'] / 1e6:8.1f} MB  {layer['created_by']}")
     print(f"image-check: {checks.passed} checks passed, {len(checks.failed)} failed")

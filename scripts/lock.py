@@ -1,11 +1,12 @@
 """Lock files (`make lock`): every dependency pinned to one version, with its sha256 hashes.
 
 - `requirements/image.txt`: what the CPU image (`VARIANT=cpu`) serves with: the project's
-  dependencies (ONNX Runtime, no torch) and the `onnx` and `otel` extras, universal (one file
-  for CPython 3.11 and 3.12, any platform), so every `PYTHON_IMAGE` installs it with
+  dependencies (ONNX Runtime, no torch) and the `onnx`, `openvino` and `otel` extras, universal
+  (one file for CPython 3.11 and 3.12, any platform), so every `PYTHON_IMAGE` installs it with
   `pip install --require-hashes --no-deps`.
-- `requirements/image-torch.txt`: the same plus the `torch` extra (transformers, safetensors and
-  torch's own dependencies), for `VARIANT=cpu-torch` and `VARIANT=cuda`.
+- `requirements/image-torch.txt`: the base dependencies and the `onnx`, `otel` and `torch`
+  extras (transformers, safetensors and torch's own dependencies; no OpenVINO), for
+  `VARIANT=cpu-torch` and `VARIANT=cuda`.
 - `requirements/dev.txt`: the same plus the `demo` and `dev` extras, for development.
 
 torch is resolved at `TORCH_VERSION` (the Makefile's TORCH_SPEC) but left out of every file,
@@ -44,7 +45,7 @@ PYPROJECT = REPO / "pyproject.toml"
 REQUIREMENTS = REPO / "requirements"
 # lock file -> the extras it carries (besides the base dependencies)
 LOCKS: dict[str, tuple[str, ...]] = {
-    "image.txt": ("onnx", "otel"),  # VARIANT=cpu: serving through ONNX Runtime, no torch
+    "image.txt": ("onnx", "openvino", "otel"),  # VARIANT=cpu: ONNX Runtime + OpenVINO, no torch
     "image-torch.txt": ("onnx", "otel", "torch"),  # VARIANT=cpu-torch and cuda (+ torch)
     "dev.txt": ("demo", "dev", "onnx", "otel", "train"),
 }

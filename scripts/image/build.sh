@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# `make image`: the CPU image (VARIANT=cpu: ONNX Runtime, no torch) with whichever engine is
+# `make image`: the CPU image (VARIANT=cpu: ONNX Runtime and OpenVINO, no torch) with whichever engine is
 # present (docker when its daemon answers, else podman), tagged $IMAGE, with the OCI version/revision labels; writes the build time to
 # image-results/build.json for `make image-check`.
 #   IMAGE             tag (default localhost/moderation-worker:cpu)
 #   ENGINE            docker | podman (default: detected)
-#   VARIANT           cpu (default: ONNX Runtime only, no torch) | cpu-torch | cuda (Dockerfile)
+#   VARIANT           cpu (default: ONNX Runtime + OpenVINO, no torch) | cpu-torch | cuda (Dockerfile)
 #   PYTHON_IMAGE      the base; default with podman: localhost/moderation-base:bookworm, made by
 #                     scripts/image/base.sh (`make image-base`) when missing; with docker the
 #                     Dockerfile's default (python:3.12-slim-bookworm, from a registry)

@@ -4,18 +4,22 @@ running the Dockerfile's own commands here; `make image-check` checks them again
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from testing.dockerfile import REPO, instructions, stages
 
 SITE = Path(sysconfig.get_path("purelib"))
+TEXTS = ["Thank you for the citation.", "You are a stupid worthless idiot.", "I will kill you."]
 
 
 def run_step(marker: str, stage: str = "builder") -> str:
@@ -185,3 +189,43 @@ def test_what_serving_never_loads_is_removed() -> None:
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert used.stdout == "", f"the worker now needs torch's C++ toolchain: {used.stdout}"
+
+
+def test_the_trimmed_openvino_still_serves_the_default_model(tmp_path: Path) -> None:
+    """The cpu image's OpenVINO keeps only its CPU plugin and ONNX frontend: the Dockerfile's
+    removals, run on a copy of the installed package, leave one that compiles the default model
+    and scores as the whole package does, without the GPU/NPU plugins it never loads."""
+    pytest.importorskip("openvino")
+    step = run_step("compileall")
+    trim = re.search(r'&& (ov="\$site/openvino" .*?) && python -m compileall', step, re.S)
+    assert trim is not None, "the OpenVINO removals left the compileall step"
+    site = tmp_path / "site"
+    site.mkdir()
+    installed = SITE / "openvino"
+    try:  # hard links: the removals unlink the copies' names only
+        subprocess.run(["cp", "-al", str(installed), str(site / "openvino")], check=True)
+    except subprocess.CalledProcessError:
+        shutil.copytree(installed, site / "openvino", dirs_exist_ok=True)
+    before = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
+    subprocess.run(["bash", "-c", trim.group(1)], env={**os.environ, "site": str(site)}, check=True)
+    after = sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
+    assert before - after > 60e6, (before, after)
+    assert not list((site / "openvino" / "libs").glob("*gpu*"))
+    score = (
+        "import json, openvino\n"
+        f"assert openvino.__file__.startswith({str(site)!r}), openvino.__file__\n"
+        "from worker.backends.model import load_served_model\n"
+        "served = load_served_model(None, backend='openvino', device='cpu', precision='fp32',"
+        " threads=1)\n"
+        f"print(json.dumps(served.score({TEXTS!r}).tolist()))\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", score], capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-2000:]
+    from worker.backends.model import load_served_model
+
+    whole = load_served_model(None, backend="openvino", device="cpu", precision="fp32", threads=1)
+    got = json.loads(child.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got, whole.score(TEXTS), rtol=0, atol=1e-6)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from scripts.image_check import metadata_problems
+from scripts.image_check import metadata_problems, served_backend
 
 GOOD: dict[str, Any] = {
     "User": "10001:10001",
@@ -64,3 +64,17 @@ def test_each_rule_catches_its_mistake(path: tuple[str, ...], value: Any, expect
 def test_revision_of_another_build_is_caught() -> None:
     assert metadata_problems(GOOD, "0.1.0", "def456")
     assert metadata_problems(GOOD, "0.1.0", None) == []  # unknown build: only presence checked
+
+
+def test_the_backend_is_read_from_the_start_up_log() -> None:
+    log = (
+        "2026-12-06 05:30:01,200 INFO worker.app: model: bert-tiny (fp16)\n"
+        "2026-12-06 05:30:01,201 INFO worker.app: backend: openvino (auto: fastest here, "
+        "measured at this start: openvino bf16 160,000, onnx int8 150,000)\n"
+        "2026-12-06 05:30:01,202 INFO worker.app: device: cpu (auto: no GPU)\n"
+    )
+    assert served_backend(log) == (
+        "openvino (auto: fastest here, measured at this start: openvino bf16 160,000, "
+        "onnx int8 150,000)"
+    )
+    assert served_backend("2026-12-06 05:30:01,202 INFO worker.app: device: cpu\n") is None

@@ -126,9 +126,12 @@ def test_default_model_is_calibrated_for_the_full_jigsaw_rates() -> None:
     for label in JIGSAW_LABELS:
         base, training = contract.label_base_rates[label], contract.label_training_rates[label]
         assert f"| {label} | {training:.4f} | {base:.4f} |" in card
-    # the int8 graph was re-exported from the calibrated weights (the worker checks this too)
-    graph = read_metadata(MODEL_DIR / "model.int8.onnx")
-    assert graph[ONNX_META_WEIGHTS] == weights_version(MODEL_DIR / "model.safetensors")
+    # both graphs (int8: ONNX Runtime; fp32: OpenVINO) were exported from the calibrated
+    # weights (the worker checks this too), and the training record names both
+    for name in ("model.onnx", "model.int8.onnx"):
+        graph = read_metadata(MODEL_DIR / name)
+        assert graph[ONNX_META_WEIGHTS] == weights_version(MODEL_DIR / "model.safetensors"), name
+    assert (info["onnx"]["fp32"], info["onnx"]["int8"]) == ("model.onnx", "model.int8.onnx")
 
 
 def test_default_model_calibration_is_matched_to_the_80_20_build(

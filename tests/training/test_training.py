@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
-from schemas.artifact import ArtifactContract, weights_version
+from schemas.artifact import ONNX_META_WEIGHTS, ArtifactContract, weights_version
 from testing.pipeline import pipeline_scores
 from testing.training_data import TOKENIZER_FILES, tiny_bert_dir, tiny_rows, write_csv
 from training import JIGSAW_LABELS, provenance
@@ -25,6 +25,7 @@ from training.data import DataError, load_dataset, split_dataset
 from training.distill import soft_target_loss
 from training.evaluate import choose_thresholds, compute_metrics
 from training.modeling import length_grouped_batches
+from training.onnx_export import read_metadata
 from training.provenance import portable_command, portable_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -866,6 +867,10 @@ def test_default_model_recipe_runs_end_to_end_on_tiny_data(
     assert other["split_seed"] == 1 and other["student"] == split_summary["validation"]["student"]
     assert f"student mean ROC-AUC {other['student']['mean_roc_auc']:.4f}" in card
     assert (refitted / "model.int8.onnx").is_file() or "int8_check" in info["onnx"]
+    # both builds ship the fp32 graph too (OpenVINO serves it), exported from their own weights
+    for artifact in (out, refitted):
+        graph = read_metadata(artifact / "model.onnx")
+        assert graph[ONNX_META_WEIGHTS] == weights_version(artifact / "model.safetensors")
     for bad in (["--all-rows"], ["--calibration-from", str(out)], ["--other-split", str(out)]):
         with pytest.raises(SystemExit) as exited:
             default_model_main([*bad, "--data", str(data_file)])

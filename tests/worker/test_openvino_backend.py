@@ -86,21 +86,14 @@ def test_passes_of_other_shapes_after_warm_up_score_as_alone(fp32: OpenVinoBacke
         np.testing.assert_array_equal(got, expected)
 
 
-@pytest.fixture(scope="module")
-def default_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model with its fp32 graph exported (it ships only the int8 one)."""
-    target = tmp_path_factory.mktemp("default-openvino") / "model"
-    shutil.copytree(DEFAULT_MODEL_DIR, target)
-    export_onnx(target)
-    return target
-
-
 # the precisions `auto` can pick for this backend on this CPU (bf16 only where it is native)
 @pytest.mark.parametrize("precision", ["fp32", *(["bf16"] if NATIVE_BF16 else [])])
 def test_scores_on_real_comments_equal_torch_fp32_within_the_accuracy_rule(
-    default_artifact: Path, precision: str
+    precision: str,
 ) -> None:
-    """Every precision `auto` can pick for this backend, on the labelled validation split."""
+    """The default model as it ships (its own model.onnx, which the load checks against its
+    weights and labels), at every precision `auto` can pick for this backend, on the labelled
+    validation split."""
     from bench.corpus import DEFAULT_CORPUS, validation_split
 
     if not DEFAULT_CORPUS.is_file():
@@ -108,10 +101,10 @@ def test_scores_on_real_comments_equal_torch_fp32_within_the_accuracy_rule(
     validation = validation_split(DEFAULT_CORPUS, limit=REAL_COMMENTS)
     assert validation is not None and validation.labels is not None
     reference = load_served_model(
-        default_artifact, backend="torch", device="cpu", precision="fp32", threads=1
+        DEFAULT_MODEL_DIR, backend="torch", device="cpu", precision="fp32", threads=1
     )
     served = load_served_model(
-        default_artifact, backend="openvino", device="cpu", precision=precision, threads=1
+        DEFAULT_MODEL_DIR, backend="openvino", device="cpu", precision=precision, threads=1
     )
     assert (served.backend.kind, served.backend.precision) == ("openvino", precision)
     expected, got = reference.score(validation.texts), served.score(validation.texts)

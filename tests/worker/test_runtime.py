@@ -29,7 +29,7 @@ AVX2_EPYC = CpuInfo("AMD EPYC (Zen 3)", frozenset({"avx2", "fma"}))
         (AVX2_EPYC, ("model.onnx", "model.int8.onnx"), True, True,
          ["torch fp32", "onnx int8", "openvino fp32"]),
         (AVX2_EPYC, ("model.onnx",), True, True, ["torch fp32", "onnx fp32", "openvino fp32"]),
-        # the default model ships only its int8 graph: openvino reads the fp32 one
+        # an artifact exported with only its int8 graph: openvino reads the fp32 one
         (AMX_XEON, ("model.int8.onnx",), True, True, ["torch bf16", "onnx int8"]),
         (AMX_XEON, ("model.onnx",), False, True, ["torch bf16", "openvino bf16"]),
         (AMX_XEON, ("model.onnx",), True, False, ["torch bf16", "onnx fp32"]),
@@ -138,6 +138,32 @@ def test_without_torch_auto_considers_only_the_installed_backends(
         torch_installed=False,
     )  # fmt: skip
     assert [c.name for c in found] == expected
+
+
+@pytest.mark.parametrize("torch", [True, False], ids=["with-torch", "cpu-image"])
+def test_auto_measures_openvino_for_the_default_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch: bool
+) -> None:
+    """The bundled model ships its fp32 graph: with ONNX Runtime and OpenVINO installed (the cpu
+    image, without torch, and the dev install, with it), auto on this CPU measures OpenVINO
+    against ONNX Runtime int8 instead of serving ONNX Runtime unmeasured."""
+    import worker.backends.runtime
+    from worker.backends.model import DEFAULT_MODEL_DIR
+
+    if not (
+        worker.backends.runtime.onnxruntime_installed()
+        and worker.backends.runtime.openvino_installed()
+    ):
+        pytest.skip("needs onnxruntime and openvino installed")
+    monkeypatch.setattr(worker.backends.runtime, "torch_installed", lambda: torch)
+    runtime = choose_runtime(
+        DEFAULT_MODEL_DIR, backend="auto", device="cpu", precision="auto", threads=1,
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    openvino = "openvino bf16" if runtime.cpu.native_bf16 else "openvino fp32"
+    assert runtime.pending and "not measured yet" in runtime.backend.reason
+    assert [c.name for c in runtime.candidates if c.backend != "torch"] == ["onnx int8", openvino]
+    assert any(c.backend == "torch" for c in runtime.candidates) is torch
 
 
 @pytest.fixture

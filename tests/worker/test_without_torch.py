@@ -1,7 +1,8 @@
 """Serving without torch (issue 26, point 4): the CPU image has neither torch nor transformers
-and serves through ONNX Runtime. Here the worker runs as a child process in which importing
-torch, transformers, safetensors or sympy fails and `importlib.util.find_spec` says they are not
-installed (`sys.modules[name] = None`, set by a `sitecustomize` on PYTHONPATH), as in the image.
+and serves through ONNX Runtime or OpenVINO, whichever `auto` measures faster. Here the worker
+runs as a child process in which importing torch, transformers, safetensors or sympy fails and
+`importlib.util.find_spec` says they are not installed (`sys.modules[name] = None`, set by a
+`sitecustomize` on PYTHONPATH), as in the image.
 """
 
 from __future__ import annotations
@@ -48,9 +49,24 @@ def without_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def onnx_int8() -> ServedModel:
-    """The bundled model on ONNX Runtime int8 in this process (torch installed): the scores the
-    torch-less worker must give."""
+    """The bundled model on ONNX Runtime int8 in this process (torch installed)."""
     return load_served_model(None, backend="onnx", precision="int8", threads=1)
+
+
+def in_process(backend: str, precision: str) -> ServedModel:
+    """The bundled model on `backend` in this process: the scores a torch-less worker that chose
+    it must give."""
+    return load_served_model(None, backend=backend, precision=precision, threads=1)
+
+
+def chosen(log: str) -> tuple[str, str]:
+    """(backend, precision) from the worker's start-up log (`backend: ...`, `precision: ...`)."""
+    found = {}
+    for line in log.splitlines():
+        for name in ("backend", "precision"):
+            if f" worker.app: {name}: " in line:
+                found[name] = line.split(f" worker.app: {name}: ", 1)[1].split()[0]
+    return found["backend"], found["precision"]
 
 
 def test_the_blocker_blocks(without_torch: dict[str, str]) -> None:
@@ -64,11 +80,16 @@ def test_the_blocker_blocks(without_torch: dict[str, str]) -> None:
     assert result.stdout.split() == ["no", "None", "None"]
 
 
-def test_info_load_serves_the_bundled_model_through_onnx_runtime(
-    without_torch: dict[str, str], onnx_int8: ServedModel, tmp_path: Path
+def test_info_load_measures_onnx_runtime_and_openvino_for_the_bundled_model(
+    without_torch: dict[str, str], tmp_path: Path
 ) -> None:
     """`info --load` (what the image's build and healthcheck-free smoke test run): auto, with
-    torch absent, has one candidate (ONNX Runtime int8), loads it and scores, as `run` would."""
+    torch absent, measures the installed backends the bundled model allows (ONNX Runtime int8,
+    and OpenVINO on its fp32 graph where openvino is installed, as in the cpu image), loads the
+    faster and scores, as `run` would."""
+    from worker.backends.hardware import read_cpu
+    from worker.backends.runtime import openvino_installed
+
     env = os.environ | without_torch | {"MODERATION_CACHE_DIR": str(tmp_path / "cache")}
     env = {k: v for k, v in env.items() if k not in ("MODERATION_BACKEND", "MODERATION_PRECISION")}
     result = subprocess.run(
@@ -78,9 +99,18 @@ def test_info_load_serves_the_bundled_model_through_onnx_runtime(
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout)
     assert info["torch"] is None and info["cuda_available"] is False
-    assert (info["backend"], info["precision"], info["device"]) == ("onnx", "int8", "cpu")
-    assert "the only CPU backend" in info["chosen"]["backend"], info["chosen"]
-    expected = onnx_int8.score(["a smoke test of the loaded model"])[0]
+    assert info["device"] == "cpu"
+    reason = info["chosen"]["backend"]
+    if openvino_installed():
+        openvino = "openvino bf16" if read_cpu().native_bf16 else "openvino fp32"
+        assert "measured at this start" in reason and "onnx int8" in reason, reason
+        assert openvino in reason, reason
+        assert f"{info['backend']} {info['precision']}" in ("onnx int8", openvino)
+    else:
+        assert (info["backend"], info["precision"]) == ("onnx", "int8")
+        assert "the only CPU backend" in reason, reason
+    expected = in_process(info["backend"], info["precision"])
+    expected = expected.score(["a smoke test of the loaded model"])[0]
     np.testing.assert_allclose(info["loaded"]["scores"], expected, atol=1e-6)
 
 
@@ -103,30 +133,29 @@ def http_worker(without_torch: dict[str, str], tmp_path: Path) -> Iterator[Worke
     worker.kill()
 
 
-def test_real_comments_are_scored_without_torch(
-    http_worker: WorkerProcess, onnx_int8: ServedModel
-) -> None:
+def test_real_comments_are_scored_without_torch(http_worker: WorkerProcess) -> None:
     """The serving route end to end (start, warm-up, HTTP intake, batching, inference, answer)
-    with torch absent: real comments get the scores ONNX Runtime int8 gives them."""
+    with torch absent: real comments get the scores the backend auto chose gives them."""
     from bench.corpus import DEFAULT_CORPUS, validation_split
 
     validation = validation_split(DEFAULT_CORPUS, limit=REAL_COMMENTS)
     assert validation is not None
     texts = [text for text in validation.texts if text.strip()]
     http_worker.wait_ready(120)
+    backend, precision = chosen(http_worker.log())
+    assert backend in ("onnx", "openvino"), http_worker.log()[-2000:]
+    reference = in_process(backend, precision)
     analyze = f"{http_worker.api_url}/v1alpha1/comments:analyze?key=K"
-    toxicity = onnx_int8.contract.labels.index(onnx_int8.contract.api_attributes["TOXICITY"])
+    toxicity = reference.contract.labels.index(reference.contract.api_attributes["TOXICITY"])
     for text in texts:
         body = {"comment": {"text": text}, "requestedAttributes": {"TOXICITY": {}},
                 "languages": ["en"], "doNotStore": True}  # fmt: skip
         result = http_post(analyze, orjson.dumps(body))
         assert result.status == 200, result.body
         score = json.loads(result.body)["attributeScores"]["TOXICITY"]["summaryScore"]["value"]
-        expected = float(onnx_int8.score([text])[0][toxicity])
+        expected = float(reference.score([text])[0][toxicity])
         assert score == pytest.approx(expected, abs=1e-5), text
     assert http_worker.terminate(timeout=60) == 0
-    log = http_worker.log()
-    assert "backend: onnx" in log or "onnx (auto" in log, log[-2000:]
 
 
 def test_an_artifact_only_torch_can_serve_is_refused(
@@ -141,6 +170,19 @@ def test_an_artifact_only_torch_can_serve_is_refused(
     assert "moderation-train export --onnx" in line and "moderation-worker[torch]" in line, line
 
 
+@pytest.fixture(scope="module")
+def int8_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model without its fp32 graph (an artifact exported with int8 only)."""
+    import shutil
+
+    from worker.backends.model import DEFAULT_MODEL_DIR
+
+    artifact = tmp_path_factory.mktemp("int8-only") / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, artifact)
+    (artifact / "model.onnx").unlink()
+    return artifact
+
+
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
@@ -150,11 +192,11 @@ def test_an_artifact_only_torch_can_serve_is_refused(
     ids=["backend-torch", "no-fp32-graph"],
 )
 def test_what_needs_torch_is_refused_in_one_line(
-    without_torch: dict[str, str], overrides: dict[str, str], words: str
+    without_torch: dict[str, str], int8_only: Path, overrides: dict[str, str], words: str
 ) -> None:
-    """An explicit torch backend, or a precision only torch serves for this artifact (the
-    bundled model has only the int8 graph): refused at once, exit 2."""
-    line = refusal_line(without_torch | overrides)
+    """An explicit torch backend, or a precision only torch serves for this artifact (one with
+    only the int8 graph): refused at once, exit 2."""
+    line = refusal_line(without_torch | {"MODERATION_MODEL": str(int8_only)} | overrides)
     assert words in line, line
     assert "moderation-worker[torch]" in line, line
 
