@@ -31,8 +31,8 @@ REFERENCE = ("torch", "fp32")
 
 def onnx_artifact(artifact: Path, workdir: Path, validation: TextDataset | None) -> Path | None:
     """The artifact with its ONNX graphs: as it is if it has the fp32 one, else a copy in
-    `workdir` with the fp32 graph exported, so that ONNX fp32 is timed too (the default model
-    ships only its int8 graph). The artifact's own int8 graph is kept as it is (it is the one the
+    `workdir` with the fp32 graph exported, so that ONNX fp32 is timed too (an artifact exported
+    without it). The artifact's own int8 graph is kept as it is (it is the one the
     worker serves, and the variants table holds it to the accuracy rule anyway); an artifact
     without one gets one only where it passes the rule on `validation`."""
     if (artifact / ONNX_FILES["fp32"]).is_file():

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     """auto: torch on a GPU; on a CPU the fastest of the installed backends the artifact allows
     (torch; onnx with its ONNX graph; openvino with model.onnx), timed at the first start on a
-    machine (about 2 s) and remembered in MODERATION_CACHE_DIR (worker/backends/runtime.py)."""
+    machine (about 1 s) and remembered in MODERATION_CACHE_DIR (worker/backends/runtime.py)."""
     cache_dir: Path | None = None
     """Where the backend `auto` measured is remembered, per CPU, threads and artifact version;
     unset: $TMPDIR/moderation-worker (/tmp/moderation-worker). Not writable: measured at every
