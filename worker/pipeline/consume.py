@@ -115,14 +115,21 @@ class ConsumeLoop:
                 timeout_ms=FETCH_TIMEOUT_MS,
                 max_records=max(1, min(room, self._limits.max_poll_records)),
             )
-            items = [
-                item
-                for tp, records in fetched.items()
-                for record in records
-                if (item := self._admit(tp, record)) is not None
-            ]
+            received, received_wall = time.monotonic(), time.time()
+            fetch_wait = self._metrics.stages["fetch_wait"]
+            items = []
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.timestamp is not None and record.timestamp > 0:
+                        fetch_wait.observe(max(0.0, received_wall - record.timestamp / 1000))
+                    if (item := self._admit(tp, record, received)) is not None:
+                        items.append(item)
             if items:
-                self._queue.put(await self._tokenize(items))
+                entries = await self._tokenize(items)
+                self._queue.put(entries)
+                intake = self._metrics.stages["intake"]
+                for entry in entries:
+                    intake.observe(entry.enqueued_at - received)
 
     def _apply_backpressure(self) -> int:
         """Pause all partitions at either limit, resume at half of both; returns the room left
@@ -143,12 +150,14 @@ class ConsumeLoop:
         self._metrics.in_flight_bytes.set(in_flight_bytes)
         return 0 if in_flight_bytes >= byte_limit else max(0, limit - in_flight)
 
-    def _admit(self, tp: TopicPartition, record: ConsumerRecord) -> InFlight | None:
+    def _admit(
+        self, tp: TopicPartition, record: ConsumerRecord, received_at: float
+    ) -> InFlight | None:
         """Track and decode one record (synchronously: tracked before a rebalance can
         interleave); a record that cannot be scored is dead-lettered and None returned."""
         self._metrics.consumed.labels(tp.topic).inc()
         ticket = self._checkpoint.track(tp, record.offset, record.timestamp, record_size(record))
-        item = InFlight(record=record, ticket=ticket)
+        item = InFlight(record=record, ticket=ticket, received_at=received_at)
         if self._tracing is not None:
             with self._tracing.consume(item):
                 return self._decode(item)
