@@ -30,7 +30,7 @@ def _budget_section(lat: dict[str, Any]) -> list[str]:
         return []
     batches = lat.get("batches") or {}
     return [
-        "Latency budget at half load (`moderation_stage_seconds{stage}`, the latency stage's "
+        "**Latency budget at half load** (`moderation_stage_seconds{stage}`, the latency stage's "
         "delta; `generator`: the bench's send → the input record's timestamp; p50/p99 "
         "bucket-interpolated; `ack` comes after the bench's clock). Batches: "
         f"{batches.get('batches', 'n/a')}, mean size {_f(batches.get('mean_batch_size'), 1)}.",
