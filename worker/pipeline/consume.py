@@ -122,7 +122,7 @@ class ConsumeLoop:
                 for record in records:
                     if record.timestamp is not None and record.timestamp > 0:
                         fetch_wait.observe(max(0.0, received_wall - record.timestamp / 1000))
-                    if (item := self._admit(tp, record, received)) is not None:
+                    if (item := self._admit(tp, record)) is not None:
                         items.append(item)
             if items:
                 entries = await self._tokenize(items)
@@ -150,14 +150,12 @@ class ConsumeLoop:
         self._metrics.in_flight_bytes.set(in_flight_bytes)
         return 0 if in_flight_bytes >= byte_limit else max(0, limit - in_flight)
 
-    def _admit(
-        self, tp: TopicPartition, record: ConsumerRecord, received_at: float
-    ) -> InFlight | None:
+    def _admit(self, tp: TopicPartition, record: ConsumerRecord) -> InFlight | None:
         """Track and decode one record (synchronously: tracked before a rebalance can
         interleave); a record that cannot be scored is dead-lettered and None returned."""
         self._metrics.consumed.labels(tp.topic).inc()
         ticket = self._checkpoint.track(tp, record.offset, record.timestamp, record_size(record))
-        item = InFlight(record=record, ticket=ticket, received_at=received_at)
+        item = InFlight(record=record, ticket=ticket)
         if self._tracing is not None:
             with self._tracing.consume(item):
                 return self._decode(item)

@@ -30,7 +30,6 @@ class InFlight:
     # with language detection on: its language, judged at intake (worker/pipeline/consume.py)
     language: CommentLanguage | None = None
     hold: bool = False  # its language is not served and its tenant's mode is `hold`
-    received_at: float = 0.0  # time.monotonic() when the consume loop took it from the consumer
 
 
 @dataclass(slots=True, eq=False)
