@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.latency_budget import histogram_quantile, latency_budget
+from testing.http import metric_values
 from testing.kafka import comment, create_topics, produce, produce_paced, read_all
 from testing.topics import Topics, fresh_topics
 from testing.worker_process import WorkerProcess, start_worker
@@ -243,27 +245,6 @@ async def _paced_produce(
     return {key: at for key, at in sent.items() if key is not None}
 
 
-def histogram_quantile(values: dict[str, float], name: str, q: float) -> float | None:
-    """Prometheus-style quantile (linear within the bucket) of a scraped histogram."""
-    buckets = sorted(
-        (float(key.split("{le=", 1)[1].rstrip("}")), count)
-        for key, count in values.items()
-        if key.startswith(name + "_bucket{le=")
-    )
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    target = q * buckets[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= target:
-            if bound == float("inf"):
-                return lower_bound
-            share = (target - lower_count) / max(count - lower_count, 1e-12)
-            return lower_bound + (bound - lower_bound) * share
-        lower_bound, lower_count = bound, count
-    return None
-
-
 def run_latency(
     settings: Settings,
     bootstrap: str,
@@ -271,19 +252,33 @@ def run_latency(
     rate: float,
     work_dir: Path,
     partitions: int,
+    overrides: dict[str, str] | None = None,
+    worker_cpus: set[int] | None = None,
+    log_name: str = "worker-latency.log",
 ) -> dict[str, Any]:
+    """Latency at a paced `rate`, and its budget per stage (`bench/latency_budget.py`).
+    `overrides`: MODERATION_* variables for this worker; `worker_cpus`: pin the worker to these
+    CPUs (as `taskset -c`) once it is ready, to play a slower machine."""
     topics = fresh_topics(bootstrap, "bench-latency", partitions, output_partitions=partitions)
-    with running_worker(settings, bootstrap, topics, work_dir / "worker-latency.log") as worker:
+    with running_worker(settings, bootstrap, topics, work_dir / log_name, overrides) as worker:
+        if worker_cpus is not None:
+            pin_process(worker.pid, worker_cpus)
         time.sleep(1.0)  # let the first fetch settle so the clock measures steady state
+        scraped_before = worker.get("/metrics", timeout=2).body
         sent = asyncio.run(_paced_produce(bootstrap, topics.input, texts, rate))
         deadline = time.monotonic() + 120
         while _done(values := worker.metrics()) < len(texts) and time.monotonic() < deadline:
             time.sleep(0.1)
+        scraped_after = worker.get("/metrics", timeout=2).body
     stamps = asyncio.run(_read_timestamps(bootstrap, topics.output, len(texts)))
-    latencies = np.array(
-        [stamps[key] / 1000 - sent[key] for key in sent if key in stamps], dtype=np.float64
-    )
+    inputs = asyncio.run(_read_timestamps(bootstrap, topics.input, len(texts)))
+    keys = [key for key in sent if key in stamps]
+    latencies = np.array([stamps[key] / 1000 - sent[key] for key in keys], dtype=np.float64)
     latencies = np.clip(latencies, 0.0, None) * 1000
+    generator = np.array(
+        [inputs[key] / 1000 - sent[key] for key in sent if key in inputs], dtype=np.float64
+    )
+    generator = np.clip(generator, 0.0, None) * 1000
     offered_s = len(texts) / rate
     name = "moderation_end_to_end_latency_seconds"
     return {
@@ -301,4 +296,14 @@ def run_latency(
             else 1000 * v
             for q in (0.5, 0.95, 0.99)
         },
+        "budget": latency_budget(scraped_before, scraped_after, generator, latencies),
+        "batches": _stage_summary(
+            metric_values(scraped_before), metric_values(scraped_after), offered_s
+        ),
     }
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` on `cpus` (what `taskset -a -p` does)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)

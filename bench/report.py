@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from bench.latency_budget import budget_table
 from testing.machine_noise import describe, is_noisy
 
 
@@ -20,6 +21,23 @@ def _f(value: Any, digits: int = 0) -> str:
 
 def write_json(results: dict[str, Any], path: Path) -> None:
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+def _budget_section(lat: dict[str, Any]) -> list[str]:
+    """The latency stage's budget per stage (bench/latency_budget.py), if it was measured."""
+    budget = lat.get("budget")
+    if not budget:
+        return []
+    batches = lat.get("batches") or {}
+    return [
+        "**Latency budget at half load** (`moderation_stage_seconds{stage}`, the latency stage's "
+        "delta; `generator`: the bench's send → the input record's timestamp; p50/p99 "
+        "bucket-interpolated; `ack` comes after the bench's clock). Batches: "
+        f"{batches.get('batches', 'n/a')}, mean size {_f(batches.get('mean_batch_size'), 1)}.",
+        "",
+        *budget_table(budget),
+        "",
+    ]
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -64,6 +82,7 @@ def markdown(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {_f(v, 1)} ms" for k, v in lat["worker_histogram_ms"].items())
         + f". Machine: {describe(lat.get('noise'))}.",
         "",
+        *_budget_section(lat),
         f"Single comment (tokenize + infer one at a time, {r['single_comment']['comments']} "
         f"real comments): p50 {r['single_comment']['p50_ms']:.2f} ms, p99 "
         f"{r['single_comment']['p99_ms']:.2f} ms (the 2021 write-up: ~6 ms; GPU goal ≤ 2 ms). "

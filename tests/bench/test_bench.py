@@ -150,7 +150,20 @@ def test_bench_quick_writes_every_figure(
     assert language["run"]["noise"] == by_name["(b) with language detection off, run 1"]
     assert {"cpu_flags", "usable_cpus", "cgroup_cpu_quota"} <= set(report["machine"])
     assert report["probe"]["messages"] == 300 and report["probe"]["comments_per_s"] > 0
+    # the latency budget: every scored comment passed each stage once, and the stages the
+    # bench's clock covers add up to what it measured (means; ms resolution of timestamps)
+    budget = report["latency"]["budget"]
+    received = report["latency"]["received"]
+    assert list(budget["stages"]) == [
+        "generator", "fetch_wait", "intake", "queue_wait", "forward", "publish", "ack",
+    ]  # fmt: skip
+    for stage, row in budget["stages"].items():
+        assert row["count"] == received, stage
+        assert row["mean_ms"] >= 0, stage
+    assert budget["stages"]["forward"]["mean_ms"] > 0
+    assert abs(budget["unaccounted_ms"]) <= 3.0, budget  # ms-truncated timestamps: ~1 ms
     markdown = (out / "REPORT.md").read_text()
+    assert "**Latency budget at half load**" in markdown and "| queue_wait | " in markdown
     assert "## Machine noise per stage" in markdown and "300-comment probe measured" in markdown
     assert "with language detection off (`MODERATION_LANGUAGE_DETECTION`)" in markdown
     for name in stages:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from testing.queues import reader_has_looked
 from worker.pipeline.batching import (
+    PASS_WASTE_TOKENS,
     BatchQueue,
     Tokenized,
     forward_passes,
@@ -131,6 +132,21 @@ def test_forward_passes_group_short_apart_from_long() -> None:
     assert [sorted(p) for p in passes] == [[1, 3, 4], [0, 2, 5]]
     assert forward_passes(lengths, token_budget=0) == [list(range(6))]
     assert forward_passes([], token_budget=100) == []
+
+
+def test_a_short_record_is_not_padded_to_a_long_ones_length_for_room_in_the_budget() -> None:
+    # all four fit one pass of 4 x 128 = 512 <= 2048 tokens, but padding the two short ones to
+    # 128 would add 2 x 96 padded tokens (> PASS_WASTE_TOKENS): they make a pass of their own
+    lengths = [100, 10, 110, 20]
+    assert [sorted(p) for p in forward_passes(lengths, token_budget=2048)] == [[1, 3], [0, 2]]
+    # one record one step longer (1 x 32 padded tokens more) still shares the pass
+    assert forward_passes([10, 40], token_budget=2048) == [[0, 1]]
+    # three one step shorter than the next: 3 x 32 padded tokens more is over the bound
+    assert PASS_WASTE_TOKENS < 3 * 32
+    assert [sorted(p) for p in forward_passes([30, 31, 32, 33], token_budget=2048)] == [
+        [0, 1, 2],
+        [3],
+    ]
 
 
 def test_warm_up_covers_every_shape_forward_passes_can_make() -> None:

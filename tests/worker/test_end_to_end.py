@@ -111,6 +111,20 @@ def test_scores_dead_letters_offsets_and_metrics(
     assert metric_sum(body, "moderation_batch_size_count") >= len(good) / 8
     assert metric_sum(body, "moderation_end_to_end_latency_seconds_count") == len(good)
     assert metric_sum(body, "moderation_inference_seconds_count") > 0
+
+    # the latency budget: every consumed record waited for its fetch, every scored one passed
+    # each later stage once, and those stages fit inside its end-to-end latency
+    def stage(name: str, series: str) -> float:
+        return metric_sum(body, f'moderation_stage_seconds_{series}{{stage="{name}"}}')
+
+    assert stage("fetch_wait", "count") == total
+    later = ("intake", "queue_wait", "forward", "publish", "ack")
+    for name in later:
+        assert stage(name, "count") == len(good), name
+        assert stage(name, "sum") > 0, name
+    after_fetch = sum(stage(name, "sum") for name in later)
+    end_to_end = metric_sum(body, "moderation_end_to_end_latency_seconds_sum")
+    assert after_fetch <= end_to_end + 0.001 * len(good)
     assert metric_sum(body, "moderation_tokenization_seconds_count") > 0
     assert 'moderation_model_info{device="cpu"' in body and 'name="tiny-test-bert"' in body
     assert metric_sum(body, "moderation_consumer_lag") == 0

@@ -98,21 +98,37 @@ class BatchQueue:
         return True
 
 
+# A pass is cut where the next (longer) record would add more than this many padded tokens to
+# the records already in it: a pass costs about its padded tokens plus a fixed part worth ~15
+# of them (ONNX Runtime int8, BERT-Tiny), so a short record is not padded to a long one's length
+# merely because the budget has room. In-process, thread CPU per batch on real comments, ONNX
+# Runtime int8 (torch bf16) on an AMD EPYC: batches of 8 -32 % (-23 %), of 16 -42 % (-32 %), of
+# 256 -5 % (-7 %); at half load batches hold ~5-30 records.
+PASS_WASTE_TOKENS = 64
+
+
 def forward_passes(lengths: list[int], token_budget: int) -> list[list[int]]:
     """Indices grouped into forward passes of similar length: sorted by length, cut so that a
     pass padded to its longest member holds at most `token_budget` tokens (at least one record
-    each). `token_budget <= 0`: one pass in the original order."""
+    each), and where the next record would pad the ones before it by more than
+    `PASS_WASTE_TOKENS` in all. `token_budget <= 0`: one pass in the original order."""
     if not lengths:
         return []
     if token_budget <= 0 or len(lengths) == 1:
         return [list(range(len(lengths)))]
     passes: list[list[int]] = []
     current: list[int] = []
+    width = 0  # the padded length of `current`
     for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if current and (len(current) + 1) * padded_length(lengths[index]) > token_budget:
+        padded = padded_length(lengths[index])
+        if current and (
+            (len(current) + 1) * padded > token_budget
+            or len(current) * (padded - width) > PASS_WASTE_TOKENS
+        ):
             passes.append(current)
             current = []
         current.append(index)
+        width = padded
     passes.append(current)
     return passes
 

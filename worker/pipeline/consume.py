@@ -115,14 +115,21 @@ class ConsumeLoop:
                 timeout_ms=FETCH_TIMEOUT_MS,
                 max_records=max(1, min(room, self._limits.max_poll_records)),
             )
-            items = [
-                item
-                for tp, records in fetched.items()
-                for record in records
-                if (item := self._admit(tp, record)) is not None
-            ]
+            received, received_wall = time.monotonic(), time.time()
+            fetch_wait = self._metrics.stages["fetch_wait"]
+            items = []
+            for tp, records in fetched.items():
+                for record in records:
+                    if record.timestamp is not None and record.timestamp > 0:
+                        fetch_wait.observe(max(0.0, received_wall - record.timestamp / 1000))
+                    if (item := self._admit(tp, record)) is not None:
+                        items.append(item)
             if items:
-                self._queue.put(await self._tokenize(items))
+                entries = await self._tokenize(items)
+                self._queue.put(entries)
+                intake = self._metrics.stages["intake"]
+                for entry in entries:
+                    intake.observe(entry.enqueued_at - received)
 
     def _apply_backpressure(self) -> int:
         """Pause all partitions at either limit, resume at half of both; returns the room left

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,7 +45,9 @@ class Scoring:
     """A batch handed to the inference thread, and its probabilities to come."""
 
     batch: list[Tokenized]
-    probabilities: asyncio.Future[np.ndarray]
+    started: float = 0.0  # time.monotonic() when its forward pass began (set on the thread)
+    ended: float = 0.0  # ... and ended
+    probabilities: asyncio.Future[np.ndarray] = field(init=False)
 
 
 class InferenceLoop:
@@ -90,6 +92,7 @@ class InferenceLoop:
                 with self._tracing.batch([entry.item for entry in batch]):
                     outcomes = await self._outcomes(current)
             answer_replies(batch, outcomes)
+            self._observe_stages(current)
             policies = self._policies.current  # one policy per batch: reloads swap between
             if self._shadow is not None:  # the Kafka records of the batch (not HTTP texts)
                 kafka = [i for i, entry in enumerate(batch) if isinstance(entry.item, InFlight)]
@@ -101,7 +104,10 @@ class InferenceLoop:
                 continue
             if publishing is not None:
                 await publishing
-            publishing = asyncio.create_task(self._publish(batch, outcomes, policies.primary))
+            ended = current.ended or time.monotonic()  # 0: failed and bisected
+            publishing = asyncio.create_task(
+                self._publish(batch, outcomes, policies.primary, ended)
+            )
         if publishing is not None:
             await publishing
 
@@ -111,7 +117,21 @@ class InferenceLoop:
         for entry in batch:
             self._metrics.queue_wait.observe(now - entry.enqueued_at)
         loop = asyncio.get_running_loop()
-        return Scoring(batch, loop.run_in_executor(self._executor, self._infer, batch))
+        scoring = Scoring(batch)
+        scoring.probabilities = loop.run_in_executor(self._executor, self._infer, scoring)
+        return scoring
+
+    def _observe_stages(self, scoring: Scoring) -> None:
+        """Each Kafka record's queue wait (queued -> its forward pass began: waiting behind the
+        batch before included) and its batch's forward pass (`moderation_stage_seconds`)."""
+        if scoring.ended <= 0:  # failed (and bisected): not part of the budget
+            return
+        queue_wait, forward = self._metrics.stages["queue_wait"], self._metrics.stages["forward"]
+        took = scoring.ended - scoring.started
+        for entry in scoring.batch:
+            if isinstance(entry.item, InFlight):
+                queue_wait.observe(max(0.0, scoring.started - entry.enqueued_at))
+                forward.observe(took)
 
     async def _start_next_full_batch(self, current: Scoring) -> Scoring | None:
         """Until `current` is scored: the next batch, started, if it fills up before then."""
@@ -142,19 +162,23 @@ class InferenceLoop:
             return first + await self._outcomes(self._start(batch[middle:]))
         return list(probabilities)
 
-    def _infer(self, batch: list[Tokenized]) -> np.ndarray:
+    def _infer(self, scoring: Scoring) -> np.ndarray:
         """On the inference thread: forward passes of one batch, timed."""
-        started = time.perf_counter()
+        batch = scoring.batch
+        started = time.monotonic()
         probabilities = self._model.infer([entry.ids for entry in batch])
-        self._metrics.inference.observe(time.perf_counter() - started)
+        ended = time.monotonic()
+        self._metrics.inference.observe(ended - started)
         self._metrics.batch_size.observe(len(batch))
+        scoring.started, scoring.ended = started, ended
         return probabilities
 
     async def _publish(
-        self, batch: list[Tokenized], outcomes: list[Outcome], policy: Policy
+        self, batch: list[Tokenized], outcomes: list[Outcome], policy: Policy, ended: float
     ) -> None:
         assert self._publisher is not None
         scored_at = int(time.time() * 1000)
+        publish = self._metrics.stages["publish"]  # forward pass ended -> handed to the producer
         for entry, outcome in zip(batch, outcomes, strict=True):
             if isinstance(entry.item, Reply):  # an HTTP text, answered already
                 continue
@@ -167,6 +191,7 @@ class InferenceLoop:
                 await self._dead_letter(entry, exc)
                 continue
             await self._publisher.send_output(entry.item, value, outcome, policy.version)
+            publish.observe(max(0.0, time.monotonic() - ended))
 
     async def _dead_letter(self, entry: Tokenized, exc: Exception) -> None:
         assert isinstance(entry.item, InFlight) and self._publisher is not None

@@ -205,9 +205,12 @@ class Publisher:
                 raise
             await self._send(smaller)
             return
-        future.add_done_callback(lambda f: self._delivered(f, message, span))
+        handed = time.monotonic()
+        future.add_done_callback(lambda f: self._delivered(f, message, span, handed))
 
-    def _delivered(self, future: asyncio.Future[Any], message: _Message, span: Any = None) -> None:
+    def _delivered(
+        self, future: asyncio.Future[Any], message: _Message, span: Any = None, handed: float = 0.0
+    ) -> None:
         exc = asyncio.CancelledError() if future.cancelled() else future.exception()
         if span is not None:
             self._tracing.published(span, exc)  # type: ignore[union-attr]
@@ -228,6 +231,7 @@ class Publisher:
         self._checkpoint.ack(message.item.ticket)
         if message.dead_letter is None:
             self._metrics.scored.labels(record.topic).inc()
+            self._metrics.stages["ack"].observe(max(0.0, time.monotonic() - handed))
             if record.timestamp is not None and record.timestamp > 0:
                 self._metrics.end_to_end.observe(max(0.0, time.time() - record.timestamp / 1000))
         else:
