@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from bench.profile import categorize, summarize
+from bench.runner import torch_baseline, torch_baseline_skip
 from bench.variants import plan_variants
 from testing.worker_process import REPO_ROOT as REPO
 from worker.backends.hardware import Choice, CpuInfo, read_cpu
@@ -108,6 +109,21 @@ def test_bench_quick_writes_every_figure(
     assert language["throughput_cost"] == 1 - (
         language["on_comments_per_s"] / language["off_comments_per_s"]
     )
+    torch = report["torch_baseline"]  # (a) and (b) once more with the torch backend
+    torch_stages = ["(a) model-only ceiling, torch", "(b) worker end to end, torch"]
+    if report["machine"]["backend"] == "torch":
+        assert "already torch" in torch["skipped"]
+        torch_stages = []
+    else:
+        assert torch["skipped"] is None and torch["served"].startswith(report["machine"]["backend"])
+        assert torch["precision"] == ("bf16" if read_cpu().native_bf16 else "fp32")
+        for figure, served in (("a", report["ceiling"]), ("b", report["end_to_end"])):
+            assert torch[f"{figure}_comments_per_s"] > 0 and len(torch["runs"][figure]) == 1
+            assert torch["over_torch"][figure] == (
+                served["comments_per_s"] / torch[f"{figure}_comments_per_s"]
+            )
+        assert torch["b_distinct_outputs"] == 300
+        assert (out / "worker-saturation-torch.log").exists()
     startup = report["end_to_end"]["startup_s"]
     assert {"imports", "model_load", "warm_up", "kafka_join", "ready_minus_join"} <= set(startup)
     assert 0 < startup["ready_minus_join"] < sum(startup.values())
@@ -128,8 +144,9 @@ def test_bench_quick_writes_every_figure(
     stages = [s["stage"] for s in noise["stages"]]
     assert stages == [
         "set-up: corpus, model", "(a) probe: the rate that sizes the runs",
-        "(a) model-only ceiling, run 1", "(b) worker end to end, run 1",
-        "(b) with a shadow model, run 1", "(b) with language detection off, run 1",
+        "(a) model-only ceiling, run 1", *torch_stages[:1], "(b) worker end to end, run 1",
+        *torch_stages[1:], "(b) with a shadow model, run 1",
+        "(b) with language detection off, run 1",
         "single comment", "(b) latency at half load",
         "(c) naive consumer", "(d) HTTP API", "backends and precisions",
     ]  # fmt: skip
@@ -148,6 +165,8 @@ def test_bench_quick_writes_every_figure(
         assert report[figure]["noise"] == by_name[name]  # beside the figure it was taken over
     assert report["shadow"]["run"]["noise"] == by_name["(b) with a shadow model, run 1"]
     assert language["run"]["noise"] == by_name["(b) with language detection off, run 1"]
+    for figure, name in zip("ab", torch_stages, strict=False):
+        assert torch["noise"][figure] == by_name[name]
     assert {"cpu_flags", "usable_cpus", "cgroup_cpu_quota"} <= set(report["machine"])
     assert report["probe"]["messages"] == 300 and report["probe"]["comments_per_s"] > 0
     markdown = (out / "REPORT.md").read_text()
@@ -156,6 +175,12 @@ def test_bench_quick_writes_every_figure(
     for name in stages:
         assert f"| {name} | " in markdown
     assert "usable CPUs" in markdown and "cgroup CPU quota" in markdown
+    if torch["skipped"] is None:
+        assert f"| (a) model-only, torch ({torch['precision']}; " in markdown
+        assert f"| (b) end to end, torch ({torch['precision']}; " in markdown
+        assert f"**{torch['over_torch']['b']:.2f}x**" in markdown
+    else:
+        assert f"Torch baseline: skipped, {torch['skipped']}." in markdown
     needles = ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single")
     for needle in (
         *needles,
@@ -166,6 +191,21 @@ def test_bench_quick_writes_every_figure(
         "(d)",
     ):
         assert needle in markdown
+
+
+def test_torch_baseline_skips_with_a_reason_and_divides_served_by_torch() -> None:
+    assert torch_baseline_skip(True, "onnx", installed=True) is None
+    assert "--no-torch-baseline" in str(torch_baseline_skip(False, "onnx", installed=True))
+    assert "already torch" in str(torch_baseline_skip(True, "torch", installed=True))
+    assert "not installed" in str(torch_baseline_skip(True, "openvino", installed=False))
+    a, b = {"comments_per_s": 3000.0}, {"comments_per_s": 2000.0}
+    a_torch = {"comments_per_s": 1500.0, "noise": {"steal_pct": 1.0}}
+    b_torch = {"comments_per_s": 1600.0, "noise": None, "distinct_outputs": 300}
+    result = torch_baseline("onnx int8", a, b, a_torch, b_torch, "bf16")
+    assert result["over_torch"] == {"a": 2.0, "b": 1.25}
+    assert result["runs"] == {"a": [1500.0], "b": [1600.0]}
+    assert result["noise"] == {"a": {"steal_pct": 1.0}, "b": None}
+    assert result["skipped"] is None and result["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_bf16"}])
