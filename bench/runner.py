@@ -183,13 +183,20 @@ def _torch_ceiling(
     settings: Settings, texts: list[str], stages: StageLog
 ) -> tuple[dict[str, Any], str]:
     """(a) with a second ServedModel on the torch backend, loaded in the stage and freed after
-    it, so that the later stages (latency, single comment) do not run beside it."""
+    it, so that the later stages (latency, single comment) do not run beside it. Loading it sets
+    torch's process-wide threads and denormal flushing (worker/backends/torch_backend.py); both
+    go back to what they were (the served backend is not torch), as (c) runs torch in here."""
+    import torch
+
+    threads = torch.get_num_threads()
     with stages.stage("(a) model-only ceiling, torch") as noise:
         torch_model = load_from_settings(settings)
         precision = torch_model.backend.precision
         result = ceiling.run_ceiling(torch_model, texts, settings.max_batch_size)
         del torch_model
         gc.collect()
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
     result["noise"] = noise.figures
     return result, precision
 

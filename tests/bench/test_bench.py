@@ -13,12 +13,14 @@ import pytest
 
 from bench.profile import categorize, summarize
 from bench.report import _torch_paragraph, _torch_row
-from bench.runner import torch_baseline, torch_baseline_skip
+from bench.runner import _torch_ceiling, torch_baseline, torch_baseline_skip
+from bench.stages import StageLog
 from bench.variants import plan_variants
 from testing.worker_process import REPO_ROOT as REPO
 from training.onnx_export import export_onnx, quantize_int8
 from worker.backends.hardware import Choice, CpuInfo, read_cpu
 from worker.backends.runtime import Runtime, onnxruntime_installed, openvino_installed
+from worker.config import Settings
 
 TEXTS = [
     "ok",
@@ -212,6 +214,27 @@ def test_torch_baseline_skips_with_a_reason_and_divides_served_by_torch() -> Non
     skipped = {"skipped": torch_baseline_skip(True, "torch", installed=True)}
     assert _torch_row(skipped, "a") == []
     assert _torch_paragraph(skipped)[0].startswith("Torch baseline: skipped, the served backend")
+
+
+def test_torch_ceiling_gives_torch_its_threads_back(tiny_model_dir: Path) -> None:
+    """(c), the naive consumer, runs torch in the bench process after the torch (a) run: that
+    run's model (1 thread here) must not leave torch on its thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        settings = Settings(
+            model=str(tiny_model_dir), backend="torch", device="cpu", inference_threads=1
+        )
+        stages = StageLog()
+        result, precision = _torch_ceiling(settings, TEXTS * 4, stages)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert result["comments_per_s"] > 0 and precision in {"fp32", "bf16"}
+    (stage,) = stages.stages
+    assert stage.pop("stage") == "(a) model-only ceiling, torch" and result["noise"] == stage
 
 
 @pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_bf16"}])
