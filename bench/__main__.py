@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip (b) again with language detection flipped (MODERATION_LANGUAGE_DETECTION)",
     )
+    parser.add_argument(
+        "--no-torch-baseline",
+        action="store_true",
+        help="skip (a) and (b) once more with the torch backend beside the served one",
+    )
     parser.add_argument("--no-http", action="store_true", help="skip (d), the HTTP API load")
     parser.add_argument(
         "--http-requests", type=int, default=None, help="(d) requests per level (default 3000)"
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         given["shadow"] = False
     if args.no_language:
         given["language"] = False
+    if args.no_torch_baseline:
+        given["torch_baseline"] = False
     if args.shadow_model is not None:
         given["shadow_model"] = args.shadow_model
     if args.no_http:

@@ -59,8 +59,10 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|---|",
         f"| (a) model-only ceiling (tokenize + infer, worker batching, no Kafka) "
         f"| {_f(a['comments_per_s'])} | {describe(a.get('noise'))} |",
+        *_torch_row(r.get("torch_baseline"), "a"),
         f"| (b) worker end to end (produced first, until every score acknowledged) "
         f"| {_f(b['comments_per_s'])} | {describe(b.get('noise'))} |",
+        *_torch_row(r.get("torch_baseline"), "b"),
         f"| (c) naive consumer (one message at a time, `transformers.pipeline`, commit each) "
         f"| {_f(c['comments_per_s'], 1)} | {describe(c.get('noise'))} |",
         *_shadow_row(r.get("shadow")),
@@ -90,6 +92,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         *_shadow_paragraph(r.get("shadow")),
         *_language_paragraph(r.get("language")),
+        *_torch_paragraph(r.get("torch_baseline")),
         "Start-up (s, from process start; `moderation_startup_seconds`): "
         + ", ".join(f"{k} {v:.2f}" for k, v in b.get("startup_s", {}).items())
         + " (goal: ready minus the group join ≤ 5 s on CPU).",
@@ -309,6 +312,33 @@ def _language_paragraph(language: dict[str, Any] | None) -> list[str]:
         f"{_f(language['off_comments_per_s'])} off (best runs, alternating with (b); runs with "
         f"it {language['flipped_to']}: {language['flipped_runs']}): a cost of "
         f"**{language['throughput_cost']:.1%}** (goal ≤ 5 %).",
+        "",
+    ]
+
+
+def _torch_row(baseline: dict[str, Any] | None, figure: str) -> list[str]:
+    """(a) or (b) with the torch backend, right below the served backend's row."""
+    if not baseline or baseline.get("skipped"):
+        return []
+    what = "model-only" if figure == "a" else "end to end"
+    return [
+        f"| ({figure}) {what}, torch ({baseline['precision']}; one run, in the last repeat) "
+        f"| {_f(baseline[f'{figure}_comments_per_s'])} "
+        f"| {describe(baseline['noise'][figure])} |"
+    ]
+
+
+def _torch_paragraph(baseline: dict[str, Any] | None) -> list[str]:
+    if not baseline:
+        return []
+    if baseline.get("skipped"):
+        return [f"Torch baseline: skipped, {baseline['skipped']}.", ""]
+    ratio = baseline["over_torch"]
+    return [
+        f"Against torch ({baseline['precision']}, `MODERATION_BACKEND=torch`, one (a) and one "
+        f"(b) run in the last repeat): the served backend ({baseline['served']}) scores "
+        f"**{ratio['a']:.2f}x** torch's comments/s model-only (a) and **{ratio['b']:.2f}x** "
+        "end to end (b) (its best runs over torch's one).",
         "",
     ]
 

@@ -19,6 +19,7 @@ from testing.broker import broker_kind, kafka_broker
 from worker.app import GIL_SWITCH_INTERVAL_S
 from worker.backends.hardware import SPEED_FLAGS, cgroup_cpus, usable_cpus
 from worker.backends.model import DEFAULT_MODEL_DIR, ServedModel, load_from_settings
+from worker.backends.runtime import torch_installed
 from worker.config import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class BenchOptions:
     shadow: bool = True  # (b) again with a shadow model attached, alternating with (b)
     shadow_model: str | None = None  # None: the primary's model (BERT-Tiny by default)
     language: bool = True  # (b) again with language detection flipped, alternating with (b)
+    torch_baseline: bool = True  # (a) and (b) once more with the torch backend, in the last repeat
     http_clients: tuple[int, ...] = (1, 16, 256)  # (d) concurrent HTTP API clients
     http_requests: int = 3000  # per concurrency level and mode (at least 4 per client)
     http_level_seconds: float = 8.0  # a level sends no more once this long has passed
@@ -140,6 +142,65 @@ def _language_cost(
     }
 
 
+def torch_baseline_skip(enabled: bool, served_backend: str, installed: bool) -> str | None:
+    """Why the bench does not time (a) and (b) with the torch backend beside the served one, or
+    None where it does."""
+    if not enabled:
+        return "disabled (--no-torch-baseline)"
+    if served_backend == "torch":
+        return "the served backend is already torch: (a) and (b) are the torch figures"
+    if not installed:
+        return "torch is not installed (the extra `torch`)"
+    return None
+
+
+def torch_baseline(
+    served: str, a: dict[str, Any], b: dict[str, Any], a_torch: dict[str, Any],
+    b_torch: dict[str, Any], precision: str,
+) -> dict[str, Any]:  # fmt: skip
+    """(a) and (b) with the torch backend (one run each, in the last repeat) beside the served
+    backend's best runs: how much faster the served backend is, model-only and end to end."""
+    return {
+        "skipped": None,
+        "served": served,
+        "precision": precision,
+        "a_comments_per_s": a_torch["comments_per_s"],
+        "b_comments_per_s": b_torch["comments_per_s"],
+        "runs": {
+            "a": [round(a_torch["comments_per_s"], 1)],
+            "b": [round(b_torch["comments_per_s"], 1)],
+        },
+        "noise": {"a": a_torch.get("noise"), "b": b_torch.get("noise")},
+        "b_distinct_outputs": b_torch["distinct_outputs"],
+        "over_torch": {
+            "a": a["comments_per_s"] / a_torch["comments_per_s"],
+            "b": b["comments_per_s"] / b_torch["comments_per_s"],
+        },
+    }
+
+
+def _torch_ceiling(
+    settings: Settings, texts: list[str], stages: StageLog
+) -> tuple[dict[str, Any], str]:
+    """(a) with a second ServedModel on the torch backend, loaded in the stage and freed after
+    it, so that the later stages (latency, single comment) do not run beside it. Loading it sets
+    torch's process-wide threads and denormal flushing (worker/backends/torch_backend.py); both
+    go back to what they were (the served backend is not torch), as (c) runs torch in here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with stages.stage("(a) model-only ceiling, torch") as noise:
+        torch_model = load_from_settings(settings)
+        precision = torch_model.backend.precision
+        result = ceiling.run_ceiling(torch_model, texts, settings.max_batch_size)
+        del torch_model
+        gc.collect()
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
+    result["noise"] = noise.figures
+    return result, precision
+
+
 def sized_messages(rate: float, options: BenchOptions) -> int:
     """Comments for each (a), (b) and shadow run: what (a) scores in `throughput_seconds` at
     the probed `rate`, within [min(min_messages, messages), messages]. A machine at half speed
@@ -182,6 +243,11 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
     flipped = settings.model_copy(update={"language_detection": not settings.language_detection})
     shadow_model = options.shadow_model or settings.model or str(DEFAULT_MODEL_DIR)
     with_shadow = settings.model_copy(update={"shadow_model": shadow_model})
+    torch_skip = torch_baseline_skip(options.torch_baseline, model.backend.kind, torch_installed())
+    with_torch = settings.model_copy(update={"backend": "torch"})  # precision as configured
+    a_torch: dict[str, Any] | None = None
+    b_torch: dict[str, Any] | None = None
+    torch_precision = ""
     with kafka_broker(out / "broker.log") as bootstrap:
         # (a) and (b) alternate, `repeats` times each, so that both see the same machine noise;
         # the report gives the best run of each and lists every run.
@@ -191,6 +257,11 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                 ceilings.append(ceiling.run_ceiling(model, texts, settings.max_batch_size))
             ceilings[-1]["noise"] = noise.figures
             log.info("(a) %.0f comments/s", ceilings[-1]["comments_per_s"])
+            last = run == options.repeats - 1
+            if torch_skip is None and last:
+                a_torch, torch_precision = _torch_ceiling(with_torch, texts, stages)
+                log.info("(a) torch %s: %.0f comments/s", torch_precision,
+                         a_torch["comments_per_s"])  # fmt: skip
             log.info("(b) worker end to end on %d comments (run %d)", len(texts), run + 1)
             with stages.stage(f"(b) worker end to end, run {run + 1}") as noise:
                 saturations.append(
@@ -205,6 +276,14 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
                 )
             saturations[-1]["noise"] = noise.figures
             log.info("(b) %.0f comments/s", saturations[-1]["comments_per_s"])
+            if torch_skip is None and last:
+                with stages.stage("(b) worker end to end, torch") as noise:
+                    b_torch = end_to_end.run_saturation(
+                        with_torch, bootstrap, texts, out, options.partitions, None,
+                        log_name="worker-saturation-torch.log",
+                    )  # fmt: skip
+                b_torch["noise"] = noise.figures
+                log.info("(b) torch: %.0f comments/s", b_torch["comments_per_s"])
             if options.shadow:
                 log.info("(b) with shadow %s on %d comments (run %d)", shadow_model, len(texts),
                          run + 1)  # fmt: skip
@@ -239,6 +318,14 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         language = (
             _language_cost(settings.language_detection, b, flipped_runs) if flipped_runs else None
         )
+        baseline = (
+            torch_baseline(
+                f"{model.backend.kind} {model.backend.precision}", a, b, a_torch, b_torch,
+                torch_precision,
+            )
+            if a_torch is not None and b_torch is not None
+            else {"skipped": torch_skip}
+        )  # fmt: skip
         rate = max(1.0, options.latency_load * b["comments_per_s"])
         paced = repeat_to(unique, max(50, int(rate * options.latency_seconds)))
         log.info("(b) latency at %.0f comments/s for %d comments", rate, len(paced))
@@ -314,6 +401,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> dict[str, Any]:
         "naive": c,
         "shadow": shadow,
         "language": language,
+        "torch_baseline": baseline,
         "http_api": d,
         "ratios": {"b_over_a": b_over_a, "b_over_c": b_over_c},
         "goals": goals,

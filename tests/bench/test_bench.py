@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,15 @@ import orjson
 import pytest
 
 from bench.profile import categorize, summarize
+from bench.report import _torch_paragraph, _torch_row
+from bench.runner import _torch_ceiling, torch_baseline, torch_baseline_skip
+from bench.stages import StageLog
 from bench.variants import plan_variants
 from testing.worker_process import REPO_ROOT as REPO
+from training.onnx_export import export_onnx, quantize_int8
 from worker.backends.hardware import Choice, CpuInfo, read_cpu
 from worker.backends.runtime import Runtime, onnxruntime_installed, openvino_installed
+from worker.config import Settings
 
 TEXTS = [
     "ok",
@@ -51,11 +57,15 @@ def test_bench_quick_writes_every_figure(
 ) -> None:
     corpus = tmp_path / "corpus.csv"
     corpus.write_text("id,comment_text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS)))
+    # served by ONNX Runtime int8 (what `auto` picks on many CPUs), with torch timed beside it
+    tiny_model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    quantize_int8(export_onnx(tiny_model_dir))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MODERATION_")},
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "MODERATION_MODEL": str(tiny_model_dir),
         "MODERATION_DEVICE": "cpu",
+        "MODERATION_BACKEND": "onnx",
         "MODERATION_INFERENCE_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
@@ -108,6 +118,17 @@ def test_bench_quick_writes_every_figure(
     assert language["throughput_cost"] == 1 - (
         language["on_comments_per_s"] / language["off_comments_per_s"]
     )
+    torch = report["torch_baseline"]  # (a) and (b) once more with the torch backend
+    torch_stages = ["(a) model-only ceiling, torch", "(b) worker end to end, torch"]
+    assert torch["skipped"] is None and torch["served"] == "onnx int8"
+    assert torch["precision"] == ("bf16" if read_cpu().native_bf16 else "fp32")  # auto's rule
+    for figure, served in (("a", report["ceiling"]), ("b", report["end_to_end"])):
+        assert torch[f"{figure}_comments_per_s"] > 0 and len(torch["runs"][figure]) == 1
+        assert torch["over_torch"][figure] == (
+            served["comments_per_s"] / torch[f"{figure}_comments_per_s"]
+        )
+    assert torch["b_distinct_outputs"] == 300
+    assert (out / "worker-saturation-torch.log").exists()
     startup = report["end_to_end"]["startup_s"]
     assert {"imports", "model_load", "warm_up", "kafka_join", "ready_minus_join"} <= set(startup)
     assert 0 < startup["ready_minus_join"] < sum(startup.values())
@@ -128,8 +149,10 @@ def test_bench_quick_writes_every_figure(
     stages = [s["stage"] for s in noise["stages"]]
     assert stages == [
         "set-up: corpus, model", "(a) probe: the rate that sizes the runs",
-        "(a) model-only ceiling, run 1", "(b) worker end to end, run 1",
-        "(b) with a shadow model, run 1", "(b) with language detection off, run 1",
+        "(a) model-only ceiling, run 1", "(a) model-only ceiling, torch",
+        "(b) worker end to end, run 1", "(b) worker end to end, torch",
+        "(b) with a shadow model, run 1",
+        "(b) with language detection off, run 1",
         "single comment", "(b) latency at half load",
         "(c) naive consumer", "(d) HTTP API", "backends and precisions",
     ]  # fmt: skip
@@ -148,6 +171,8 @@ def test_bench_quick_writes_every_figure(
         assert report[figure]["noise"] == by_name[name]  # beside the figure it was taken over
     assert report["shadow"]["run"]["noise"] == by_name["(b) with a shadow model, run 1"]
     assert language["run"]["noise"] == by_name["(b) with language detection off, run 1"]
+    for figure, name in zip("ab", torch_stages, strict=True):
+        assert torch["noise"][figure] == by_name[name]
     assert {"cpu_flags", "usable_cpus", "cgroup_cpu_quota"} <= set(report["machine"])
     assert report["probe"]["messages"] == 300 and report["probe"]["comments_per_s"] > 0
     # the latency budget: every scored comment passed each stage once, and the stages the
@@ -169,6 +194,9 @@ def test_bench_quick_writes_every_figure(
     for name in stages:
         assert f"| {name} | " in markdown
     assert "usable CPUs" in markdown and "cgroup CPU quota" in markdown
+    assert f"| (a) model-only, torch ({torch['precision']}; " in markdown
+    assert f"| (b) end to end, torch ({torch['precision']}; " in markdown
+    assert f"**{torch['over_torch']['b']:.2f}x**" in markdown
     needles = ("(a) model-only", "(b) worker end to end", "(c) naive", "b/a", "p99", "Single")
     for needle in (
         *needles,
@@ -179,6 +207,47 @@ def test_bench_quick_writes_every_figure(
         "(d)",
     ):
         assert needle in markdown
+
+
+def test_torch_baseline_skips_with_a_reason_and_divides_served_by_torch() -> None:
+    assert torch_baseline_skip(True, "onnx", installed=True) is None
+    assert "--no-torch-baseline" in str(torch_baseline_skip(False, "onnx", installed=True))
+    assert "already torch" in str(torch_baseline_skip(True, "torch", installed=True))
+    assert "not installed" in str(torch_baseline_skip(True, "openvino", installed=False))
+    a, b = {"comments_per_s": 3000.0}, {"comments_per_s": 2000.0}
+    a_torch = {"comments_per_s": 1500.0, "noise": {"steal_pct": 1.0}}
+    b_torch = {"comments_per_s": 1600.0, "noise": None, "distinct_outputs": 300}
+    result = torch_baseline("onnx int8", a, b, a_torch, b_torch, "bf16")
+    assert result["over_torch"] == {"a": 2.0, "b": 1.25}
+    assert result["runs"] == {"a": [1500.0], "b": [1600.0]}
+    assert result["noise"] == {"a": {"steal_pct": 1.0}, "b": None}
+    assert result["skipped"] is None and result["precision"] == "bf16"
+    assert _torch_row(result, "b")[0].startswith("| (b) end to end, torch (bf16; one run")
+    assert "**2.00x**" in _torch_paragraph(result)[0]
+    skipped = {"skipped": torch_baseline_skip(True, "torch", installed=True)}
+    assert _torch_row(skipped, "a") == []
+    assert _torch_paragraph(skipped)[0].startswith("Torch baseline: skipped, the served backend")
+
+
+def test_torch_ceiling_gives_torch_its_threads_back(tiny_model_dir: Path) -> None:
+    """(c), the naive consumer, runs torch in the bench process after the torch (a) run: that
+    run's model (1 thread here) must not leave torch on its thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        settings = Settings(
+            model=str(tiny_model_dir), backend="torch", device="cpu", inference_threads=1
+        )
+        stages = StageLog()
+        result, precision = _torch_ceiling(settings, TEXTS * 4, stages)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert result["comments_per_s"] > 0 and precision in {"fp32", "bf16"}
+    (stage,) = stages.stages
+    assert stage.pop("stage") == "(a) model-only ceiling, torch" and result["noise"] == stage
 
 
 @pytest.mark.parametrize("flags", [{"avx2"}, {"avx2", "avx512_bf16"}])
