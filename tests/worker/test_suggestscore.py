@@ -108,8 +108,10 @@ def api(
     assert worker.stop() == 0, worker.log()[-3000:]
 
 
-def read_until(bootstrap: str, topic: str, key: str, timeout: float = 30) -> list[ConsumerRecord]:
-    """The topic's records from the start up to (and with) the first one keyed `key`."""
+def read_until(
+    bootstrap: str, topic: str, key: str, timeout: float = 30, count: int = 1
+) -> list[ConsumerRecord]:
+    """The topic's records from the start up to (and with) the `count`-th one keyed `key`."""
 
     async def read() -> list[ConsumerRecord]:
         consumer = AIOKafkaConsumer(
@@ -122,12 +124,12 @@ def read_until(bootstrap: str, topic: str, key: str, timeout: float = 30) -> lis
             found = await consume_until(
                 consumer,
                 lambda _, record: records.append(record),
-                lambda: any(record.key == key.encode() for record in records),
+                lambda: sum(record.key == key.encode() for record in records) >= count,
                 timeout,
             )
         finally:
             await consumer.stop()
-        assert found, f"no record keyed {key} on {topic} ({len(records)} read)"
+        assert found, f"fewer than {count} records keyed {key} on {topic} ({len(records)} read)"
         return records
 
     return asyncio.run(read())
@@ -181,28 +183,9 @@ def test_a_tenant_endpoint_names_the_records_tenant(
 
 def _two(bootstrap: str, topic: str, key: str) -> list[ConsumerRecord]:
     """The first two records keyed `key` (read until the second arrives)."""
-
-    async def read() -> list[ConsumerRecord]:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )  # fmt: skip
-        await consumer.start()
-        keyed: list[ConsumerRecord] = []
-        try:
-            await consume_until(
-                consumer,
-                lambda _, r: keyed.append(r) if r.key == key.encode() else None,
-                lambda: len(keyed) >= 2,
-                30,
-            )
-        finally:
-            await consumer.stop()
-        return keyed[:2]
-
-    records = asyncio.run(read())
-    assert len(records) == 2, records
-    return records
+    keyed = [r for r in read_until(bootstrap, topic, key, count=2) if r.key == key.encode()]
+    assert len(keyed) == 2, keyed
+    return keyed
 
 
 def test_do_not_store_keeps_the_text_out_and_without_a_token_the_id_is_the_texts_hash(
