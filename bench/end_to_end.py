@@ -28,6 +28,7 @@ import numpy as np
 from bench.latency_budget import histogram_quantile, latency_budget
 from testing.http import metric_values
 from testing.kafka import comment, create_topics, produce, produce_paced, read_all
+from testing.machine_noise import cpu_sample, cpu_split
 from testing.topics import Topics, fresh_topics
 from testing.worker_process import WorkerProcess, start_worker
 from worker.config import Settings
@@ -233,6 +234,15 @@ def shadow_summary(values: dict[str, float], messages: int) -> dict[str, Any]:
     }
 
 
+# The paced load generator's producer linger: 5 ms, Apache Kafka's producer default since 4.0.
+# It is inside the bench's clock (a record is stamped when it is sent, and waits up to this long
+# before it leaves). At 1 ms nearly every comment was a batch of its own, and tansu's fetch cost
+# grows with the batches a partition holds (a consumer reading 1,000/s: tansu 0.38 CPU over the
+# first 5,000 records, 0.93 CPU by 20,000 at 1 ms; 0.15 -> 0.39 at 5 ms), CPU taken from the
+# worker on the bench's shared machine; Apache Kafka finds a fetch offset through its index.
+PACED_LINGER_MS = 5
+
+
 async def _paced_produce(
     bootstrap: str, topic: str, texts: list[str], rate: float
 ) -> dict[bytes, float]:
@@ -240,8 +250,9 @@ async def _paced_produce(
     sent: dict[bytes | None, float] = {}
     messages = (comment_value(i, text) for i, text in enumerate(texts))
     await produce_paced(
-        bootstrap, topic, messages, rate, linger_ms=1, sent_at=sent, min_sleep_s=0.0005
-    )
+        bootstrap, topic, messages, rate, linger_ms=PACED_LINGER_MS, sent_at=sent,
+        min_sleep_s=0.0005,
+    )  # fmt: skip
     return {key: at for key, at in sent.items() if key is not None}
 
 
@@ -265,10 +276,13 @@ def run_latency(
             pin_process(worker.pid, worker_cpus)
         time.sleep(1.0)  # let the first fetch settle so the clock measures steady state
         scraped_before = worker.get("/metrics", timeout=2).body
+        processes = {"worker": worker.pid, "bench": os.getpid()}  # bench: the load generator
+        cpu_start = cpu_sample(processes)
         sent = asyncio.run(_paced_produce(bootstrap, topics.input, texts, rate))
         deadline = time.monotonic() + 120
         while _done(values := worker.metrics()) < len(texts) and time.monotonic() < deadline:
             time.sleep(0.1)
+        cpu = cpu_split(cpu_start, cpu_sample(processes))
         scraped_after = worker.get("/metrics", timeout=2).body
     stamps = asyncio.run(_read_timestamps(bootstrap, topics.output, len(texts)))
     inputs = asyncio.run(_read_timestamps(bootstrap, topics.input, len(texts)))
@@ -297,6 +311,7 @@ def run_latency(
             for q in (0.5, 0.95, 0.99)
         },
         "budget": latency_budget(scraped_before, scraped_after, generator, latencies),
+        "cpu": cpu,
         "batches": _stage_summary(
             metric_values(scraped_before), metric_values(scraped_after), offered_s
         ),

@@ -62,12 +62,13 @@ def summary_line(name: str, run: dict[str, Any]) -> str:
         for stage, row in stages.items()
         if row["mean_ms"] is not None
     )
-    noise = run["noise"]
+    noise, cpu = run["noise"], run.get("cpu") or {}
     return (
         f"{name:>12}: p50 {run['p50_ms']:6.1f} p99 {run['p99_ms']:6.1f} ms | "
         f"batches {run['batches']['batches']} x {run['batches']['mean_batch_size']:.1f} | "
         f"mean/p99 ms: {parts} | steal {noise.get('steal_pct')} % load "
         f"{noise.get('load1_start')}->{noise.get('load1_end')} others {noise.get('others_pct')} %"
+        f" | CPUs: worker {cpu.get('worker')} bench {cpu.get('bench')} rest {cpu.get('rest')}"
     )
 
 

@@ -37,6 +37,20 @@ def _budget_section(lat: dict[str, Any]) -> list[str]:
         "",
         *budget_table(budget),
         "",
+        *_cpu_line(lat.get("cpu")),
+    ]
+
+
+def _cpu_line(cpu: dict[str, Any] | None) -> list[str]:
+    """Where the machine's CPU went over the latency stage (`testing.machine_noise.cpu_split`):
+    the worker shares the machine with the bench's load generator and, here, the broker."""
+    if not cpu or cpu.get("busy") is None:
+        return []
+    return [
+        f"CPU over the latency stage, in CPUs: worker {_f(cpu.get('worker'), 2)}, the bench "
+        f"(load generator) {_f(cpu.get('bench'), 2)}, the rest (the broker when it runs here, "
+        f"other processes) {_f(cpu.get('rest'), 2)}; busy {_f(cpu['busy'], 2)} in all.",
+        "",
     ]
 
 

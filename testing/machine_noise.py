@@ -209,6 +209,59 @@ def machine_description() -> dict[str, Any]:
     }
 
 
+def process_ticks(pid: int, proc: Path = PROC) -> int | None:
+    """CPU ticks (user + system, every thread) of process `pid` itself; None if it is gone."""
+    text = _read(proc / str(pid) / "stat")
+    if text is None:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()
+    try:
+        return int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """The machine's CPU time and some processes' (name -> ticks) at one moment."""
+
+    at: float
+    cpu: CpuTimes | None
+    processes: dict[str, int | None]
+
+
+def cpu_sample(pids: dict[str, int], proc: Path = PROC) -> CpuSample:
+    return CpuSample(
+        time.monotonic(),
+        read_cpu_times(proc),
+        {name: process_ticks(pid, proc) for name, pid in pids.items()},
+    )
+
+
+def cpu_split(start: CpuSample, end: CpuSample, ticks_per_s: int | None = None) -> dict[str, Any]:
+    """Where the machine's CPU went between two samples, in CPUs (1.0: one CPU busy for the
+    whole interval): each named process, `busy` in all, and `rest` (busy minus the named ones:
+    on the bench's machine the broker, and any other process)."""
+    seconds = end.at - start.at
+    split: dict[str, Any] = {"seconds": round(seconds, 2)}
+    if seconds <= 0:
+        return split
+    scale = 1 / ((ticks_per_s or os.sysconf("SC_CLK_TCK")) * seconds)
+    deltas: dict[str, int | None] = {}
+    for name, before in start.processes.items():
+        after = end.processes.get(name)
+        delta = None if before is None or after is None else after - before
+        deltas[name] = delta
+        split[name] = None if delta is None else round(delta * scale, 2)
+    if start.cpu is not None and end.cpu is not None:
+        busy = (end.cpu.total - start.cpu.total) - (end.cpu.idle - start.cpu.idle)
+        busy -= end.cpu.steal - start.cpu.steal
+        named = sum(d for d in deltas.values() if d is not None)
+        split["busy"] = round(busy * scale, 2)
+        split["rest"] = round(max(0, busy - named) * scale, 2)
+    return split
+
+
 class NoiseMeter:
     """A context manager around a stage; `figures` holds the machine's noise once it exits
     (also when the stage raised). Without `with`: `meter = NoiseMeter().begin()`, then

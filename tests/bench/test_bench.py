@@ -187,8 +187,13 @@ def test_bench_quick_writes_every_figure(
         assert row["mean_ms"] >= 0, stage
     assert budget["stages"]["forward"]["mean_ms"] > 0
     assert abs(budget["unaccounted_ms"]) <= 3.0, budget  # ms-truncated timestamps: ~1 ms
+    # where the CPU went over the stage: the worker scored every comment, the bench sent them
+    cpu = report["latency"]["cpu"]
+    assert cpu["worker"] > 0 and cpu["bench"] > 0, cpu
+    assert cpu["busy"] >= cpu["worker"] + cpu["bench"] - 0.05, cpu  # ticks: 10 ms each
     markdown = (out / "REPORT.md").read_text()
     assert "**Latency budget at half load**" in markdown and "| queue_wait | " in markdown
+    assert f"CPU over the latency stage, in CPUs: worker {cpu['worker']:,.2f}" in markdown
     assert "## Machine noise per stage" in markdown and "300-comment probe measured" in markdown
     assert "with language detection off (`MODERATION_LANGUAGE_DETECTION`)" in markdown
     for name in stages:

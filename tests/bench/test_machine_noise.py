@@ -15,14 +15,18 @@ from bench.stages import StageLog
 from scripts.reliability import noisy_scenarios, print_machine
 from testing.machine_noise import (
     NOISY_STEAL_PCT,
+    CpuSample,
     NoiseMeter,
     Snapshot,
+    cpu_sample,
+    cpu_split,
     describe,
     figures,
     is_noisy,
     parse_cpu_times,
     parse_load1,
     parse_pid_stat,
+    process_ticks,
     tree_ticks,
 )
 
@@ -102,6 +106,28 @@ def test_pid_stat_and_the_process_tree(tmp_path: Path) -> None:
     assert tree_ticks(100, tmp_path) == 60
     assert tree_ticks(101, tmp_path) == 10
     assert tree_ticks(100, tmp_path / "absent") is None
+
+
+def test_cpu_split_in_cpus_per_process_and_the_rest(tmp_path: Path) -> None:
+    def write(worker: tuple[int, int], bench: tuple[int, int]) -> None:
+        for n, (user, system) in ((101, worker), (100, bench)):
+            (tmp_path / str(n)).mkdir(exist_ok=True)
+            fields = ["S", "1"] + ["0"] * 9 + [str(user), str(system), "400", "400", "20", "0"]
+            (tmp_path / str(n) / "stat").write_text(f"{n} (py (x)) {' '.join(fields)}\n")
+
+    pids = {"worker": 101, "bench": 100, "gone": 999}
+    (tmp_path / "stat").write_text(BEFORE)
+    write(worker=(500, 100), bench=(50, 10))
+    start = cpu_sample(pids, tmp_path)
+    (tmp_path / "stat").write_text(AFTER)  # 400 ticks busy, 400 stolen: not counted as busy
+    write(worker=(700, 150), bench=(80, 20))  # children's ticks (400 each) are left out
+    end = cpu_sample(pids, tmp_path)
+    end = CpuSample(start.at + 2.0, end.cpu, end.processes)
+    split = cpu_split(start, end, ticks_per_s=100)  # 2 s of 100 ticks: 200 ticks = 1 CPU
+    assert split == {
+        "seconds": 2.0, "worker": 1.25, "bench": 0.2, "gone": None, "busy": 2.0, "rest": 0.55,
+    }  # fmt: skip
+    assert process_ticks(101, tmp_path) == 850 and process_ticks(999, tmp_path) is None
 
 
 def test_the_real_machine_gives_figures_or_none() -> None:
