@@ -262,17 +262,22 @@ def noise_table(noise: dict[str, Any] | None) -> list[str]:
         "",
         f"Shares of all CPU time over the stage (/proc/stat): steal is what the hypervisor gave "
         f"to other guests (noisy above {noise['noisy_steal_pct']:.0f} %), other processes are "
-        f"busy CPU outside the bench, its worker and broker. Total {noise['total_seconds']:.0f} s.",
+        f"busy CPU outside the bench, its worker and broker. The speed probe times a fixed "
+        f"single-threaded loop at the stage's start and end (best of 3, ms; "
+        f"`testing/machine_noise.py` `speed_probe_ms`): a host can slow the machine down with "
+        f"no steal showing. Total {noise['total_seconds']:.0f} s.",
         "",
         "| stage | seconds | steal % | load (1 min) start → end | busy % | other processes % "
-        "| noisy |",
-        "|---|---:|---:|---|---:|---:|---|",
+        "| speed probe ms start → end | noisy |",
+        "|---|---:|---:|---|---:|---:|---|---|",
     ]
     for s in noise["stages"]:
         lines.append(
             f"| {s['stage']} | {s['seconds']:.1f} | {_f(s['steal_pct'], 1)} "
             f"| {_f(s['load1_start'], 2)} → {_f(s['load1_end'], 2)} | {_f(s['busy_pct'], 0)} "
-            f"| {_f(s['others_pct'], 0)} | {'**noisy**' if is_noisy(s) else 'no'} |"
+            f"| {_f(s['others_pct'], 0)} "
+            f"| {_f(s.get('probe_ms_start'), 1)} → {_f(s.get('probe_ms_end'), 1)} "
+            f"| {'**noisy**' if is_noisy(s) else 'no'} |"
         )
     lines.append("")
     return lines

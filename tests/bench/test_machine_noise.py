@@ -39,18 +39,20 @@ AFTER = "cpu  1300 0 300 5150 150 0 0 700 90 0\ncpu0 650 0 150 2575 75 0 0 350 4
 def stage(name: str, steal: float | None, seconds: float = 20.0) -> dict:
     noise = {
         "seconds": seconds, "steal_pct": steal, "busy_pct": 60.0, "own_pct": 45.0,
-        "others_pct": 15.0, "load1_start": 1.5, "load1_end": 2.25,
+        "others_pct": 15.0, "load1_start": 1.5, "load1_end": 2.25, "probe_ms_start": 10.0,
+        "probe_ms_end": 12.5,
     }  # fmt: skip
     return {"stage": name, **noise, "noisy": is_noisy(noise)}
 
 
 def test_steal_and_busy_shares_from_two_proc_stat_samples() -> None:
     start = Snapshot(at=10.0, cpu=parse_cpu_times(BEFORE), load1=0.5, own_ticks=1000)
-    end = Snapshot(at=15.0, cpu=parse_cpu_times(AFTER), load1=1.75, own_ticks=1300)
+    end = Snapshot(at=15.0, cpu=parse_cpu_times(AFTER), load1=1.75, own_ticks=1300, probe_ms=9.5)
     noise = figures(start, end)
     assert noise == {
         "seconds": 5.0, "steal_pct": 40.0, "busy_pct": 40.0, "own_pct": 30.0,
-        "others_pct": 10.0, "load1_start": 0.5, "load1_end": 1.75,
+        "others_pct": 10.0, "load1_start": 0.5, "load1_end": 1.75, "probe_ms_start": None,
+        "probe_ms_end": 9.5,
     }  # fmt: skip
     assert is_noisy(noise)
     # guest time is part of user time already: it does not count twice
@@ -135,6 +137,7 @@ def test_the_real_machine_gives_figures_or_none() -> None:
         sum(i * i for i in range(200_000))
     noise = meter.figures
     assert noise["seconds"] >= 0
+    assert noise["probe_ms_start"] > 0 and noise["probe_ms_end"] > 0  # the loop ran, timed
     if os.path.exists("/proc/stat"):
         assert 0 <= noise["steal_pct"] <= 100 and 0 <= noise["busy_pct"] <= 100
         assert noise["own_pct"] + noise["others_pct"] == pytest.approx(noise["busy_pct"], 0.2)
@@ -161,10 +164,11 @@ def test_report_prints_noise_beside_each_stage_and_warns() -> None:
     }
     table = "\n".join(noise_table(noise))
     noisy_row = (
-        "| (a) model-only ceiling, run 1 | 20.0 | 35.2 | 1.50 → 2.25 | 60 | 15 | **noisy** |"
+        "| (a) model-only ceiling, run 1 | 20.0 | 35.2 | 1.50 → 2.25 | 60 | 15 | 10.0 → 12.5 "
+        "| **noisy** |"
     )
     assert noisy_row in table
-    assert "| (c) naive consumer | 20.0 | 2.0 | 1.50 → 2.25 | 60 | 15 | no |" in table
+    assert "| (c) naive consumer | 20.0 | 2.0 | 1.50 → 2.25 | 60 | 15 | 10.0 → 12.5 | no |" in table
     warning = "\n".join(noise_warning(noise))
     assert "1 of 2 stages" in warning and "(a) model-only ceiling, run 1" in warning
     assert noise_warning(noise | {"noisy_stages": []}) == []
