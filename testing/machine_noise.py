@@ -155,9 +155,8 @@ SPEED_PROBE_LOOPS = 200_000
 def speed_probe_ms(rounds: int = 3) -> float:
     """The best of `rounds` timings of a fixed single-threaded Python loop, in ms: how fast one
     CPU runs for us right now. A host can slow its guests down without any steal showing: on
-    the 2-vCPU AMD EPYC of session 11 the same forward pass took 12.3 ms thread CPU at one
-    hour and 15.0 at the next, and one worker process's CPU per comment at the same paced rate
-    rose 17 % over six minutes of benchmark runs, at 0.0 % steal."""
+    the 2-vCPU AMD EPYC of session 11 the same forward pass took 12.3 ms of thread CPU at one
+    hour and 15.0 at the next, at 0.0 % steal (figures: docs/benchmarks.md)."""
     best = float("inf")
     for _ in range(rounds):
         started, total = time.perf_counter(), 0
