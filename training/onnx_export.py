@@ -72,6 +72,37 @@ def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(graph, str(path))
 
 
+def store_exact_fp16(path: Path) -> int:
+    """Rewrite the fp32 graph at `path` with every float32 weight that fp16 holds exactly
+    stored as fp16, cast back to float32 where it is used: the same numbers, so the same
+    scores, in about half the bytes (artifact weights are stored in fp16, so all of them
+    qualify: the bundled model's `model.onnx` went from 17.6 to about 9 MB). ONNX Runtime and
+    OpenVINO fold the casts when they load the graph. Returns how many weights were rewritten."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = onnx.load(str(path))
+    kept, casts, rewritten = [], [], 0
+    for tensor in graph.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        half = values.astype(np.float16)
+        if values.dtype != np.float32 or not np.array_equal(half.astype(np.float32), values):
+            kept.append(tensor)
+            continue
+        stored = f"{tensor.name}.fp16"
+        kept.append(numpy_helper.from_array(half, stored))
+        casts.append(helper.make_node("Cast", [stored], [tensor.name], to=TensorProto.FLOAT))
+        rewritten += 1
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(kept)
+    nodes = casts + list(graph.graph.node)  # a cast before any node that reads its weight
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    return rewritten
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The metadata `export_onnx` wrote into an ONNX file."""
     import onnx
@@ -170,12 +201,21 @@ def score_onnx(
 
 def export_onnx_graphs(model_dir: Path, check: TextDataset | None) -> dict[str, Any]:
     """`model.onnx`, and `model.int8.onnx` only where it passes the accuracy rule on the labeled
-    `check` data (without data it is not written: int8 is never served unchecked). Returns the
+    `check` data (without data it is not written: int8 is never served unchecked); then the
+    fp32 graph's weights stored in fp16 where that is exact (`store_exact_fp16`). Returns the
     figures for the model card / training_info.json."""
+    fp32 = export_onnx(model_dir)
+    result: dict[str, Any] = {"fp32": fp32.name} | _checked_int8(model_dir, fp32, check)
+    store_exact_fp16(fp32)  # after int8: the quantizer reads the weights as initializers
+    log.info("ONNX export of %s: %s", model_dir, result)
+    return result
+
+
+def _checked_int8(model_dir: Path, fp32: Path, check: TextDataset | None) -> dict[str, Any]:
+    """`model.int8.onnx` quantized from `fp32`, kept only if it passes the accuracy rule."""
     from training.precision_rule import check_precision
 
-    fp32 = export_onnx(model_dir)
-    result: dict[str, Any] = {"fp32": fp32.name}
+    result: dict[str, Any] = {}
     (model_dir / INT8_FILE).unlink(missing_ok=True)
     if check is None or check.labels is None:
         result["int8"] = "not written: no labeled data to check it on (--onnx-check-data)"
@@ -201,5 +241,4 @@ def export_onnx_graphs(model_dir: Path, check: TextDataset | None) -> dict[str, 
     else:
         int8.unlink()
         result["int8"] = "not written: it failed the accuracy rule"
-    log.info("ONNX export of %s: %s", model_dir, result)
     return result

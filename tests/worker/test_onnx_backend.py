@@ -27,6 +27,7 @@ from training.onnx_export import (
     export_onnx,
     quantize_int8,
     read_metadata,
+    store_exact_fp16,
 )
 from worker.backends.onnx_backend import OnnxBackend
 
@@ -119,6 +120,36 @@ def test_export_to_another_path(
 ) -> None:
     out = export_onnx(artifact[0], tmp_path / "elsewhere" / "graph.onnx")
     assert out == tmp_path / "elsewhere" / "graph.onnx" and out.is_file()
+
+
+def test_weights_fp16_holds_exactly_are_stored_in_fp16_with_the_same_scores(tmp_path: Path) -> None:
+    """As artifacts store their weights in fp16, the fp32 graph keeps them in fp16 and casts
+    them back: half the bytes, bit-identical scores; a weight fp16 would round stays fp32."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    model = tiny_bert(0, vocab_size=VOCAB, max_position_embeddings=128)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.half().float())
+        model.classifier.bias.fill_(0.1)  # not exact in fp16
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    path = export_onnx(tmp_path)
+    rng = np.random.default_rng(3)
+    batches = [padded_batch(batch, length, rng) for batch, length in SHAPES]
+    before = [OnnxBackend.load(tmp_path, LABELS, threads=1).infer(b) for b in batches]
+    size, metadata = path.stat().st_size, read_metadata(path)
+
+    assert store_exact_fp16(path) > 0
+    assert path.stat().st_size < 0.8 * size and read_metadata(path) == metadata  # tiny: graph-heavy
+    weights = onnx.load(str(path)).graph.initializer
+    kept = [numpy_helper.to_array(t) for t in weights if t.data_type == onnx.TensorProto.FLOAT]
+    assert [w.shape for w in kept if w.size > 1] == [(len(LABELS),)]  # the classifier's bias
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in weights) > 10
+    after = [OnnxBackend.load(tmp_path, LABELS, threads=1).infer(b) for b in batches]
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(old, new)
 
 
 # --- fp32 parity ------------------------------------------------------------------------------
